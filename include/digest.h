@@ -1,0 +1,19 @@
+/*
+ * digest: streaming sha256 in the OCI "sha256:<hex>" form.
+ */
+#ifndef PP_DIGEST_H
+#define PP_DIGEST_H
+
+#include <stddef.h>
+
+#define DIGEST_STR_LEN	(7 + 64)	/* "sha256:" + hex */
+
+struct digest;
+
+struct digest *digest_new(void);
+void digest_free(struct digest *d);
+void digest_update(struct digest *d, const void *buf, size_t len);
+/* Writes "sha256:<hex>" and a NUL into out (DIGEST_STR_LEN + 1 bytes). */
+void digest_final(struct digest *d, char out[DIGEST_STR_LEN + 1]);
+
+#endif

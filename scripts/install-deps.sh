@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs what pullproxy needs from Debian 12's archive.
+#   install-deps.sh          build and run (demo: a local registry and skopeo)
+#   install-deps.sh --test   also what the test suite drives (containerd, ctr, pytest, sanitizers)
+# Idempotent: apt-get skips what is already there.
+set -eu
+build="meson ninja-build pkg-config gcc libevent-dev libcurl4-openssl-dev libssl-dev
+       liblmdb-dev libjansson-dev libinih-dev ca-certificates curl"
+demo="docker-registry skopeo"
+test="libcmocka-dev python3 python3-pytest containerd runc openssl lmdb-utils"
+pkgs="$build $demo"
+[ "${1:-}" = "--test" ] && pkgs="$pkgs $test"
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# docker-registry and containerd ship services we start ourselves, on our own ports.
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
+for svc in docker-registry containerd; do
+	systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done

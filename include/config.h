@@ -1,0 +1,61 @@
+/*
+ * config: pullproxy's settings, from an INI file and command-line flags.
+ * Flags override the file. Every error names where it came from
+ * ("FILE:LINE: ..." or "--flag: ...") in one line.
+ */
+#ifndef PP_CONFIG_H
+#define PP_CONFIG_H
+
+#include <stddef.h>
+
+#define CONFIG_REGISTRY_MAX	32
+#define CONFIG_ERR_MAX		512
+
+struct config_registry {
+	char	*name;		/* the host containerd sends as ns */
+	char	*url;		/* upstream base URL, http:// or https://, no trailing / */
+	char	*ca_file;	/* extra CA bundle for this registry, or NULL */
+	int	 tls_verify;	/* 1 unless the file says tls_verify = false */
+};
+
+struct config {
+	char	*listen_host;	/* 127.0.0.1 */
+	int	 listen_port;	/* 5000 */
+	char	*cache_dir;	/* /var/lib/pullproxy */
+	char	*log_file;	/* NULL: stderr */
+	int	 log_level;	/* LOG_LEVEL_* from log.h */
+	long	 connect_timeout_ms;	/* 10000 */
+	long	 stall_timeout_s;	/* 30: no byte from upstream for this long */
+	long	 shutdown_timeout_s;	/* 30: in-flight transfers on SIGTERM */
+	size_t	 nregistries;
+	struct config_registry registries[CONFIG_REGISTRY_MAX];
+};
+
+/* Defaults, no registries. */
+void config_init(struct config *cfg);
+void config_free(struct config *cfg);
+
+/*
+ * Read an INI file into cfg. On error returns -1 with err set to
+ * "PATH:LINE: what is wrong". Unknown sections or keys are errors.
+ */
+int config_load_file(struct config *cfg, const char *path, char *err,
+    size_t errlen);
+
+/*
+ * Parse "serve" flags (argv[0] is the subcommand). --config is read first,
+ * wherever it stands, so that later flags override the file.
+ * Returns 0, 1 when --help was given (usage printed by the caller), or -1 with
+ * err set to "--flag: what is wrong" (or the file's error).
+ */
+int config_parse_args(struct config *cfg, int argc, char **argv, char *err,
+    size_t errlen);
+
+/* Whole-config checks (at least one registry, unique names). */
+int config_check(const struct config *cfg, char *err, size_t errlen);
+
+/* The registry containerd names with ns, or the first when ns is NULL. */
+const struct config_registry *config_registry_find(const struct config *cfg,
+    const char *ns);
+
+#endif

@@ -1,0 +1,417 @@
+/*
+ * config: the INI file (inih) and the serve flags. Values are checked as
+ * they are read, so every error can name the file line or the flag.
+ */
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "log.h"
+#include "oci.h"
+
+void
+config_init(struct config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->listen_host = strdup("127.0.0.1");
+	cfg->listen_port = 5000;
+	cfg->cache_dir = strdup("/var/lib/pullproxy");
+	cfg->log_level = LOG_LEVEL_INFO;
+	cfg->connect_timeout_ms = 10000;
+	cfg->stall_timeout_s = 30;
+	cfg->shutdown_timeout_s = 30;
+}
+
+static void
+config_registry_clear(struct config_registry *r)
+{
+	free(r->name);
+	free(r->url);
+	free(r->ca_file);
+	memset(r, 0, sizeof(*r));
+}
+
+void
+config_free(struct config *cfg)
+{
+	size_t i;
+
+	free(cfg->listen_host);
+	free(cfg->cache_dir);
+	free(cfg->log_file);
+	for (i = 0; i < cfg->nregistries; i++)
+		config_registry_clear(&cfg->registries[i]);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+static void
+config_set_str(char **dst, const char *value)
+{
+	free(*dst);
+	*dst = strdup(value);
+}
+
+/* Each setter returns NULL, or what is wrong with the value. */
+
+static const char *
+config_set_listen(struct config *cfg, const char *value)
+{
+	const char *colon = strrchr(value, ':');
+	char host[256], *end;
+	size_t hlen;
+	long port;
+
+	if (colon == NULL)
+		return "expected HOST:PORT";
+	hlen = (size_t)(colon - value);
+	if (hlen >= 2 && value[0] == '[' && value[hlen - 1] == ']') {
+		value++;
+		hlen -= 2;
+	}
+	if (hlen == 0 || hlen >= sizeof(host) || memchr(value, '[', hlen) ||
+	    memchr(value, ']', hlen))
+		return "expected HOST:PORT";
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (colon[1] == '\0' || *end != '\0' || errno != 0 || port < 1 ||
+	    port > 65535)
+		return "port must be 1-65535";
+	memcpy(host, value, hlen);
+	host[hlen] = '\0';
+	config_set_str(&cfg->listen_host, host);
+	cfg->listen_port = (int)port;
+	return NULL;
+}
+
+static const char *
+config_set_long(long *dst, const char *value, long min, long max)
+{
+	static char msg[96];
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if (*value == '\0' || *end != '\0' || errno != 0 || v < min ||
+	    v > max) {
+		snprintf(msg, sizeof(msg), "expected a whole number %ld-%ld",
+		    min, max);
+		return msg;
+	}
+	*dst = v;
+	return NULL;
+}
+
+static const char *
+config_set_bool(int *dst, const char *value)
+{
+	if (strcasecmp(value, "true") == 0 || strcasecmp(value, "yes") == 0 ||
+	    strcmp(value, "1") == 0)
+		*dst = 1;
+	else if (strcasecmp(value, "false") == 0 ||
+	    strcasecmp(value, "no") == 0 || strcmp(value, "0") == 0)
+		*dst = 0;
+	else
+		return "expected true or false";
+	return NULL;
+}
+
+static const char *
+config_set_level(struct config *cfg, const char *value)
+{
+	int level = log_level_parse(value);
+
+	if (level < 0)
+		return "expected debug, info, warn or error";
+	cfg->log_level = level;
+	return NULL;
+}
+
+static const char *
+config_set_url(struct config_registry *r, const char *value)
+{
+	const char *host;
+	size_t len = strlen(value);
+
+	if (strncmp(value, "https://", 8) == 0)
+		host = value + 8;
+	else if (strncmp(value, "http://", 7) == 0)
+		host = value + 7;
+	else
+		return "URL must start with http:// or https://";
+	if (*host == '\0' || *host == '/')
+		return "URL has no host";
+	if (strpbrk(value, " \t?#") != NULL)
+		return "URL must be a base URL (no spaces, query or fragment)";
+	while (len > 0 && value[len - 1] == '/')
+		len--;
+	free(r->url);
+	r->url = strndup(value, len);
+	return NULL;
+}
+
+/* The registry called name, added when new. NULL when the table is full. */
+static struct config_registry *
+config_registry_get(struct config *cfg, const char *name)
+{
+	struct config_registry *r;
+	size_t i;
+
+	for (i = 0; i < cfg->nregistries; i++)
+		if (strcasecmp(cfg->registries[i].name, name) == 0)
+			return &cfg->registries[i];
+	if (cfg->nregistries == CONFIG_REGISTRY_MAX)
+		return NULL;
+	r = &cfg->registries[cfg->nregistries++];
+	r->name = strdup(name);
+	r->tls_verify = 1;
+	return r;
+}
+
+static const char *
+config_set_server(struct config *cfg, const char *key, const char *value)
+{
+	if (strcmp(key, "listen") == 0)
+		return config_set_listen(cfg, value);
+	if (strcmp(key, "cache_dir") == 0) {
+		if (*value == '\0')
+			return "must not be empty";
+		config_set_str(&cfg->cache_dir, value);
+		return NULL;
+	}
+	if (strcmp(key, "log") == 0) {
+		config_set_str(&cfg->log_file, value);
+		return NULL;
+	}
+	if (strcmp(key, "log_level") == 0)
+		return config_set_level(cfg, value);
+	if (strcmp(key, "connect_timeout_ms") == 0)
+		return config_set_long(&cfg->connect_timeout_ms, value, 100,
+		    600000);
+	if (strcmp(key, "stall_timeout_s") == 0)
+		return config_set_long(&cfg->stall_timeout_s, value, 1, 3600);
+	if (strcmp(key, "shutdown_timeout_s") == 0)
+		return config_set_long(&cfg->shutdown_timeout_s, value, 0,
+		    3600);
+	return "unknown key";
+}
+
+static const char *
+config_set_registry(struct config_registry *r, const char *key,
+    const char *value)
+{
+	if (strcmp(key, "url") == 0)
+		return config_set_url(r, value);
+	if (strcmp(key, "ca_file") == 0) {
+		if (*value == '\0')
+			return "must not be empty";
+		config_set_str(&r->ca_file, value);
+		return NULL;
+	}
+	if (strcmp(key, "tls_verify") == 0)
+		return config_set_bool(&r->tls_verify, value);
+	return "unknown key";
+}
+
+struct config_file_ctx {
+	struct config	*cfg;
+	char		 err[CONFIG_ERR_MAX];
+};
+
+static int
+config_ini_handler(void *user, const char *section, const char *key,
+    const char *value)
+{
+	struct config_file_ctx *ctx = user;
+	struct config_registry *r;
+	const char *msg;
+
+	if (strcmp(section, "server") == 0)
+		msg = config_set_server(ctx->cfg, key, value);
+	else if (strncmp(section, "registry ", 9) == 0) {
+		if (!oci_host_valid(section + 9))
+			msg = "registry name must be HOST or HOST:PORT";
+		else if ((r = config_registry_get(ctx->cfg, section + 9)) ==
+		    NULL)
+			msg = "too many registries";
+		else
+			msg = config_set_registry(r, key, value);
+	} else
+		msg = "unknown section (expected [server] or [registry HOST])";
+	if (msg == NULL)
+		return 1;
+	/* inih reports only the first error's line: keep its message. */
+	if (ctx->err[0] == '\0')
+		snprintf(ctx->err, sizeof(ctx->err), "[%s] %s: %s", section,
+		    key, msg);
+	return 0;
+}
+
+int
+config_load_file(struct config *cfg, const char *path, char *err,
+    size_t errlen)
+{
+	struct config_file_ctx ctx = { .cfg = cfg };
+	int rc;
+
+	rc = ini_parse(path, config_ini_handler, &ctx);
+	if (rc == 0)
+		return 0;
+	if (rc == -1)
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+	else if (rc == -2)
+		snprintf(err, errlen, "%s: out of memory", path);
+	else
+		snprintf(err, errlen, "%s:%d: %s", path, rc,
+		    ctx.err[0] != '\0' ? ctx.err : "syntax error");
+	return -1;
+}
+
+static const char *
+config_flag_registry(struct config *cfg, const char *value)
+{
+	const char *eq = strchr(value, '=');
+	struct config_registry *r;
+	char name[OCI_NAME_MAX + 1];
+	size_t nlen;
+
+	if (eq == NULL)
+		return "expected HOST=URL";
+	nlen = (size_t)(eq - value);
+	if (nlen == 0 || nlen >= sizeof(name))
+		return "expected HOST=URL";
+	memcpy(name, value, nlen);
+	name[nlen] = '\0';
+	if (!oci_host_valid(name))
+		return "HOST must be a registry host name, with an optional :PORT";
+	if ((r = config_registry_get(cfg, name)) == NULL)
+		return "too many registries";
+	return config_set_url(r, eq + 1);
+}
+
+/* Apply one flag; NULL when it was fine. */
+static const char *
+config_flag(struct config *cfg, const char *flag, const char *value)
+{
+	if (strcmp(flag, "--listen") == 0)
+		return config_set_listen(cfg, value);
+	if (strcmp(flag, "--cache-dir") == 0)
+		return config_set_server(cfg, "cache_dir", value);
+	if (strcmp(flag, "--registry") == 0)
+		return config_flag_registry(cfg, value);
+	if (strcmp(flag, "--log") == 0)
+		return config_set_server(cfg, "log", value);
+	if (strcmp(flag, "--log-level") == 0)
+		return config_set_level(cfg, value);
+	return "unknown flag (see --help)";
+}
+
+static int
+config_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/*
+ * Split argv[i] into flag and value ("--flag value" or "--flag=value").
+ * Returns the index of the last argument used, or -1.
+ */
+static int
+config_next_flag(int argc, char **argv, int i, char *flag, size_t flaglen,
+    const char **value, char *err, size_t errlen)
+{
+	const char *arg = argv[i], *eq;
+
+	if (strncmp(arg, "--", 2) != 0)
+		return config_err(err, errlen, "%s: unexpected argument", arg);
+	eq = strchr(arg, '=');
+	if (eq != NULL) {
+		if ((size_t)(eq - arg) >= flaglen)
+			return config_err(err, errlen, "%s: unknown flag", arg);
+		memcpy(flag, arg, (size_t)(eq - arg));
+		flag[eq - arg] = '\0';
+		*value = eq + 1;
+		return i;
+	}
+	snprintf(flag, flaglen, "%s", arg);
+	if (strcmp(flag, "--help") == 0) {
+		*value = NULL;
+		return i;
+	}
+	if (i + 1 >= argc)
+		return config_err(err, errlen, "%s: needs a value", flag);
+	*value = argv[i + 1];
+	return i + 1;
+}
+
+int
+config_parse_args(struct config *cfg, int argc, char **argv, char *err,
+    size_t errlen)
+{
+	const char *value = NULL, *msg;
+	char flag[32];
+	int i, next, pass;
+
+	/* Pass 0 reads --config (and --help) so that flags override it. */
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 1; i < argc; i = next + 1) {
+			next = config_next_flag(argc, argv, i, flag,
+			    sizeof(flag), &value, err, errlen);
+			if (next == -1)
+				return -1;
+			if (strcmp(flag, "--help") == 0)
+				return 1;
+			if (strcmp(flag, "--config") == 0) {
+				if (pass == 0 &&
+				    config_load_file(cfg, value, err, errlen))
+					return -1;
+				continue;
+			}
+			if (pass == 1 &&
+			    (msg = config_flag(cfg, flag, value)) != NULL)
+				return config_err(err, errlen, "%s: %s", flag,
+				    msg);
+		}
+	}
+	return 0;
+}
+
+int
+config_check(const struct config *cfg, char *err, size_t errlen)
+{
+	size_t i;
+
+	if (cfg->nregistries == 0)
+		return config_err(err, errlen, "no registry configured "
+		    "(--registry HOST=URL or a [registry HOST] section)");
+	for (i = 0; i < cfg->nregistries; i++)
+		if (cfg->registries[i].url == NULL)
+			return config_err(err, errlen,
+			    "[registry %s] url: missing",
+			    cfg->registries[i].name);
+	return 0;
+}
+
+const struct config_registry *
+config_registry_find(const struct config *cfg, const char *ns)
+{
+	size_t i;
+
+	if (ns == NULL)
+		return cfg->nregistries > 0 ? &cfg->registries[0] : NULL;
+	for (i = 0; i < cfg->nregistries; i++)
+		if (strcasecmp(cfg->registries[i].name, ns) == 0)
+			return &cfg->registries[i];
+	return NULL;
+}

@@ -1,0 +1,75 @@
+/*
+ * upstream: HTTP(S) transfers to registries on libcurl's multi interface,
+ * driven by the daemon's event loop (curl's hiperfifo pattern). DNS runs in
+ * curl's resolver thread, so nothing here blocks the loop.
+ *
+ * A transfer reports, in this order and at most once each: on_headers (the
+ * final response's status and headers, after redirects), on_data (zero or
+ * more times), on_done (always, unless cancelled). Redirects are followed;
+ * an Authorization header is only sent to the host it was meant for.
+ */
+#ifndef PP_UPSTREAM_H
+#define PP_UPSTREAM_H
+
+#include <stddef.h>
+#include <curl/curl.h>
+
+struct event_base;
+struct upstream;
+struct upstream_xfer;
+
+struct upstream_result {
+	CURLcode	 curl;		/* CURLE_OK when the exchange completed */
+	long		 status;	/* final HTTP status, 0 if none */
+	double		 seconds;	/* total time */
+	const char	*error;		/* curl's message, "" when ok */
+};
+
+struct upstream_cbs {
+	void	(*on_headers)(struct upstream_xfer *, void *arg);
+	/* Consume all of buf. May call upstream_xfer_pause(). */
+	void	(*on_data)(struct upstream_xfer *, const char *buf, size_t len,
+		    void *arg);
+	void	(*on_done)(struct upstream_xfer *,
+		    const struct upstream_result *, void *arg);
+};
+
+struct upstream_req {
+	const char	*url;
+	int		 head;		/* HEAD instead of GET */
+	const char	*range;		/* Range header value, or NULL */
+	const char	*accept;	/* Accept header value, or NULL */
+	const char	*ca_file;	/* extra CA bundle, or NULL */
+	int		 tls_verify;
+	long		 connect_timeout_ms;
+	long		 stall_timeout_s;
+};
+
+struct upstream *upstream_new(struct event_base *base);
+/* Cancels whatever is still running. */
+void upstream_free(struct upstream *up);
+int upstream_active(const struct upstream *up);	/* transfers running */
+
+/* Start a transfer. Returns NULL only when curl can't make a handle. */
+struct upstream_xfer *upstream_xfer_start(struct upstream *up,
+    const struct upstream_req *req, const struct upstream_cbs *cbs,
+    void *arg);
+
+/*
+ * Stop a transfer: no callback runs after this returns. Safe from inside
+ * the transfer's own callbacks (the handle is removed on the next loop turn).
+ */
+void upstream_xfer_cancel(struct upstream_xfer *x);
+
+/* Backpressure: stop or restart delivery of on_data. */
+void upstream_xfer_pause(struct upstream_xfer *x);
+void upstream_xfer_resume(struct upstream_xfer *x);
+
+/* Valid from on_headers until on_done returns or cancel. */
+long upstream_xfer_status(const struct upstream_xfer *x);
+const char *upstream_xfer_header(const struct upstream_xfer *x,
+    const char *name);
+/* The URL that answered, with the query removed (no SAS tokens in logs). */
+const char *upstream_xfer_url(const struct upstream_xfer *x);
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * pullproxy: a node-local pull-through mirror for OCI registries.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: pullproxy serve [--listen HOST:PORT] [--cache-dir DIR]\n"
+	    "                       [--registry HOST=URL ...] [--config FILE]\n"
+	    "                       [--log FILE] [--log-level LEVEL]\n"
+	    "       pullproxy --version | --help\n"
+	    "\n"
+	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
+	    "  --listen      address to serve on (default 127.0.0.1:5000)\n"
+	    "  --cache-dir   cache directory (default /var/lib/pullproxy)\n"
+	    "  --registry    HOST=URL: serve registry HOST (the ns containerd\n"
+	    "                sends) from URL; repeat for more; the first is the\n"
+	    "                default when a client sends no ns\n"
+	    "  --config      INI file (see config/pullproxy.conf); flags win\n"
+	    "  --log         JSON log file (default stderr, - for stderr)\n"
+	    "  --log-level   debug|info|warn|error (debug logs every request)\n");
+}
+
+static int
+cmd_serve(int argc, char **argv)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+	int rc;
+
+	config_init(&cfg);
+	rc = config_parse_args(&cfg, argc, argv, err, sizeof(err));
+	if (rc == 1) {
+		usage(stdout);
+		config_free(&cfg);
+		return 0;
+	}
+	if (rc == -1 || config_check(&cfg, err, sizeof(err)) == -1) {
+		fprintf(stderr, "pullproxy: %s\n", err);
+		config_free(&cfg);
+		return 2;
+	}
+	if (log_open(cfg.log_file, (enum log_level)cfg.log_level) == -1) {
+		fprintf(stderr, "pullproxy: --log: cannot open %s: %s\n",
+		    cfg.log_file, strerror(errno));
+		config_free(&cfg);
+		return 2;
+	}
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		fprintf(stderr, "pullproxy: cannot initialise libcurl\n");
+		config_free(&cfg);
+		return 1;
+	}
+	rc = server_run(&cfg);
+	curl_global_cleanup();
+	log_close();
+	config_free(&cfg);
+	return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+		printf("pullproxy %s (libcurl %s)\n", PULLPROXY_VERSION,
+		    curl_version_info(CURLVERSION_NOW)->version);
+		return 0;
+	}
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	if (strcmp(argv[1], "serve") == 0)
+		return cmd_serve(argc - 1, argv + 1);
+	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
+	    argv[1]);
+	return 2;
+}

@@ -1,0 +1,586 @@
+/*
+ * relay: a client request answered from an upstream transfer.
+ *
+ * Lifetimes: a relay is referenced by its client request (evhttp's close
+ * callback and write callback carry it) and by its upstream transfer.
+ * relay_close() severs both before freeing: the transfer is cancelled
+ * (upstream guarantees no callback after that) and the close callback is
+ * cleared, and evhttp_send_reply_end() replaces the write callback.
+ */
+#include <sys/queue.h>
+#include <sys/time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "digest.h"
+#include "log.h"
+#include "oci.h"
+#include "relay.h"
+#include "upstream.h"
+
+/* Pause the upstream transfer above this much unsent client data. */
+#define RELAY_HIGH_WATER	(1024 * 1024)
+/* Enough of an upstream error body to read its OCI code. */
+#define RELAY_ERRBODY_MAX	(16 * 1024)
+
+#define RELAY_ACCEPT_DEFAULT \
+	"application/vnd.oci.image.index.v1+json, " \
+	"application/vnd.oci.image.manifest.v1+json, " \
+	"application/vnd.docker.distribution.manifest.list.v2+json, " \
+	"application/vnd.docker.distribution.manifest.v2+json"
+
+enum relay_mode {
+	RELAY_STREAM,	/* blobs, tag lists: bytes go straight to the client */
+	RELAY_MANIFEST,	/* held whole, hashed, then answered */
+	RELAY_ERROR,	/* upstream said no: keep its body to read the code */
+};
+
+struct relay_ctx {
+	struct upstream		*rc_up;
+	const struct config	*rc_cfg;
+	TAILQ_HEAD(, relay)	 rc_relays;
+	int			 rc_inflight;
+};
+
+struct relay {
+	TAILQ_ENTRY(relay)	 r_entry;
+	struct relay_ctx	*r_ctx;
+	struct evhttp_request	*r_req;		/* NULL once released */
+	struct upstream_xfer	*r_xfer;	/* NULL once done or cancelled */
+	const struct config_registry *r_reg;
+	struct oci_route	 r_route;
+	unsigned long		 r_id;
+	int			 r_head;
+	enum relay_mode		 r_mode;
+	int			 r_started;	/* status line sent */
+	int			 r_paused;
+	int			 r_status;	/* what the client got */
+	uint64_t		 r_bytes;	/* body bytes to the client */
+	int64_t			 r_expect;	/* upstream Content-Length, -1 */
+	struct evbuffer		*r_buf;
+	struct timeval		 r_t0;
+	char			*r_uri;
+};
+
+static void relay_close(struct relay *, int abort_client);
+
+struct relay_ctx *
+relay_ctx_new(struct upstream *up, const struct config *cfg)
+{
+	struct relay_ctx *ctx;
+
+	if ((ctx = calloc(1, sizeof(*ctx))) == NULL)
+		return NULL;
+	ctx->rc_up = up;
+	ctx->rc_cfg = cfg;
+	TAILQ_INIT(&ctx->rc_relays);
+	return ctx;
+}
+
+void
+relay_ctx_free(struct relay_ctx *ctx)
+{
+	struct relay *r;
+
+	if (ctx == NULL)
+		return;
+	while ((r = TAILQ_FIRST(&ctx->rc_relays)) != NULL)
+		relay_close(r, 1);
+	free(ctx);
+}
+
+int
+relay_ctx_inflight(const struct relay_ctx *ctx)
+{
+	return ctx->rc_inflight;
+}
+
+static long
+relay_ms(const struct relay *r)
+{
+	struct timeval now;
+
+	gettimeofday(&now, NULL);
+	return (now.tv_sec - r->r_t0.tv_sec) * 1000 +
+	    (now.tv_usec - r->r_t0.tv_usec) / 1000;
+}
+
+static void
+relay_client_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct relay *r = arg;
+
+	(void)evcon;
+	/*
+	 * evhttp detaches a request still in use from a failing connection;
+	 * a detached request is ours to free. One still attached is freed
+	 * with the connection.
+	 */
+	if (evhttp_request_get_connection(r->r_req) == NULL)
+		evhttp_request_free(r->r_req);
+	r->r_req = NULL;
+	relay_close(r, 0);
+}
+
+/*
+ * The one teardown path. abort_client cuts the client's connection: the
+ * only way to tell a client that a body already under way is incomplete.
+ */
+static void
+relay_close(struct relay *r, int abort_client)
+{
+	struct evhttp_connection *evcon;
+	const char *method = r->r_head ? "HEAD" : "GET";
+
+	if (r->r_xfer != NULL) {
+		upstream_xfer_cancel(r->r_xfer);
+		r->r_xfer = NULL;
+	}
+	if (r->r_req != NULL) {
+		evcon = evhttp_request_get_connection(r->r_req);
+		if (evcon != NULL)
+			evhttp_connection_set_closecb(evcon, NULL, NULL);
+		if (abort_client && evcon != NULL)
+			evhttp_connection_free(evcon);	/* frees r_req */
+		else if (r->r_started)
+			evhttp_send_reply_end(r->r_req);
+		else
+			evhttp_send_error(r->r_req, HTTP_INTERNAL, NULL);
+		r->r_req = NULL;
+	}
+	log_request(r->r_id, method, r->r_uri, r->r_reg->name, r->r_status,
+	    r->r_bytes, &r->r_t0);
+	TAILQ_REMOVE(&r->r_ctx->rc_relays, r, r_entry);
+	r->r_ctx->rc_inflight--;
+	if (r->r_buf != NULL)
+		evbuffer_free(r->r_buf);
+	free(r->r_uri);
+	free(r);
+}
+
+/* Send a complete reply (headers already set) and close the relay. */
+static void
+relay_reply(struct relay *r, int status, const char *reason,
+    struct evbuffer *body)
+{
+	struct evhttp_connection *evcon;
+
+	r->r_status = status;
+	if (body != NULL && !r->r_head)
+		r->r_bytes = evbuffer_get_length(body);
+	evcon = evhttp_request_get_connection(r->r_req);
+	if (evcon != NULL)
+		evhttp_connection_set_closecb(evcon, NULL, NULL);
+	evhttp_send_reply(r->r_req, status, reason, r->r_head ? NULL : body);
+	r->r_req = NULL;
+	relay_close(r, 0);
+}
+
+static void
+relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_req);
+	struct evbuffer *body;
+	char buf[1024], len[32];
+	int n;
+
+	if (r->r_started) {	/* too late for a status: cut it short */
+		relay_close(r, 1);
+		return;
+	}
+	n = oci_err_body(buf, sizeof(buf), err, msg, NULL);
+	body = evbuffer_new();
+	if (n > 0 && body != NULL)
+		evbuffer_add(body, buf, (size_t)n);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	snprintf(len, sizeof(len), "%d", n > 0 ? n : 0);
+	evhttp_add_header(h, "Content-Length", len);
+	relay_reply(r, status, NULL, body);
+	if (body != NULL)
+		evbuffer_free(body);
+}
+
+static void
+relay_log_failure(struct relay *r, const struct upstream_xfer *x,
+    long upstatus, const char *error, int client_status)
+{
+	json_t *o;
+
+	o = json_pack("{s:I,s:s,s:s,s:s,s:s,s:I,s:i}",
+	    "id", (json_int_t)r->r_id, "registry", r->r_reg->name,
+	    "repository", r->r_route.name, "reference", r->r_route.reference,
+	    "url", upstream_xfer_url(x), "ms", (json_int_t)relay_ms(r),
+	    "client_status", client_status);
+	if (o == NULL)
+		return;
+	if (upstatus != 0)
+		json_object_set_new(o, "status", json_integer(upstatus));
+	if (error != NULL && *error != '\0')
+		json_object_set_new(o, "error", json_string(error));
+	log_event(LOG_LEVEL_WARN, "upstream failure", o);
+}
+
+/* The OCI code in an upstream error body, when it has one. */
+static enum oci_err
+relay_upstream_code(struct relay *r, enum oci_err dflt)
+{
+	static const enum oci_err known[] = { OCI_ERR_BLOB_UNKNOWN,
+	    OCI_ERR_MANIFEST_UNKNOWN, OCI_ERR_NAME_UNKNOWN };
+	json_t *root, *code;
+	enum oci_err err = dflt;
+	size_t i;
+
+	if (r->r_buf == NULL || evbuffer_get_length(r->r_buf) == 0)
+		return dflt;
+	root = json_loadb((const char *)evbuffer_pullup(r->r_buf, -1),
+	    evbuffer_get_length(r->r_buf), 0, NULL);
+	code = json_object_get(json_array_get(json_object_get(root, "errors"),
+	    0), "code");
+	for (i = 0; json_is_string(code) && i < sizeof(known) / sizeof(known[0]);
+	    i++)
+		if (strcmp(json_string_value(code), oci_err_code(known[i])) == 0)
+			err = known[i];
+	json_decref(root);
+	return err;
+}
+
+static void
+relay_copy_header(struct relay *r, const struct upstream_xfer *x,
+    const char *name)
+{
+	const char *v = upstream_xfer_header(x, name);
+
+	if (v != NULL)
+		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
+		    name, v);
+}
+
+/* Upstream answered with an error status: tell the client in OCI terms. */
+static void
+relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
+    long status)
+{
+	enum oci_err notfound = r->r_route.kind == OCI_ROUTE_BLOB ?
+	    OCI_ERR_BLOB_UNKNOWN : r->r_route.kind == OCI_ROUTE_MANIFEST ?
+	    OCI_ERR_MANIFEST_UNKNOWN : OCI_ERR_NAME_UNKNOWN;
+	char msg[256];
+
+	if (status == 416) {
+		relay_copy_header(r, x, "Content-Range");
+		relay_fail(r, 416, OCI_ERR_RANGE_INVALID,
+		    "range not satisfiable");
+		return;
+	}
+	if (status == 404) {
+		/* Not a failure of the proxy's: containerd tries the next host. */
+		relay_fail(r, 404, relay_upstream_code(r, notfound),
+		    "not found in the upstream registry");
+		return;
+	}
+	/*
+	 * Never pass 401 (containerd would try to authenticate to the mirror)
+	 * nor 429 (containerd retries it five times at once): 5xx makes it
+	 * fall back to the next host.
+	 */
+	snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
+	    r->r_reg->name, status);
+	if (status == 401)
+		relay_fail(r, 502, OCI_ERR_UNAUTHORIZED, msg);
+	else if (status == 403)
+		relay_fail(r, 502, OCI_ERR_DENIED, msg);
+	else if (status == 429)
+		relay_fail(r, 503, OCI_ERR_TOOMANYREQUESTS, msg);
+	else
+		relay_fail(r, 502, OCI_ERR_UPSTREAM, msg);
+	relay_log_failure(r, x, status, NULL, r->r_status);
+}
+
+static void
+relay_drained(struct evhttp_connection *evcon, void *arg)
+{
+	struct relay *r = arg;
+
+	(void)evcon;
+	if (r->r_paused && r->r_xfer != NULL) {
+		r->r_paused = 0;
+		upstream_xfer_resume(r->r_xfer);
+	}
+}
+
+static void
+relay_on_headers(struct upstream_xfer *x, void *arg)
+{
+	struct relay *r = arg;
+	long status = upstream_xfer_status(x);
+	const char *cl;
+
+	cl = upstream_xfer_header(x, "Content-Length");
+	r->r_expect = cl != NULL ? strtoll(cl, NULL, 10) : -1;
+	if (status != 200 && status != 206) {
+		r->r_mode = RELAY_ERROR;
+		return;
+	}
+	if (r->r_mode == RELAY_MANIFEST) {
+		if (r->r_expect > OCI_MANIFEST_MAX) {
+			relay_log_failure(r, x, status, "manifest over 4 MiB",
+			    502);
+			relay_fail(r, 502, OCI_ERR_MANIFEST_INVALID,
+			    "manifest larger than 4 MiB");
+		}
+		return;
+	}
+	relay_copy_header(r, x, "Content-Type");
+	relay_copy_header(r, x, "Content-Length");
+	relay_copy_header(r, x, "Content-Range");
+	relay_copy_header(r, x, "Link");
+	if (r->r_route.kind == OCI_ROUTE_BLOB) {
+		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
+		    "Docker-Content-Digest", r->r_route.reference);
+		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
+		    "Accept-Ranges", "bytes");
+	}
+	r->r_status = (int)status;
+	if (r->r_head) {
+		relay_reply(r, (int)status, NULL, NULL);
+		return;
+	}
+	r->r_started = 1;
+	evhttp_send_reply_start(r->r_req, (int)status, NULL);
+}
+
+static void
+relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
+{
+	struct relay *r = arg;
+	struct evhttp_connection *evcon;
+	struct evbuffer *out;
+
+	switch (r->r_mode) {
+	case RELAY_ERROR:
+		if (evbuffer_get_length(r->r_buf) + len <= RELAY_ERRBODY_MAX)
+			evbuffer_add(r->r_buf, buf, len);
+		return;
+	case RELAY_MANIFEST:
+		if (evbuffer_get_length(r->r_buf) + len > OCI_MANIFEST_MAX) {
+			relay_log_failure(r, x, upstream_xfer_status(x),
+			    "manifest over 4 MiB", 502);
+			relay_fail(r, 502, OCI_ERR_MANIFEST_INVALID,
+			    "manifest larger than 4 MiB");
+			return;
+		}
+		evbuffer_add(r->r_buf, buf, len);
+		return;
+	case RELAY_STREAM:
+		break;
+	}
+	evbuffer_add(r->r_buf, buf, len);
+	r->r_bytes += len;
+	evhttp_send_reply_chunk_with_cb(r->r_req, r->r_buf, relay_drained, r);
+	evcon = evhttp_request_get_connection(r->r_req);
+	if (evcon == NULL)
+		return;
+	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
+	if (!r->r_paused && evbuffer_get_length(out) > RELAY_HIGH_WATER) {
+		r->r_paused = 1;
+		upstream_xfer_pause(x);
+	}
+}
+
+static void
+relay_manifest_done(struct relay *r, struct upstream_xfer *x)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_req);
+	char dgst[DIGEST_STR_LEN + 1], len[32];
+	const char *ctype;
+	struct digest *d;
+	size_t n = evbuffer_get_length(r->r_buf);
+
+	if ((d = digest_new()) == NULL) {
+		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return;
+	}
+	digest_update(d, evbuffer_pullup(r->r_buf, -1), n);
+	digest_final(d, dgst);
+	digest_free(d);
+	if (r->r_route.by_digest && strcmp(dgst, r->r_route.reference) != 0) {
+		relay_log_failure(r, x, 200, "digest mismatch", 502);
+		relay_fail(r, 502, OCI_ERR_DIGEST_INVALID,
+		    "upstream manifest does not match its digest");
+		return;
+	}
+	ctype = upstream_xfer_header(x, "Content-Type");
+	evhttp_add_header(h, "Content-Type", ctype != NULL ? ctype :
+	    "application/vnd.oci.image.manifest.v1+json");
+	evhttp_add_header(h, "Docker-Content-Digest", dgst);
+	snprintf(len, sizeof(len), "%zu", n);
+	evhttp_add_header(h, "Content-Length", len);
+	relay_reply(r, 200, NULL, r->r_buf);
+}
+
+static void
+relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
+    void *arg)
+{
+	struct relay *r = arg;
+
+	if (res->curl != CURLE_OK) {
+		int timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
+
+		relay_log_failure(r, x, res->status, res->error,
+		    r->r_started ? r->r_status : timeout ? 504 : 502);
+		r->r_xfer = NULL;
+		relay_fail(r, timeout ? 504 : 502,
+		    timeout ? OCI_ERR_TIMEOUT : OCI_ERR_UPSTREAM,
+		    "upstream registry unreachable");
+		return;
+	}
+	r->r_xfer = NULL;
+	switch (r->r_mode) {
+	case RELAY_ERROR:
+		relay_upstream_error(r, x, res->status);
+		break;
+	case RELAY_MANIFEST:
+		relay_manifest_done(r, x);
+		break;
+	case RELAY_STREAM:
+		/* Short body: the client must not take it as whole. */
+		if (!r->r_head && r->r_expect >= 0 &&
+		    r->r_bytes != (uint64_t)r->r_expect) {
+			relay_log_failure(r, x, res->status, "short body",
+			    r->r_status);
+			relay_close(r, 1);
+		} else
+			relay_close(r, 0);
+		break;
+	}
+}
+
+static char *
+relay_upstream_url(const struct relay *r, const char *query)
+{
+	const struct oci_route *rt = &r->r_route;
+	char *url = NULL;
+	int n = -1;
+
+	switch (rt->kind) {
+	case OCI_ROUTE_MANIFEST:
+		n = asprintf(&url, "%s/v2/%s/manifests/%s", r->r_reg->url,
+		    rt->name, rt->reference);
+		break;
+	case OCI_ROUTE_BLOB:
+		n = asprintf(&url, "%s/v2/%s/blobs/%s", r->r_reg->url,
+		    rt->name, rt->reference);
+		break;
+	case OCI_ROUTE_TAGS:
+		n = asprintf(&url, "%s/v2/%s/tags/list%s%s", r->r_reg->url,
+		    rt->name, query != NULL ? "?" : "",
+		    query != NULL ? query : "");
+		break;
+	default:
+		break;
+	}
+	return n < 0 ? NULL : url;
+}
+
+/* The client's tags/list paging parameters; ns stays here. */
+static void
+relay_tags_query(struct evhttp_request *req, char *out, size_t outlen)
+{
+	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+	const char *q = evhttp_uri_get_query(u);
+	struct evkeyvalq params;
+	const char *n, *last;
+	char *el = NULL;
+
+	out[0] = '\0';
+	TAILQ_INIT(&params);
+	if (q == NULL || evhttp_parse_query_str(q, &params) != 0)
+		return;
+	n = evhttp_find_header(&params, "n");
+	last = evhttp_find_header(&params, "last");
+	if (last != NULL)
+		el = evhttp_encode_uri(last);
+	snprintf(out, outlen, "%s%s%s%s%s", n != NULL ? "n=" : "",
+	    n != NULL ? n : "", n != NULL && el != NULL ? "&" : "",
+	    el != NULL ? "last=" : "", el != NULL ? el : "");
+	free(el);
+	evhttp_clear_headers(&params);
+}
+
+void
+relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
+    const struct oci_route *route, const struct config_registry *reg,
+    unsigned long reqid)
+{
+	const struct config *cfg = ctx->rc_cfg;
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	struct upstream_req ureq;
+	struct upstream_cbs cbs = { relay_on_headers, relay_on_data,
+	    relay_on_done };
+	struct oci_range range;
+	const char *rh, *accept;
+	char query[512];
+	struct relay *r;
+	char *url;
+
+	if ((r = calloc(1, sizeof(*r))) == NULL) {
+		evhttp_send_error(req, HTTP_SERVUNAVAIL, NULL);
+		return;
+	}
+	gettimeofday(&r->r_t0, NULL);
+	r->r_ctx = ctx;
+	r->r_req = req;
+	r->r_reg = reg;
+	r->r_route = *route;
+	r->r_id = reqid;
+	r->r_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+	r->r_mode = route->kind == OCI_ROUTE_MANIFEST ? RELAY_MANIFEST :
+	    RELAY_STREAM;
+	r->r_expect = -1;
+	r->r_uri = strdup(evhttp_request_get_uri(req));
+	r->r_buf = evbuffer_new();
+	TAILQ_INSERT_TAIL(&ctx->rc_relays, r, r_entry);
+	ctx->rc_inflight++;
+	evhttp_connection_set_closecb(evhttp_request_get_connection(req),
+	    relay_client_closed, r);
+
+	query[0] = '\0';
+	if (route->kind == OCI_ROUTE_TAGS)
+		relay_tags_query(req, query, sizeof(query));
+	url = relay_upstream_url(r, query[0] != '\0' ? query : NULL);
+	if (r->r_uri == NULL || r->r_buf == NULL || url == NULL) {
+		free(url);
+		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return;
+	}
+
+	memset(&ureq, 0, sizeof(ureq));
+	ureq.url = url;
+	/* Manifests are always fetched whole: HEAD must carry the digest. */
+	ureq.head = r->r_head && r->r_mode == RELAY_STREAM;
+	accept = evhttp_find_header(in, "Accept");
+	if (route->kind == OCI_ROUTE_MANIFEST)
+		ureq.accept = accept != NULL ? accept : RELAY_ACCEPT_DEFAULT;
+	/* Only a single, well-formed byte range is passed on. */
+	rh = evhttp_find_header(in, "Range");
+	if (route->kind == OCI_ROUTE_BLOB && rh != NULL &&
+	    oci_range_parse(rh, &range) == 1)
+		ureq.range = rh;
+	ureq.ca_file = reg->ca_file;
+	ureq.tls_verify = reg->tls_verify;
+	ureq.connect_timeout_ms = cfg->connect_timeout_ms;
+	ureq.stall_timeout_s = cfg->stall_timeout_s;
+	r->r_xfer = upstream_xfer_start(ctx->rc_up, &ureq, &cbs, r);
+	free(url);
+	if (r->r_xfer == NULL)
+		relay_fail(r, 500, OCI_ERR_UPSTREAM, "cannot start transfer");
+}

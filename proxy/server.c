@@ -1,0 +1,277 @@
+/*
+ * server: the evhttp front. Validates and routes every request before
+ * anything goes upstream; only configured registries are ever contacted.
+ */
+#include <sys/time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "oci.h"
+#include "relay.h"
+#include "server.h"
+#include "upstream.h"
+
+#define SERVER_MAX_HEADERS	(16 * 1024)	/* request line and headers */
+#define SERVER_MAX_BODY		4096		/* the pull API takes none */
+#define SERVER_IDLE_TIMEOUT	120		/* seconds, keep-alive or slow */
+
+struct server {
+	struct event_base	*s_base;
+	const struct config	*s_cfg;
+	struct evhttp		*s_http;
+	struct evhttp_bound_socket *s_sock;
+	struct upstream		*s_up;
+	struct relay_ctx	*s_relays;
+	unsigned long		 s_nextid;
+};
+
+static void
+server_reply_error(struct evhttp_request *req, unsigned long id,
+    enum oci_err err, const char *msg, const struct timeval *t0)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	struct evbuffer *body = evbuffer_new();
+	char buf[1024];
+	int n, status = oci_err_status(err);
+
+	n = oci_err_body(buf, sizeof(buf), err, msg, NULL);
+	if (body != NULL && n > 0)
+		evbuffer_add(body, buf, (size_t)n);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	if (err == OCI_ERR_METHOD)
+		evhttp_add_header(h, "Allow", "GET, HEAD");
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		snprintf(buf, sizeof(buf), "%d", n > 0 ? n : 0);
+		evhttp_add_header(h, "Content-Length", buf);
+	}
+	log_request(id, "-", evhttp_request_get_uri(req), NULL, status,
+	    body != NULL ? evbuffer_get_length(body) : 0, t0);
+	evhttp_send_reply(req, status, NULL, body);
+	if (body != NULL)
+		evbuffer_free(body);
+}
+
+static void
+server_request_cb(struct evhttp_request *req, void *arg)
+{
+	struct server *srv = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const struct config_registry *reg;
+	const char *path = evhttp_uri_get_path(uri);
+	struct oci_route route;
+	struct timeval t0;
+	char ns[OCI_NAME_MAX + 1];
+	enum oci_err err;
+	unsigned long id = ++srv->s_nextid;
+	int hasns;
+
+	gettimeofday(&t0, NULL);
+	if (path == NULL || *path == '\0')
+		path = "/";
+	err = oci_route_parse(path, &route);
+	if (err == OCI_OK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
+		err = OCI_ERR_METHOD;
+	if (err != OCI_OK) {
+		server_reply_error(req, id, err, NULL, &t0);
+		return;
+	}
+	if (route.kind == OCI_ROUTE_BASE) {
+		struct evbuffer *body = evbuffer_new();
+		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+
+		evhttp_add_header(h, "Content-Type", "application/json");
+		evhttp_add_header(h, "Docker-Distribution-API-Version",
+		    "registry/2.0");
+		if (cmd == EVHTTP_REQ_HEAD)
+			evhttp_add_header(h, "Content-Length", "2");
+		else if (body != NULL)
+			evbuffer_add(body, "{}", 2);
+		log_request(id, "-", evhttp_request_get_uri(req), NULL, 200,
+		    body != NULL ? evbuffer_get_length(body) : 0, &t0);
+		evhttp_send_reply(req, 200, "OK", body);
+		if (body != NULL)
+			evbuffer_free(body);
+		return;
+	}
+
+	hasns = oci_query_ns(evhttp_uri_get_query(uri), ns, sizeof(ns));
+	reg = hasns == 1 ? config_registry_find(srv->s_cfg, ns) :
+	    hasns == 0 ? config_registry_find(srv->s_cfg, NULL) : NULL;
+	if (reg == NULL) {
+		/* An open ns would let any local process use the node's
+		 * identity against any URL: refuse before any lookup. */
+		log_event(LOG_LEVEL_WARN, "ns refused", json_pack("{s:I,s:s}",
+		    "id", (json_int_t)id, "ns", hasns == 1 ? ns : "(malformed)"));
+		server_reply_error(req, id, OCI_ERR_NAME_UNKNOWN,
+		    "registry not configured on this mirror", &t0);
+		return;
+	}
+	relay_start(srv->s_relays, req, &route, reg, id);
+}
+
+struct server *
+server_new(struct event_base *base, const struct config *cfg)
+{
+	struct server *srv;
+
+	if ((srv = calloc(1, sizeof(*srv))) == NULL)
+		return NULL;
+	srv->s_base = base;
+	srv->s_cfg = cfg;
+	srv->s_up = upstream_new(base);
+	srv->s_http = evhttp_new(base);
+	if (srv->s_up == NULL || srv->s_http == NULL ||
+	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL) {
+		log_msg(LOG_LEVEL_ERROR, "cannot set up the server");
+		server_free(srv);
+		return NULL;
+	}
+	/* Let every method through so the API answers 405, not evhttp. */
+	evhttp_set_allowed_methods(srv->s_http, EVHTTP_REQ_GET |
+	    EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+	    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+	evhttp_set_max_headers_size(srv->s_http, SERVER_MAX_HEADERS);
+	evhttp_set_max_body_size(srv->s_http, SERVER_MAX_BODY);
+	evhttp_set_timeout(srv->s_http, SERVER_IDLE_TIMEOUT);
+	evhttp_set_gencb(srv->s_http, server_request_cb, srv);
+	srv->s_sock = evhttp_bind_socket_with_handle(srv->s_http,
+	    cfg->listen_host, (ev_uint16_t)cfg->listen_port);
+	if (srv->s_sock == NULL) {
+		log_event(LOG_LEVEL_ERROR, "cannot listen", json_pack(
+		    "{s:s,s:i}", "host", cfg->listen_host, "port",
+		    cfg->listen_port));
+		server_free(srv);
+		return NULL;
+	}
+	return srv;
+}
+
+void
+server_stop_accepting(struct server *srv)
+{
+	if (srv->s_sock != NULL) {
+		evhttp_del_accept_socket(srv->s_http, srv->s_sock);
+		srv->s_sock = NULL;
+	}
+}
+
+int
+server_inflight(const struct server *srv)
+{
+	return relay_ctx_inflight(srv->s_relays);
+}
+
+void
+server_free(struct server *srv)
+{
+	if (srv == NULL)
+		return;
+	/* Relays first: they hold requests that evhttp_free would free. */
+	relay_ctx_free(srv->s_relays);
+	if (srv->s_http != NULL)
+		evhttp_free(srv->s_http);
+	upstream_free(srv->s_up);
+	free(srv);
+}
+
+/* Shutdown: SIGTERM stops accepting; the drain timer ends the loop. */
+struct server_run {
+	struct server	*sr_srv;
+	struct event	*sr_drain;
+	struct timeval	 sr_deadline;
+	int		 sr_stopping;
+};
+
+static void
+server_drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server_run *run = arg;
+	struct timeval now;
+	int left = server_inflight(run->sr_srv);
+
+	(void)fd;
+	(void)what;
+	gettimeofday(&now, NULL);
+	if (left == 0 || timercmp(&now, &run->sr_deadline, >=)) {
+		if (left > 0)
+			log_event(LOG_LEVEL_WARN, "shutdown deadline passed",
+			    json_pack("{s:i}", "aborted", left));
+		event_base_loopexit(run->sr_srv->s_base, NULL);
+	}
+}
+
+static void
+server_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server_run *run = arg;
+	const struct config *cfg = run->sr_srv->s_cfg;
+	struct timeval every = { 0, 100 * 1000 }, grace;
+
+	(void)what;
+	if (run->sr_stopping) {	/* a second signal: no more waiting */
+		event_base_loopexit(run->sr_srv->s_base, NULL);
+		return;
+	}
+	run->sr_stopping = 1;
+	log_event(LOG_LEVEL_INFO, "shutting down", json_pack("{s:s,s:i}",
+	    "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", "inflight",
+	    server_inflight(run->sr_srv)));
+	server_stop_accepting(run->sr_srv);
+	gettimeofday(&run->sr_deadline, NULL);
+	grace.tv_sec = cfg->shutdown_timeout_s;
+	grace.tv_usec = 0;
+	timeradd(&run->sr_deadline, &grace, &run->sr_deadline);
+	event_add(run->sr_drain, &every);
+	server_drain_cb(-1, 0, run);
+}
+
+int
+server_run(const struct config *cfg)
+{
+	struct server_run run;
+	struct event_base *base;
+	struct event *sigterm, *sigint;
+	char listen[300];
+	json_t *regs;
+	int rc = 1;
+
+	signal(SIGPIPE, SIG_IGN);
+	if ((base = event_base_new()) == NULL)
+		return 1;
+	memset(&run, 0, sizeof(run));
+	if ((run.sr_srv = server_new(base, cfg)) == NULL)
+		goto out;
+	run.sr_drain = event_new(base, -1, EV_PERSIST, server_drain_cb, &run);
+	sigterm = evsignal_new(base, SIGTERM, server_signal_cb, &run);
+	sigint = evsignal_new(base, SIGINT, server_signal_cb, &run);
+	evsignal_add(sigterm, NULL);
+	evsignal_add(sigint, NULL);
+	regs = json_array();
+	for (size_t i = 0; i < cfg->nregistries; i++)
+		json_array_append_new(regs, json_string(cfg->registries[i].name));
+	snprintf(listen, sizeof(listen), "%s:%d", cfg->listen_host,
+	    cfg->listen_port);
+	log_event(LOG_LEVEL_INFO, "listening", json_pack("{s:s,s:s,s:o}",
+	    "listen", listen, "version", PULLPROXY_VERSION, "registries",
+	    regs));
+	event_base_dispatch(base);
+	log_msg(LOG_LEVEL_INFO, "stopped");
+	rc = 0;
+	event_free(sigterm);
+	event_free(sigint);
+	event_free(run.sr_drain);
+	server_free(run.sr_srv);
+out:
+	event_base_free(base);
+	return rc;
+}

@@ -1,0 +1,487 @@
+/*
+ * upstream: libcurl multi_socket driven by libevent, after curl's
+ * hiperfifo.c. One timer, one event per socket curl asks about,
+ * curl_multi_info_read after every action.
+ *
+ * curl forbids adding or removing easy handles from inside its callbacks,
+ * and callers of this module start and cancel transfers from inside theirs
+ * (which run inside curl's). So handles are added and removed only by
+ * upstream_kick(), an event that runs on the next loop turn.
+ */
+#include <sys/queue.h>
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "upstream.h"
+
+#define UPSTREAM_BUFFER_SIZE	(128 * 1024)
+#define UPSTREAM_MAX_REDIRS	5
+
+enum xfer_state {
+	XFER_PENDING,	/* waiting for upstream_kick to add it */
+	XFER_RUNNING,	/* in the multi handle */
+	XFER_DEAD,	/* finishing, or cancelled and waiting for the kick */
+};
+
+struct upstream_xfer {
+	struct upstream		*x_up;
+	CURL			*x_easy;
+	enum xfer_state		 x_state;
+	int			 x_in_multi;
+	int			 x_cancelled;
+	int			 x_headers_done;
+	struct upstream_cbs	 x_cbs;
+	void			*x_arg;
+	struct curl_slist	*x_reqheaders;
+	char			*x_url;	/* effective URL without its query */
+	char			 x_errbuf[CURL_ERROR_SIZE];
+	TAILQ_ENTRY(upstream_xfer) x_entry;
+};
+TAILQ_HEAD(xferq, upstream_xfer);
+
+struct upstream {
+	struct event_base	*u_base;
+	CURLM			*u_multi;
+	struct event		*u_timer;
+	struct event		*u_kick;
+	struct xferq		 u_pending;
+	struct xferq		 u_running;
+	struct xferq		 u_dead;
+	int			 u_active;
+};
+
+/* What curl asked us to watch on one socket. */
+struct upstream_sock {
+	struct event	*s_ev;
+};
+
+static void upstream_check_done(struct upstream *);
+
+static void
+upstream_schedule_kick(struct upstream *up)
+{
+	event_active(up->u_kick, EV_TIMEOUT, 0);
+}
+
+static void
+upstream_xfer_free(struct upstream_xfer *x)
+{
+	if (x->x_in_multi)
+		curl_multi_remove_handle(x->x_up->u_multi, x->x_easy);
+	curl_easy_cleanup(x->x_easy);
+	curl_slist_free_all(x->x_reqheaders);
+	free(x->x_url);
+	free(x);
+}
+
+static void
+upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream *up = arg;
+	struct upstream_xfer *x;
+	CURLMcode rc;
+
+	(void)fd;
+	(void)what;
+	while ((x = TAILQ_FIRST(&up->u_dead)) != NULL) {
+		TAILQ_REMOVE(&up->u_dead, x, x_entry);
+		upstream_xfer_free(x);
+	}
+	while ((x = TAILQ_FIRST(&up->u_pending)) != NULL) {
+		TAILQ_REMOVE(&up->u_pending, x, x_entry);
+		rc = curl_multi_add_handle(up->u_multi, x->x_easy);
+		if (rc != CURLM_OK) {
+			struct upstream_result res = { CURLE_FAILED_INIT, 0, 0,
+			    curl_multi_strerror(rc) };
+
+			x->x_state = XFER_DEAD;
+			x->x_cbs.on_done(x, &res, x->x_arg);
+			up->u_active--;
+			upstream_xfer_free(x);
+			continue;
+		}
+		x->x_in_multi = 1;
+		x->x_state = XFER_RUNNING;
+		TAILQ_INSERT_TAIL(&up->u_running, x, x_entry);
+	}
+}
+
+static void
+upstream_action(struct upstream *up, curl_socket_t s, int flags)
+{
+	int running;
+
+	curl_multi_socket_action(up->u_multi, s, flags, &running);
+	upstream_check_done(up);
+}
+
+static void
+upstream_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	upstream_action(arg, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static void
+upstream_sock_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int flags = 0;
+
+	if (what & EV_READ)
+		flags |= CURL_CSELECT_IN;
+	if (what & EV_WRITE)
+		flags |= CURL_CSELECT_OUT;
+	upstream_action(arg, fd, flags);
+}
+
+/* CURLMOPT_SOCKETFUNCTION */
+static int
+upstream_curl_sock(CURL *easy, curl_socket_t s, int what, void *userp,
+    void *sockp)
+{
+	struct upstream *up = userp;
+	struct upstream_sock *us = sockp;
+	short kind;
+
+	(void)easy;
+	if (what == CURL_POLL_REMOVE) {
+		if (us != NULL) {
+			event_free(us->s_ev);
+			free(us);
+			curl_multi_assign(up->u_multi, s, NULL);
+		}
+		return 0;
+	}
+	kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+	    ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+	if (us == NULL) {
+		if ((us = calloc(1, sizeof(*us))) == NULL)
+			return -1;
+		curl_multi_assign(up->u_multi, s, us);
+	} else
+		event_free(us->s_ev);
+	us->s_ev = event_new(up->u_base, s, kind, upstream_sock_cb, up);
+	if (us->s_ev == NULL)
+		return -1;
+	event_add(us->s_ev, NULL);
+	return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION */
+static int
+upstream_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct upstream *up = userp;
+	struct timeval tv;
+
+	(void)multi;
+	if (timeout_ms < 0) {
+		evtimer_del(up->u_timer);
+		return 0;
+	}
+	tv.tv_sec = timeout_ms / 1000;
+	tv.tv_usec = (timeout_ms % 1000) * 1000;
+	evtimer_add(up->u_timer, &tv);
+	return 0;
+}
+
+static void
+upstream_check_done(struct upstream *up)
+{
+	struct upstream_result res;
+	struct upstream_xfer *x;
+	CURLMsg *msg;
+	int left;
+	long status;
+
+	while ((msg = curl_multi_info_read(up->u_multi, &left)) != NULL) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+		    (char **)&x);
+		curl_multi_remove_handle(up->u_multi, x->x_easy);
+		x->x_in_multi = 0;
+		if (x->x_cancelled)	/* already on the dead list */
+			continue;
+		TAILQ_REMOVE(&up->u_running, x, x_entry);
+		x->x_state = XFER_DEAD;
+		up->u_active--;
+		status = 0;
+		curl_easy_getinfo(x->x_easy, CURLINFO_RESPONSE_CODE, &status);
+		memset(&res, 0, sizeof(res));
+		res.curl = msg->data.result;
+		res.status = status;
+		res.error = res.curl == CURLE_OK ? "" : (x->x_errbuf[0] != '\0' ?
+		    x->x_errbuf : curl_easy_strerror(res.curl));
+		curl_easy_getinfo(x->x_easy, CURLINFO_TOTAL_TIME, &res.seconds);
+		/* An empty body: the caller still sees the headers first. */
+		if (!x->x_headers_done && res.curl == CURLE_OK && status != 0) {
+			x->x_headers_done = 1;
+			x->x_cbs.on_headers(x, x->x_arg);
+		}
+		if (!x->x_cancelled)
+			x->x_cbs.on_done(x, &res, x->x_arg);
+		upstream_xfer_free(x);
+	}
+}
+
+static void
+upstream_note_url(struct upstream_xfer *x)
+{
+	char *url = NULL, *q;
+
+	curl_easy_getinfo(x->x_easy, CURLINFO_EFFECTIVE_URL, &url);
+	if (url == NULL)
+		return;
+	free(x->x_url);
+	if ((x->x_url = strdup(url)) != NULL && (q = strchr(x->x_url, '?')))
+		*q = '\0';
+}
+
+/* CURLOPT_HEADERFUNCTION: only the blank line that ends a block matters. */
+static size_t
+upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
+{
+	struct upstream_xfer *x = arg;
+	size_t len = size * n;
+	long status = 0;
+	char *redirect = NULL;
+
+	if (x->x_cancelled || x->x_headers_done)
+		return len;
+	if (!(len == 2 && buf[0] == '\r') && !(len == 1 && buf[0] == '\n'))
+		return len;
+	curl_easy_getinfo(x->x_easy, CURLINFO_RESPONSE_CODE, &status);
+	if (status < 200)
+		return len;	/* 1xx interim, or a proxy's CONNECT */
+	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_URL, &redirect);
+	if (status >= 300 && status < 400 && redirect != NULL)
+		return len;	/* curl follows it */
+	upstream_note_url(x);
+	x->x_headers_done = 1;
+	x->x_cbs.on_headers(x, x->x_arg);
+	return len;
+}
+
+static size_t
+upstream_curl_write(char *buf, size_t size, size_t n, void *arg)
+{
+	struct upstream_xfer *x = arg;
+	size_t len = size * n;
+
+	if (x->x_cancelled || !x->x_headers_done)
+		return len;
+	x->x_cbs.on_data(x, buf, len, x->x_arg);
+	return len;
+}
+
+struct upstream *
+upstream_new(struct event_base *base)
+{
+	struct upstream *up;
+
+	if ((up = calloc(1, sizeof(*up))) == NULL)
+		return NULL;
+	up->u_base = base;
+	TAILQ_INIT(&up->u_pending);
+	TAILQ_INIT(&up->u_running);
+	TAILQ_INIT(&up->u_dead);
+	up->u_multi = curl_multi_init();
+	up->u_timer = evtimer_new(base, upstream_timer_cb, up);
+	up->u_kick = event_new(base, -1, 0, upstream_kick_cb, up);
+	if (up->u_multi == NULL || up->u_timer == NULL || up->u_kick == NULL) {
+		upstream_free(up);
+		return NULL;
+	}
+	curl_multi_setopt(up->u_multi, CURLMOPT_SOCKETFUNCTION,
+	    upstream_curl_sock);
+	curl_multi_setopt(up->u_multi, CURLMOPT_SOCKETDATA, up);
+	curl_multi_setopt(up->u_multi, CURLMOPT_TIMERFUNCTION,
+	    upstream_curl_timer);
+	curl_multi_setopt(up->u_multi, CURLMOPT_TIMERDATA, up);
+	return up;
+}
+
+void
+upstream_free(struct upstream *up)
+{
+	struct upstream_xfer *x;
+
+	if (up == NULL)
+		return;
+	while ((x = TAILQ_FIRST(&up->u_running)) != NULL) {
+		TAILQ_REMOVE(&up->u_running, x, x_entry);
+		upstream_xfer_free(x);
+	}
+	while ((x = TAILQ_FIRST(&up->u_pending)) != NULL) {
+		TAILQ_REMOVE(&up->u_pending, x, x_entry);
+		upstream_xfer_free(x);
+	}
+	while ((x = TAILQ_FIRST(&up->u_dead)) != NULL) {
+		TAILQ_REMOVE(&up->u_dead, x, x_entry);
+		upstream_xfer_free(x);
+	}
+	if (up->u_multi != NULL)
+		curl_multi_cleanup(up->u_multi);
+	if (up->u_timer != NULL)
+		event_free(up->u_timer);
+	if (up->u_kick != NULL)
+		event_free(up->u_kick);
+	free(up);
+}
+
+int
+upstream_active(const struct upstream *up)
+{
+	return up->u_active;
+}
+
+static int
+upstream_add_header(struct upstream_xfer *x, const char *name,
+    const char *value)
+{
+	char line[8192];
+	struct curl_slist *l;
+
+	if (value == NULL)
+		return 0;
+	snprintf(line, sizeof(line), "%s: %s", name, value);
+	if ((l = curl_slist_append(x->x_reqheaders, line)) == NULL)
+		return -1;
+	x->x_reqheaders = l;
+	return 0;
+}
+
+struct upstream_xfer *
+upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
+    const struct upstream_cbs *cbs, void *arg)
+{
+	struct upstream_xfer *x;
+	CURL *e;
+
+	if ((x = calloc(1, sizeof(*x))) == NULL)
+		return NULL;
+	if ((x->x_easy = e = curl_easy_init()) == NULL) {
+		free(x);
+		return NULL;
+	}
+	x->x_up = up;
+	x->x_cbs = *cbs;
+	x->x_arg = arg;
+	x->x_state = XFER_PENDING;
+	if ((x->x_url = strdup(req->url)) != NULL &&
+	    strchr(x->x_url, '?') != NULL)
+		*strchr(x->x_url, '?') = '\0';
+
+	/* Exact bytes are needed for digests: no Accept-Encoding. */
+	if (upstream_add_header(x, "Accept", req->accept) == -1 ||
+	    upstream_add_header(x, "Range", req->range) == -1 ||
+	    upstream_add_header(x, "Expect", "") == -1) {
+		upstream_xfer_free(x);
+		return NULL;
+	}
+	curl_easy_setopt(e, CURLOPT_URL, req->url);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->x_reqheaders);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "pullproxy/" PULLPROXY_VERSION);
+	curl_easy_setopt(e, CURLOPT_NOBODY, req->head ? 1L : 0L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	/*
+	 * ACR answers blob GETs with 307 to blob storage. Since curl 7.58 a
+	 * custom Authorization header goes to the original host only, and
+	 * UNRESTRICTED_AUTH stays off.
+	 */
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)UPSTREAM_MAX_REDIRS);
+	curl_easy_setopt(e, CURLOPT_UNRESTRICTED_AUTH, 0L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
+	/* A stalled transfer: under 1 byte/s for the stall time. Paused
+	 * transfers are exempt from curl's speed check. */
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, req->stall_timeout_s);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)UPSTREAM_BUFFER_SIZE);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, req->tls_verify ? 1L : 0L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, req->tls_verify ? 2L : 0L);
+	/* With OpenSSL, CAINFO adds to the system CAPATH, not replaces it. */
+	if (req->ca_file != NULL)
+		curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->x_errbuf);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, upstream_curl_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, upstream_curl_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+
+	TAILQ_INSERT_TAIL(&up->u_pending, x, x_entry);
+	up->u_active++;
+	upstream_schedule_kick(up);
+	return x;
+}
+
+void
+upstream_xfer_cancel(struct upstream_xfer *x)
+{
+	struct upstream *up;
+
+	if (x == NULL || x->x_cancelled)
+		return;
+	x->x_cancelled = 1;
+	if (x->x_state == XFER_DEAD)
+		return;		/* finishing: upstream_check_done frees it */
+	up = x->x_up;
+	TAILQ_REMOVE(x->x_state == XFER_PENDING ? &up->u_pending :
+	    &up->u_running, x, x_entry);
+	x->x_state = XFER_DEAD;
+	up->u_active--;
+	TAILQ_INSERT_TAIL(&up->u_dead, x, x_entry);
+	upstream_schedule_kick(up);
+}
+
+void
+upstream_xfer_pause(struct upstream_xfer *x)
+{
+	curl_easy_pause(x->x_easy, CURLPAUSE_RECV);
+}
+
+void
+upstream_xfer_resume(struct upstream_xfer *x)
+{
+	if (x->x_cancelled || x->x_state != XFER_RUNNING)
+		return;
+	/* May deliver buffered data to on_data before it returns. */
+	curl_easy_pause(x->x_easy, CURLPAUSE_RECV_CONT);
+}
+
+long
+upstream_xfer_status(const struct upstream_xfer *x)
+{
+	long status = 0;
+
+	curl_easy_getinfo(x->x_easy, CURLINFO_RESPONSE_CODE, &status);
+	return status;
+}
+
+const char *
+upstream_xfer_header(const struct upstream_xfer *x, const char *name)
+{
+	struct curl_header *h;
+
+	/* request -1: the last response, after any redirect */
+	if (curl_easy_header(x->x_easy, name, 0, CURLH_HEADER, -1, &h) !=
+	    CURLHE_OK)
+		return NULL;
+	return h->value;
+}
+
+const char *
+upstream_xfer_url(const struct upstream_xfer *x)
+{
+	return x->x_url != NULL ? x->x_url : "";
+}

@@ -34,6 +34,21 @@ struct server {
 	unsigned long		 s_nextid;
 };
 
+static const char *
+server_method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET:	return "GET";
+	case EVHTTP_REQ_HEAD:	return "HEAD";
+	case EVHTTP_REQ_POST:	return "POST";
+	case EVHTTP_REQ_PUT:	return "PUT";
+	case EVHTTP_REQ_DELETE:	return "DELETE";
+	case EVHTTP_REQ_PATCH:	return "PATCH";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	default:		return "OTHER";
+	}
+}
+
 static void
 server_reply_error(struct evhttp_request *req, unsigned long id,
     enum oci_err err, const char *msg, const struct timeval *t0)
@@ -53,7 +68,8 @@ server_reply_error(struct evhttp_request *req, unsigned long id,
 		snprintf(buf, sizeof(buf), "%d", n > 0 ? n : 0);
 		evhttp_add_header(h, "Content-Length", buf);
 	}
-	log_request(id, "-", evhttp_request_get_uri(req), NULL, status,
+	log_request(id, server_method_name(evhttp_request_get_command(req)),
+	    evhttp_request_get_uri(req), NULL, status,
 	    body != NULL ? evbuffer_get_length(body) : 0, t0);
 	evhttp_send_reply(req, status, NULL, body);
 	if (body != NULL)
@@ -96,8 +112,8 @@ server_request_cb(struct evhttp_request *req, void *arg)
 			evhttp_add_header(h, "Content-Length", "2");
 		else if (body != NULL)
 			evbuffer_add(body, "{}", 2);
-		log_request(id, "-", evhttp_request_get_uri(req), NULL, 200,
-		    body != NULL ? evbuffer_get_length(body) : 0, &t0);
+		log_request(id, server_method_name(cmd),
+		    evhttp_request_get_uri(req), NULL, 200, body != NULL ? evbuffer_get_length(body) : 0, &t0);
 		evhttp_send_reply(req, 200, "OK", body);
 		if (body != NULL)
 			evbuffer_free(body);

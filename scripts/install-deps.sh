@@ -6,7 +6,7 @@
 set -eu
 build="meson ninja-build pkg-config gcc libevent-dev libcurl4-openssl-dev libssl-dev
        liblmdb-dev libjansson-dev libinih-dev ca-certificates curl"
-demo="docker-registry skopeo"
+demo="docker-registry skopeo umoci"
 test="libcmocka-dev python3 python3-pytest containerd runc openssl lmdb-utils"
 pkgs="$build $demo"
 [ "${1:-}" = "--test" ] && pkgs="$pkgs $test"

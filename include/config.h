@@ -22,6 +22,10 @@ struct config {
 	char	*listen_host;	/* 127.0.0.1 */
 	int	 listen_port;	/* 5000 */
 	char	*cache_dir;	/* /var/lib/pullproxy */
+	unsigned long long cache_max_bytes;	/* 10 GiB: budget for cached content */
+	int	 cache_high_pct;	/* 90: evict when above this % of the budget */
+	int	 cache_low_pct;		/* 80: down to this % */
+	long	 tag_ttl_s;	/* 60: a tag is trusted this long without asking */
 	char	*log_file;	/* NULL: stderr */
 	int	 log_level;	/* LOG_LEVEL_* from log.h */
 	long	 connect_timeout_ms;	/* 10000 */

@@ -22,6 +22,10 @@ config_init(struct config *cfg)
 	cfg->listen_host = strdup("127.0.0.1");
 	cfg->listen_port = 5000;
 	cfg->cache_dir = strdup("/var/lib/pullproxy");
+	cfg->cache_max_bytes = 10ULL << 30;
+	cfg->cache_high_pct = 90;
+	cfg->cache_low_pct = 80;
+	cfg->tag_ttl_s = 60;
 	cfg->log_level = LOG_LEVEL_INFO;
 	cfg->connect_timeout_ms = 10000;
 	cfg->stall_timeout_s = 30;
@@ -108,6 +112,44 @@ config_set_long(long *dst, const char *value, long min, long max)
 	return NULL;
 }
 
+/* A byte count with an optional K, M, G or T suffix (powers of 1024). */
+static const char *
+config_set_size(unsigned long long *dst, const char *value)
+{
+	unsigned long long v;
+	char *end;
+	int shift = 0;
+
+	errno = 0;
+	v = strtoull(value, &end, 10);
+	if (*value == '\0' || *value == '-' || errno != 0)
+		return "expected a size such as 512M or 20G";
+	switch (*end) {
+	case 'K': case 'k': shift = 10; end++; break;
+	case 'M': case 'm': shift = 20; end++; break;
+	case 'G': case 'g': shift = 30; end++; break;
+	case 'T': case 't': shift = 40; end++; break;
+	}
+	if (*end != '\0' || v > (ULLONG_MAX >> shift))
+		return "expected a size such as 512M or 20G";
+	v <<= shift;
+	if (v < 16ULL << 20)
+		return "must be at least 16M";
+	*dst = v;
+	return NULL;
+}
+
+static const char *
+config_set_pct(int *dst, const char *value)
+{
+	long v;
+	const char *msg = config_set_long(&v, value, 1, 99);
+
+	if (msg == NULL)
+		*dst = (int)v;
+	return msg;
+}
+
 static const char *
 config_set_bool(int *dst, const char *value)
 {
@@ -185,6 +227,14 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 		config_set_str(&cfg->cache_dir, value);
 		return NULL;
 	}
+	if (strcmp(key, "cache_max_size") == 0)
+		return config_set_size(&cfg->cache_max_bytes, value);
+	if (strcmp(key, "cache_high_pct") == 0)
+		return config_set_pct(&cfg->cache_high_pct, value);
+	if (strcmp(key, "cache_low_pct") == 0)
+		return config_set_pct(&cfg->cache_low_pct, value);
+	if (strcmp(key, "tag_ttl_s") == 0)
+		return config_set_long(&cfg->tag_ttl_s, value, 0, 86400);
 	if (strcmp(key, "log") == 0) {
 		config_set_str(&cfg->log_file, value);
 		return NULL;
@@ -303,6 +353,10 @@ config_flag(struct config *cfg, const char *flag, const char *value)
 		return config_set_listen(cfg, value);
 	if (strcmp(flag, "--cache-dir") == 0)
 		return config_set_server(cfg, "cache_dir", value);
+	if (strcmp(flag, "--cache-max-size") == 0)
+		return config_set_server(cfg, "cache_max_size", value);
+	if (strcmp(flag, "--tag-ttl") == 0)
+		return config_set_server(cfg, "tag_ttl_s", value);
 	if (strcmp(flag, "--registry") == 0)
 		return config_flag_registry(cfg, value);
 	if (strcmp(flag, "--log") == 0)
@@ -392,6 +446,9 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 {
 	size_t i;
 
+	if (cfg->cache_low_pct >= cfg->cache_high_pct)
+		return config_err(err, errlen, "[server] cache_low_pct: must be "
+		    "below cache_high_pct (%d)", cfg->cache_high_pct);
 	if (cfg->nregistries == 0)
 		return config_err(err, errlen, "no registry configured "
 		    "(--registry HOST=URL or a [registry HOST] section)");

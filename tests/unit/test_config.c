@@ -133,6 +133,7 @@ test_file(void **state)
 	    "[server]\n"
 	    "listen = 127.0.0.1:6000\n"
 	    "stall_timeout_s = 5\n"
+	    "cache_max_size = 2G\n"
 	    "[registry r.example]\n"
 	    "url = https://r.example\n"
 	    "ca_file = /etc/ca.pem\n"
@@ -142,6 +143,7 @@ test_file(void **state)
 	    "--config", path), 0);
 	assert_int_equal(cfg.listen_port, 7000);
 	assert_int_equal(cfg.stall_timeout_s, 5);
+	assert_true(cfg.cache_max_bytes == 2ULL << 30);
 	assert_int_equal(cfg.nregistries, 1);
 	assert_string_equal(cfg.registries[0].ca_file, "/etc/ca.pem");
 	assert_int_equal(cfg.registries[0].tls_verify, 0);
@@ -178,6 +180,10 @@ test_bad_files(void **state)
 	    "2: [registry a] tls_verify: expected true or false");
 	expect_file_error("[registry a]\nurl = gopher://a\n",
 	    "2: [registry a] url: URL must start with http:// or https://");
+	expect_file_error("[server]\ncache_max_size = 10X\n",
+	    "2: [server] cache_max_size: expected a size such as 512M or 20G");
+	expect_file_error("[server]\ncache_max_size = 1M\n",
+	    "2: [server] cache_max_size: must be at least 16M");
 	expect_file_error("[server\n", "1: syntax error");
 	expect_file_error("[server]\njust words\n", "2: syntax error");
 }

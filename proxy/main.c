@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cachecmd.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
@@ -17,6 +18,9 @@ usage(FILE *f)
 	    "usage: pullproxy serve [--listen HOST:PORT] [--cache-dir DIR]\n"
 	    "                       [--registry HOST=URL ...] [--config FILE]\n"
 	    "                       [--log FILE] [--log-level LEVEL]\n"
+	    "       pullproxy cache [--cache-dir DIR] [--config FILE] [--json]\n"
+	    "                       stats|ls|verify [DIGEST...]|evict DIGEST...|\n"
+	    "                       evict --to SIZE|purge\n"
 	    "       pullproxy --version | --help\n"
 	    "\n"
 	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
@@ -27,7 +31,13 @@ usage(FILE *f)
 	    "                default when a client sends no ns\n"
 	    "  --config      INI file (see config/pullproxy.conf); flags win\n"
 	    "  --log         JSON log file (default stderr, - for stderr)\n"
-	    "  --log-level   debug|info|warn|error (debug logs every request)\n");
+	    "  --log-level   debug|info|warn|error (debug logs every request)\n"
+	    "  --cache-max-size SIZE  cache budget, e.g. 20G (default 10G)\n"
+	    "  --tag-ttl SECONDS      how long a tag is trusted (default 60)\n"
+	    "\n"
+	    "  cache         inspect the cache: stats, ls, verify (re-hash every\n"
+	    "                blob; safe while serving), evict, purge (stop the\n"
+	    "                server first)\n");
 }
 
 static int
@@ -86,6 +96,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "serve") == 0)
 		return cmd_serve(argc - 1, argv + 1);
+	if (strcmp(argv[1], "cache") == 0)
+		return cachecmd_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
 	    argv[1]);
 	return 2;

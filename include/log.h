@@ -29,6 +29,9 @@ void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 struct timeval;
+/* Milliseconds since start (gettimeofday). */
+long log_ms_since(const struct timeval *start);
+
 /* The debug line for one client request, written when it ends. */
 void log_request(unsigned long id, const char *method, const char *uri,
     const char *registry, int status, unsigned long long bytes,

@@ -1,9 +1,8 @@
 /*
- * relay: one client request answered from an upstream transfer.
- * Manifests are fetched whole (at most 4 MiB), hashed and answered with
- * Docker-Content-Digest and Content-Length, also for HEAD. Blobs and tag
- * lists stream to the client as they arrive, pausing the transfer while the
- * client's output buffer is above a watermark.
+ * relay: one client request passed through to the registry, for what the
+ * cache does not keep: tag lists, blob HEADs on a miss, and blobs the cache
+ * cannot take. The body streams to the client as it arrives, pausing the
+ * transfer while the client's output buffer is above a watermark.
  *
  * relay_close() is a relay's one teardown path. It cancels the transfer
  * (no upstream callback runs after that) and releases the client request,
@@ -18,6 +17,7 @@ struct evhttp_request;
 struct oci_route;
 struct relay_ctx;
 struct upstream;
+struct upstream_req;
 
 /* What every relay shares: the upstream engine, settings, the open relays. */
 struct relay_ctx *relay_ctx_new(struct upstream *up, const struct config *cfg);
@@ -32,5 +32,13 @@ int relay_ctx_inflight(const struct relay_ctx *ctx);
 void relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
     const struct oci_route *route, const struct config_registry *reg,
     unsigned long reqid);
+
+/* The registry URL for a route (tags/list with an optional query). */
+char *relay_url(const struct config_registry *reg,
+    const struct oci_route *route, const char *query);
+
+/* An upstream request to reg with the configured TLS and timeouts. */
+void relay_req_init(struct upstream_req *ureq, const struct config *cfg,
+    const struct config_registry *reg, const char *url);
 
 #endif

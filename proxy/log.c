@@ -114,21 +114,26 @@ log_msg(enum log_level level, const char *fmt, ...)
 	log_event(level, buf, NULL);
 }
 
+long
+log_ms_since(const struct timeval *start)
+{
+	struct timeval now;
+
+	gettimeofday(&now, NULL);
+	return (now.tv_sec - start->tv_sec) * 1000 +
+	    (now.tv_usec - start->tv_usec) / 1000;
+}
+
 void
 log_request(unsigned long id, const char *method, const char *uri,
     const char *registry, int status, unsigned long long bytes,
     const struct timeval *start)
 {
-	struct timeval now;
-	long ms;
-
 	if (!log_enabled(LOG_LEVEL_DEBUG))
 		return;
-	gettimeofday(&now, NULL);
-	ms = (now.tv_sec - start->tv_sec) * 1000 +
-	    (now.tv_usec - start->tv_usec) / 1000;
-	log_event(LOG_LEVEL_DEBUG, "request", json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}",
+	log_event(LOG_LEVEL_DEBUG, "request",
+	    json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}",
 	    "id", (json_int_t)id, "method", method, "path", uri,
 	    "registry", registry, "status", status,
-	    "bytes", (json_int_t)bytes, "ms", (json_int_t)ms));
+	    "bytes", (json_int_t)bytes, "ms", (json_int_t)log_ms_since(start)));
 }

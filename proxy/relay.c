@@ -25,6 +25,7 @@
 #include "log.h"
 #include "oci.h"
 #include "relay.h"
+#include "reply.h"
 #include "upstream.h"
 
 /* Pause the upstream transfer above this much unsent client data. */
@@ -32,15 +33,8 @@
 /* Enough of an upstream error body to read its OCI code. */
 #define RELAY_ERRBODY_MAX	(16 * 1024)
 
-#define RELAY_ACCEPT_DEFAULT \
-	"application/vnd.oci.image.index.v1+json, " \
-	"application/vnd.oci.image.manifest.v1+json, " \
-	"application/vnd.docker.distribution.manifest.list.v2+json, " \
-	"application/vnd.docker.distribution.manifest.v2+json"
-
 enum relay_mode {
-	RELAY_STREAM,	/* blobs, tag lists: bytes go straight to the client */
-	RELAY_MANIFEST,	/* held whole, hashed, then answered */
+	RELAY_STREAM,	/* bytes go straight to the client */
 	RELAY_ERROR,	/* upstream said no: keep its body to read the code */
 };
 
@@ -104,16 +98,6 @@ relay_ctx_inflight(const struct relay_ctx *ctx)
 	return ctx->rc_inflight;
 }
 
-static long
-relay_ms(const struct relay *r)
-{
-	struct timeval now;
-
-	gettimeofday(&now, NULL);
-	return (now.tv_sec - r->r_t0.tv_sec) * 1000 +
-	    (now.tv_usec - r->r_t0.tv_usec) / 1000;
-}
-
 static void
 relay_client_closed(struct evhttp_connection *evcon, void *arg)
 {
@@ -169,18 +153,15 @@ relay_close(struct relay *r, int abort_client)
 
 /* Send a complete reply (headers already set) and close the relay. */
 static void
-relay_reply(struct relay *r, int status, const char *reason,
-    struct evbuffer *body)
+relay_reply(struct relay *r, int status)
 {
 	struct evhttp_connection *evcon;
 
 	r->r_status = status;
-	if (body != NULL && !r->r_head)
-		r->r_bytes = evbuffer_get_length(body);
 	evcon = evhttp_request_get_connection(r->r_req);
 	if (evcon != NULL)
 		evhttp_connection_set_closecb(evcon, NULL, NULL);
-	evhttp_send_reply(r->r_req, status, reason, r->r_head ? NULL : body);
+	evhttp_send_reply(r->r_req, status, NULL, NULL);
 	r->r_req = NULL;
 	relay_close(r, 0);
 }
@@ -188,69 +169,30 @@ relay_reply(struct relay *r, int status, const char *reason,
 static void
 relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
 {
-	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_req);
-	struct evbuffer *body;
-	char buf[1024], len[32];
-	int n;
+	struct evhttp_connection *evcon;
 
 	if (r->r_started) {	/* too late for a status: cut it short */
 		relay_close(r, 1);
 		return;
 	}
-	n = oci_err_body(buf, sizeof(buf), err, msg, NULL);
-	body = evbuffer_new();
-	if (n > 0 && body != NULL)
-		evbuffer_add(body, buf, (size_t)n);
-	evhttp_add_header(h, "Content-Type", "application/json");
-	snprintf(len, sizeof(len), "%d", n > 0 ? n : 0);
-	evhttp_add_header(h, "Content-Length", len);
-	relay_reply(r, status, NULL, body);
-	if (body != NULL)
-		evbuffer_free(body);
+	evcon = evhttp_request_get_connection(r->r_req);
+	if (evcon != NULL)
+		evhttp_connection_set_closecb(evcon, NULL, NULL);
+	r->r_status = status;
+	r->r_bytes = reply_error(r->r_req, status, err, msg);
+	r->r_req = NULL;
+	relay_close(r, 0);
 }
 
 static void
 relay_log_failure(struct relay *r, const struct upstream_xfer *x,
     long upstatus, const char *error, int client_status)
 {
-	json_t *o;
+	struct reply_failure f = { r->r_id, r->r_reg->name, r->r_route.name,
+	    r->r_route.reference, upstream_xfer_url(x), upstatus, error,
+	    client_status, log_ms_since(&r->r_t0) };
 
-	o = json_pack("{s:I,s:s,s:s,s:s,s:s,s:I,s:i}",
-	    "id", (json_int_t)r->r_id, "registry", r->r_reg->name,
-	    "repository", r->r_route.name, "reference", r->r_route.reference,
-	    "url", upstream_xfer_url(x), "ms", (json_int_t)relay_ms(r),
-	    "client_status", client_status);
-	if (o == NULL)
-		return;
-	if (upstatus != 0)
-		json_object_set_new(o, "status", json_integer(upstatus));
-	if (error != NULL && *error != '\0')
-		json_object_set_new(o, "error", json_string(error));
-	log_event(LOG_LEVEL_WARN, "upstream failure", o);
-}
-
-/* The OCI code in an upstream error body, when it has one. */
-static enum oci_err
-relay_upstream_code(struct relay *r, enum oci_err dflt)
-{
-	static const enum oci_err known[] = { OCI_ERR_BLOB_UNKNOWN,
-	    OCI_ERR_MANIFEST_UNKNOWN, OCI_ERR_NAME_UNKNOWN };
-	json_t *root, *code;
-	enum oci_err err = dflt;
-	size_t i;
-
-	if (r->r_buf == NULL || evbuffer_get_length(r->r_buf) == 0)
-		return dflt;
-	root = json_loadb((const char *)evbuffer_pullup(r->r_buf, -1),
-	    evbuffer_get_length(r->r_buf), 0, NULL);
-	code = json_object_get(json_array_get(json_object_get(root, "errors"),
-	    0), "code");
-	for (i = 0; json_is_string(code) && i < sizeof(known) / sizeof(known[0]);
-	    i++)
-		if (strcmp(json_string_value(code), oci_err_code(known[i])) == 0)
-			err = known[i];
-	json_decref(root);
-	return err;
+	reply_log_failure(&f);
 }
 
 static void
@@ -269,39 +211,20 @@ static void
 relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
     long status)
 {
-	enum oci_err notfound = r->r_route.kind == OCI_ROUTE_BLOB ?
-	    OCI_ERR_BLOB_UNKNOWN : r->r_route.kind == OCI_ROUTE_MANIFEST ?
-	    OCI_ERR_MANIFEST_UNKNOWN : OCI_ERR_NAME_UNKNOWN;
+	enum oci_err err;
+	int cstatus;
 	char msg[256];
 
-	if (status == 416) {
+	cstatus = reply_upstream_status(r->r_route.kind, status,
+	    evbuffer_pullup(r->r_buf, -1), evbuffer_get_length(r->r_buf), &err);
+	if (status == 416)
 		relay_copy_header(r, x, "Content-Range");
-		relay_fail(r, 416, OCI_ERR_RANGE_INVALID,
-		    "range not satisfiable");
-		return;
-	}
-	if (status == 404) {
-		/* Not a failure of the proxy's: containerd tries the next host. */
-		relay_fail(r, 404, relay_upstream_code(r, notfound),
-		    "not found in the upstream registry");
-		return;
-	}
-	/*
-	 * Never pass 401 (containerd would try to authenticate to the mirror)
-	 * nor 429 (containerd retries it five times at once): 5xx makes it
-	 * fall back to the next host.
-	 */
 	snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
 	    r->r_reg->name, status);
-	if (status == 401)
-		relay_fail(r, 502, OCI_ERR_UNAUTHORIZED, msg);
-	else if (status == 403)
-		relay_fail(r, 502, OCI_ERR_DENIED, msg);
-	else if (status == 429)
-		relay_fail(r, 503, OCI_ERR_TOOMANYREQUESTS, msg);
-	else
-		relay_fail(r, 502, OCI_ERR_UPSTREAM, msg);
-	relay_log_failure(r, x, status, NULL, r->r_status);
+	relay_fail(r, cstatus, err, msg);
+	/* A 404 is an answer, not a failure: containerd tries the next host. */
+	if (status != 404 && status != 416)
+		relay_log_failure(r, x, status, NULL, cstatus);
 }
 
 static void
@@ -329,28 +252,21 @@ relay_on_headers(struct upstream_xfer *x, void *arg)
 		r->r_mode = RELAY_ERROR;
 		return;
 	}
-	if (r->r_mode == RELAY_MANIFEST) {
-		if (r->r_expect > OCI_MANIFEST_MAX) {
-			relay_log_failure(r, x, status, "manifest over 4 MiB",
-			    502);
-			relay_fail(r, 502, OCI_ERR_MANIFEST_INVALID,
-			    "manifest larger than 4 MiB");
-		}
-		return;
-	}
 	relay_copy_header(r, x, "Content-Type");
 	relay_copy_header(r, x, "Content-Length");
 	relay_copy_header(r, x, "Content-Range");
 	relay_copy_header(r, x, "Link");
-	if (r->r_route.kind == OCI_ROUTE_BLOB) {
+	if (r->r_route.by_digest)
 		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
 		    "Docker-Content-Digest", r->r_route.reference);
+	else
+		relay_copy_header(r, x, "Docker-Content-Digest");
+	if (r->r_route.kind == OCI_ROUTE_BLOB)
 		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
 		    "Accept-Ranges", "bytes");
-	}
 	r->r_status = (int)status;
 	if (r->r_head) {
-		relay_reply(r, (int)status, NULL, NULL);
+		relay_reply(r, (int)status);
 		return;
 	}
 	r->r_started = 1;
@@ -369,16 +285,6 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 		if (evbuffer_get_length(r->r_buf) + len <= RELAY_ERRBODY_MAX)
 			evbuffer_add(r->r_buf, buf, len);
 		return;
-	case RELAY_MANIFEST:
-		if (evbuffer_get_length(r->r_buf) + len > OCI_MANIFEST_MAX) {
-			relay_log_failure(r, x, upstream_xfer_status(x),
-			    "manifest over 4 MiB", 502);
-			relay_fail(r, 502, OCI_ERR_MANIFEST_INVALID,
-			    "manifest larger than 4 MiB");
-			return;
-		}
-		evbuffer_add(r->r_buf, buf, len);
-		return;
 	case RELAY_STREAM:
 		break;
 	}
@@ -393,37 +299,6 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 		r->r_paused = 1;
 		upstream_xfer_pause(x);
 	}
-}
-
-static void
-relay_manifest_done(struct relay *r, struct upstream_xfer *x)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_req);
-	char dgst[DIGEST_STR_LEN + 1], len[32];
-	const char *ctype;
-	struct digest *d;
-	size_t n = evbuffer_get_length(r->r_buf);
-
-	if ((d = digest_new()) == NULL) {
-		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
-		return;
-	}
-	digest_update(d, evbuffer_pullup(r->r_buf, -1), n);
-	digest_final(d, dgst);
-	digest_free(d);
-	if (r->r_route.by_digest && strcmp(dgst, r->r_route.reference) != 0) {
-		relay_log_failure(r, x, 200, "digest mismatch", 502);
-		relay_fail(r, 502, OCI_ERR_DIGEST_INVALID,
-		    "upstream manifest does not match its digest");
-		return;
-	}
-	ctype = upstream_xfer_header(x, "Content-Type");
-	evhttp_add_header(h, "Content-Type", ctype != NULL ? ctype :
-	    "application/vnd.oci.image.manifest.v1+json");
-	evhttp_add_header(h, "Docker-Content-Digest", dgst);
-	snprintf(len, sizeof(len), "%zu", n);
-	evhttp_add_header(h, "Content-Length", len);
-	relay_reply(r, 200, NULL, r->r_buf);
 }
 
 static void
@@ -448,9 +323,6 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	case RELAY_ERROR:
 		relay_upstream_error(r, x, res->status);
 		break;
-	case RELAY_MANIFEST:
-		relay_manifest_done(r, x);
-		break;
 	case RELAY_STREAM:
 		/* Short body: the client must not take it as whole. */
 		if (!r->r_head && r->r_expect >= 0 &&
@@ -464,31 +336,35 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	}
 }
 
-static char *
-relay_upstream_url(const struct relay *r, const char *query)
+char *
+relay_url(const struct config_registry *reg, const struct oci_route *rt,
+    const char *query)
 {
-	const struct oci_route *rt = &r->r_route;
+	static const char *kinds[] = { [OCI_ROUTE_MANIFEST] = "manifests",
+	    [OCI_ROUTE_BLOB] = "blobs" };
 	char *url = NULL;
-	int n = -1;
+	int n;
 
-	switch (rt->kind) {
-	case OCI_ROUTE_MANIFEST:
-		n = asprintf(&url, "%s/v2/%s/manifests/%s", r->r_reg->url,
-		    rt->name, rt->reference);
-		break;
-	case OCI_ROUTE_BLOB:
-		n = asprintf(&url, "%s/v2/%s/blobs/%s", r->r_reg->url,
-		    rt->name, rt->reference);
-		break;
-	case OCI_ROUTE_TAGS:
-		n = asprintf(&url, "%s/v2/%s/tags/list%s%s", r->r_reg->url,
+	if (rt->kind == OCI_ROUTE_TAGS)
+		n = asprintf(&url, "%s/v2/%s/tags/list%s%s", reg->url,
 		    rt->name, query != NULL ? "?" : "",
 		    query != NULL ? query : "");
-		break;
-	default:
-		break;
-	}
+	else
+		n = asprintf(&url, "%s/v2/%s/%s/%s", reg->url, rt->name,
+		    kinds[rt->kind], rt->reference);
 	return n < 0 ? NULL : url;
+}
+
+void
+relay_req_init(struct upstream_req *ureq, const struct config *cfg,
+    const struct config_registry *reg, const char *url)
+{
+	memset(ureq, 0, sizeof(*ureq));
+	ureq->url = url;
+	ureq->ca_file = reg->ca_file;
+	ureq->tls_verify = reg->tls_verify;
+	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
+	ureq->stall_timeout_s = cfg->stall_timeout_s;
 }
 
 /* The client's tags/list paging parameters; ns stays here. */
@@ -527,7 +403,7 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	struct upstream_cbs cbs = { relay_on_headers, relay_on_data,
 	    relay_on_done };
 	struct oci_range range;
-	const char *rh, *accept;
+	const char *rh;
 	char query[512];
 	struct relay *r;
 	char *url;
@@ -543,8 +419,7 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	r->r_route = *route;
 	r->r_id = reqid;
 	r->r_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
-	r->r_mode = route->kind == OCI_ROUTE_MANIFEST ? RELAY_MANIFEST :
-	    RELAY_STREAM;
+	r->r_mode = RELAY_STREAM;
 	r->r_expect = -1;
 	r->r_uri = strdup(evhttp_request_get_uri(req));
 	r->r_buf = evbuffer_new();
@@ -556,29 +431,20 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	query[0] = '\0';
 	if (route->kind == OCI_ROUTE_TAGS)
 		relay_tags_query(req, query, sizeof(query));
-	url = relay_upstream_url(r, query[0] != '\0' ? query : NULL);
+	url = relay_url(reg, route, query[0] != '\0' ? query : NULL);
 	if (r->r_uri == NULL || r->r_buf == NULL || url == NULL) {
 		free(url);
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;
 	}
 
-	memset(&ureq, 0, sizeof(ureq));
-	ureq.url = url;
-	/* Manifests are always fetched whole: HEAD must carry the digest. */
-	ureq.head = r->r_head && r->r_mode == RELAY_STREAM;
-	accept = evhttp_find_header(in, "Accept");
-	if (route->kind == OCI_ROUTE_MANIFEST)
-		ureq.accept = accept != NULL ? accept : RELAY_ACCEPT_DEFAULT;
+	relay_req_init(&ureq, cfg, reg, url);
+	ureq.head = r->r_head;
 	/* Only a single, well-formed byte range is passed on. */
 	rh = evhttp_find_header(in, "Range");
 	if (route->kind == OCI_ROUTE_BLOB && rh != NULL &&
 	    oci_range_parse(rh, &range) == 1)
 		ureq.range = rh;
-	ureq.ca_file = reg->ca_file;
-	ureq.tls_verify = reg->tls_verify;
-	ureq.connect_timeout_ms = cfg->connect_timeout_ms;
-	ureq.stall_timeout_s = cfg->stall_timeout_s;
 	r->r_xfer = upstream_xfer_start(ctx->rc_up, &ureq, &cbs, r);
 	free(url);
 	if (r->r_xfer == NULL)

@@ -13,10 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blob.h"
+#include "cache.h"
 #include "config.h"
 #include "log.h"
+#include "manifest.h"
 #include "oci.h"
 #include "relay.h"
+#include "reply.h"
 #include "server.h"
 #include "upstream.h"
 
@@ -30,7 +34,10 @@ struct server {
 	struct evhttp		*s_http;
 	struct evhttp_bound_socket *s_sock;
 	struct upstream		*s_up;
+	struct cache		*s_cache;
 	struct relay_ctx	*s_relays;
+	struct blob_ctx		*s_blobs;
+	struct manifest_ctx	*s_manifests;
 	unsigned long		 s_nextid;
 };
 
@@ -53,27 +60,14 @@ static void
 server_reply_error(struct evhttp_request *req, unsigned long id,
     enum oci_err err, const char *msg, const struct timeval *t0)
 {
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	struct evbuffer *body = evbuffer_new();
-	char buf[1024];
-	int n, status = oci_err_status(err);
+	int status = oci_err_status(err);
+	const char *method = server_method_name(evhttp_request_get_command(req));
+	char *uri = strdup(evhttp_request_get_uri(req));
+	size_t n;
 
-	n = oci_err_body(buf, sizeof(buf), err, msg, NULL);
-	if (body != NULL && n > 0)
-		evbuffer_add(body, buf, (size_t)n);
-	evhttp_add_header(h, "Content-Type", "application/json");
-	if (err == OCI_ERR_METHOD)
-		evhttp_add_header(h, "Allow", "GET, HEAD");
-	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
-		snprintf(buf, sizeof(buf), "%d", n > 0 ? n : 0);
-		evhttp_add_header(h, "Content-Length", buf);
-	}
-	log_request(id, server_method_name(evhttp_request_get_command(req)),
-	    evhttp_request_get_uri(req), NULL, status,
-	    body != NULL ? evbuffer_get_length(body) : 0, t0);
-	evhttp_send_reply(req, status, NULL, body);
-	if (body != NULL)
-		evbuffer_free(body);
+	n = reply_error(req, status, err, msg);	/* frees req */
+	log_request(id, method, uri != NULL ? uri : "-", NULL, status, n, t0);
+	free(uri);
 }
 
 static void
@@ -132,7 +126,37 @@ server_request_cb(struct evhttp_request *req, void *arg)
 		    "registry not configured on this mirror", &t0);
 		return;
 	}
-	relay_start(srv->s_relays, req, &route, reg, id);
+	/* The cache keys sha256 only: rarer digests pass through. */
+	if (route.by_digest && strncmp(route.reference, "sha256:", 7) != 0)
+		relay_start(srv->s_relays, req, &route, reg, id);
+	else if (route.kind == OCI_ROUTE_MANIFEST)
+		manifest_start(srv->s_manifests, req, &route, reg, id);
+	else if (route.kind == OCI_ROUTE_BLOB)
+		blob_start(srv->s_blobs, req, &route, reg, id);
+	else
+		relay_start(srv->s_relays, req, &route, reg, id);
+}
+
+static int
+server_open_cache(struct server *srv)
+{
+	const struct config *cfg = srv->s_cfg;
+	struct cache_opts opts;
+	char err[512];
+
+	memset(&opts, 0, sizeof(opts));
+	opts.dir = cfg->cache_dir;
+	opts.max_bytes = cfg->cache_max_bytes;
+	opts.high_pct = cfg->cache_high_pct;
+	opts.low_pct = cfg->cache_low_pct;
+	opts.server = 1;
+	if (cache_open(&srv->s_cache, &opts, err, sizeof(err)) == CACHE_OK)
+		return 0;
+	/* Start-up failures go to the terminal too: the log may be a file. */
+	fprintf(stderr, "pullproxy: %s\n", err);
+	log_event(LOG_LEVEL_ERROR, "cannot open the cache", json_pack(
+	    "{s:s,s:s}", "dir", cfg->cache_dir, "error", err));
+	return -1;
 }
 
 struct server *
@@ -146,8 +170,16 @@ server_new(struct event_base *base, const struct config *cfg)
 	srv->s_cfg = cfg;
 	srv->s_up = upstream_new(base);
 	srv->s_http = evhttp_new(base);
+	if (server_open_cache(srv) == -1) {
+		server_free(srv);
+		return NULL;
+	}
 	if (srv->s_up == NULL || srv->s_http == NULL ||
-	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL) {
+	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL ||
+	    (srv->s_blobs = blob_ctx_new(srv->s_up, srv->s_cache, cfg,
+	    srv->s_relays)) == NULL ||
+	    (srv->s_manifests = manifest_ctx_new(srv->s_up, srv->s_cache,
+	    cfg)) == NULL) {
 		log_msg(LOG_LEVEL_ERROR, "cannot set up the server");
 		server_free(srv);
 		return NULL;
@@ -184,7 +216,9 @@ server_stop_accepting(struct server *srv)
 int
 server_inflight(const struct server *srv)
 {
-	return relay_ctx_inflight(srv->s_relays);
+	return relay_ctx_inflight(srv->s_relays) +
+	    blob_ctx_inflight(srv->s_blobs) +
+	    manifest_ctx_inflight(srv->s_manifests);
 }
 
 void
@@ -192,11 +226,16 @@ server_free(struct server *srv)
 {
 	if (srv == NULL)
 		return;
-	/* Relays first: they hold requests that evhttp_free would free. */
+	/* Requests first: evhttp_free would free them under their owners. */
+	manifest_ctx_free(srv->s_manifests);
+	blob_ctx_free(srv->s_blobs);
 	relay_ctx_free(srv->s_relays);
 	if (srv->s_http != NULL)
 		evhttp_free(srv->s_http);
 	upstream_free(srv->s_up);
+	/* After evhttp: queued file segments unpin the cache as they go. */
+	if (srv->s_cache != NULL)
+		cache_close(srv->s_cache);
 	free(srv);
 }
 

@@ -1,0 +1,46 @@
+/*
+ * reply: answering a client in OCI terms, shared by every way a request is
+ * served (from the cache, coalesced behind a fetch, or relayed), so a
+ * client sees the same status and body for the same upstream answer.
+ */
+#ifndef PP_REPLY_H
+#define PP_REPLY_H
+
+#include <stddef.h>
+
+#include "oci.h"
+
+struct evhttp_request;
+
+/*
+ * Send a complete error reply with an OCI body and its Content-Length
+ * (HEAD gets the headers only). Returns the body length sent.
+ */
+size_t reply_error(struct evhttp_request *req, int status, enum oci_err err,
+    const char *msg);
+
+/*
+ * The client's status and OCI error for an upstream error status, reading
+ * the upstream's OCI code from its body when there is one. 404 stays 404
+ * (containerd tries the next host); 401 and 403 become 502, 429 becomes
+ * 503: containerd would try to authenticate to the mirror on 401 and
+ * retries 429 five times at once.
+ */
+int reply_upstream_status(enum oci_route_kind kind, long status,
+    const void *body, size_t len, enum oci_err *err);
+
+/* What the "upstream failure" log line says. */
+struct reply_failure {
+	unsigned long	 id;
+	const char	*registry;
+	const char	*repository;
+	const char	*reference;
+	const char	*url;		/* without query: no SAS tokens */
+	long		 status;	/* upstream HTTP status, 0 if none */
+	const char	*error;		/* transport error or what was wrong */
+	int		 client_status;	/* what the client got; 0: none waiting */
+	long		 ms;
+};
+void reply_log_failure(const struct reply_failure *f);
+
+#endif

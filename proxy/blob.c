@@ -1,0 +1,701 @@
+/*
+ * blob: the cache's read side (readers) and write side (fetches).
+ *
+ * A fetch is one upstream GET of a blob into the cache. It fills one chunk
+ * in memory, puts it in the cache when full, and wakes its readers; the
+ * last chunk waits in memory until the digest is checked and goes in with
+ * the blob's record (cache_blob_commit), which makes the blob visible.
+ *
+ * A reader is one client response: a byte range [pos, end) of a blob,
+ * queued a few chunks at a time as sendfile segments of data.mdb, each
+ * pinned by a read transaction until the socket has taken it.
+ *
+ * Lifetimes: a reader belongs to its client request and, while the blob is
+ * being fetched, to that fetch's list; breader_close() is its one teardown
+ * path. A fetch ends in bfetch_close(), which detaches its readers first
+ * (to carry on from the completed blob, or cut off).
+ */
+#include <sys/queue.h>
+#include <sys/time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blob.h"
+#include "cache.h"
+#include "config.h"
+#include "digest.h"
+#include "log.h"
+#include "oci.h"
+#include "relay.h"
+#include "reply.h"
+#include "upstream.h"
+
+/* Chunks queued ahead per reader: segments of the file, not memory. */
+#define BLOB_AHEAD		(4 * CACHE_CHUNK)
+#define BLOB_ERRBODY_MAX	(16 * 1024)
+#define BLOB_TYPE_DEFAULT	"application/octet-stream"
+
+struct bfetch;
+
+struct breader {
+	TAILQ_ENTRY(breader)	 r_entry;
+	struct blob_ctx		*r_ctx;
+	struct bfetch		*r_fetch;	/* NULL: the blob is complete */
+	struct evhttp_request	*r_req;		/* NULL once released */
+	const struct config_registry *r_reg;
+	struct oci_route	 r_route;
+	unsigned long		 r_id;
+	struct timeval		 r_t0;
+	char			*r_uri;
+	int			 r_head;
+	int			 r_ranged;
+	struct oci_range	 r_range;
+	int			 r_started;	/* status line sent */
+	int			 r_relayed;	/* handed to a relay, which logs */
+	int			 r_status;
+	uint64_t		 r_pos;		/* next byte to queue */
+	uint64_t		 r_end;
+	uint64_t		 r_bytes;	/* queued to the client */
+};
+
+struct bfetch {
+	TAILQ_ENTRY(bfetch)	 f_entry;
+	struct blob_ctx		*f_ctx;
+	const struct config_registry *f_reg;
+	struct oci_route	 f_route;
+	struct upstream_xfer	*f_xfer;
+	unsigned long		 f_id;
+	struct timeval		 f_t0;
+	int			 f_sized;	/* headers seen, f_size known */
+	uint64_t		 f_size;
+	uint64_t		 f_received;
+	uint32_t		 f_chunks;	/* full chunks in the cache */
+	char			*f_chunk;	/* the chunk being filled */
+	size_t			 f_chunklen;
+	struct digest		*f_digest;
+	char			 f_media[CACHE_MEDIA_MAX];
+	long			 f_status;	/* upstream status */
+	struct evbuffer		*f_errbody;
+	TAILQ_HEAD(, breader)	 f_readers;
+};
+
+struct blob_ctx {
+	struct upstream		*bc_up;
+	struct cache		*bc_cache;
+	const struct config	*bc_cfg;
+	struct relay_ctx	*bc_relays;
+	TAILQ_HEAD(, bfetch)	 bc_fetches;
+	TAILQ_HEAD(, breader)	 bc_readers;	/* of complete blobs */
+	int			 bc_nreaders;
+};
+
+static void breader_pump(struct breader *);
+
+struct blob_ctx *
+blob_ctx_new(struct upstream *up, struct cache *cache,
+    const struct config *cfg, struct relay_ctx *relays)
+{
+	struct blob_ctx *ctx;
+
+	if ((ctx = calloc(1, sizeof(*ctx))) == NULL)
+		return NULL;
+	ctx->bc_up = up;
+	ctx->bc_cache = cache;
+	ctx->bc_cfg = cfg;
+	ctx->bc_relays = relays;
+	TAILQ_INIT(&ctx->bc_fetches);
+	TAILQ_INIT(&ctx->bc_readers);
+	return ctx;
+}
+
+int
+blob_ctx_inflight(const struct blob_ctx *ctx)
+{
+	return ctx->bc_nreaders;
+}
+
+/* The list a reader is on: its fetch's, or the context's. */
+static void
+breader_unlink(struct breader *r)
+{
+	if (r->r_fetch != NULL)
+		TAILQ_REMOVE(&r->r_fetch->f_readers, r, r_entry);
+	else
+		TAILQ_REMOVE(&r->r_ctx->bc_readers, r, r_entry);
+}
+
+/*
+ * The one teardown path. abort_client cuts the connection: the only way to
+ * tell a client that a body under way is incomplete.
+ */
+static void
+breader_close(struct breader *r, int abort_client)
+{
+	struct evhttp_connection *evcon;
+
+	if (r->r_req != NULL) {
+		evcon = evhttp_request_get_connection(r->r_req);
+		if (evcon != NULL)
+			evhttp_connection_set_closecb(evcon, NULL, NULL);
+		if (abort_client && evcon != NULL)
+			evhttp_connection_free(evcon);	/* frees r_req */
+		else if (r->r_started)
+			evhttp_send_reply_end(r->r_req);
+		else
+			reply_error(r->r_req, 500, OCI_ERR_UPSTREAM,
+			    "internal error");
+	}
+	if (!r->r_relayed)
+		log_request(r->r_id, r->r_head ? "HEAD" : "GET", r->r_uri,
+		    r->r_reg->name, r->r_status, r->r_bytes, &r->r_t0);
+	cache_blob_unhold(r->r_ctx->bc_cache, r->r_route.reference);
+	breader_unlink(r);
+	r->r_ctx->bc_nreaders--;
+	free(r->r_uri);
+	free(r);
+}
+
+static void
+breader_client_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct breader *r = arg;
+
+	(void)evcon;
+	/* A request evhttp detached from the dying connection is ours. */
+	if (evhttp_request_get_connection(r->r_req) == NULL)
+		evhttp_request_free(r->r_req);
+	r->r_req = NULL;
+	breader_close(r, 0);
+}
+
+/* Answer with an error before any byte of the body. */
+static void
+breader_fail(struct breader *r, int status, enum oci_err err,
+    const char *msg)
+{
+	struct evhttp_connection *evcon;
+
+	if (r->r_started) {
+		breader_close(r, 1);
+		return;
+	}
+	evcon = evhttp_request_get_connection(r->r_req);
+	if (evcon != NULL)
+		evhttp_connection_set_closecb(evcon, NULL, NULL);
+	r->r_status = status;
+	r->r_bytes = reply_error(r->r_req, status, err, msg);
+	r->r_req = NULL;
+	breader_close(r, 0);
+}
+
+/* Hand the client to a plain relay: the cache will not hold this blob. */
+static void
+breader_pass_through(struct breader *r)
+{
+	struct evhttp_request *req = r->r_req;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+
+	if (evcon != NULL)
+		evhttp_connection_set_closecb(evcon, NULL, NULL);
+	r->r_req = NULL;
+	relay_start(r->r_ctx->bc_relays, req, &r->r_route, r->r_reg, r->r_id);
+	r->r_relayed = 1;
+	breader_close(r, 0);
+}
+
+/* Size and type are known: send the status line, then the body. */
+static void
+breader_begin(struct breader *r, uint64_t size, const char *media)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_req);
+	uint64_t off = 0, len = size;
+	char buf[96];
+
+	if (r->r_ranged) {
+		if (!oci_range_resolve(&r->r_range, size, &off, &len)) {
+			snprintf(buf, sizeof(buf), "bytes */%" PRIu64, size);
+			evhttp_add_header(h, "Content-Range", buf);
+			breader_fail(r, 416, OCI_ERR_RANGE_INVALID,
+			    "range not satisfiable");
+			return;
+		}
+		snprintf(buf, sizeof(buf), "bytes %" PRIu64 "-%" PRIu64
+		    "/%" PRIu64, off, off + len - 1, size);
+		evhttp_add_header(h, "Content-Range", buf);
+	}
+	r->r_status = r->r_ranged ? 206 : 200;
+	r->r_pos = off;
+	r->r_end = off + len;
+	snprintf(buf, sizeof(buf), "%" PRIu64, len);
+	evhttp_add_header(h, "Content-Length", buf);
+	evhttp_add_header(h, "Content-Type", media);
+	evhttp_add_header(h, "Docker-Content-Digest", r->r_route.reference);
+	evhttp_add_header(h, "Accept-Ranges", "bytes");
+	if (r->r_head) {
+		r->r_started = 1;
+		evhttp_send_reply(r->r_req, r->r_status, NULL, NULL);
+		r->r_req = NULL;
+		breader_close(r, 0);
+		return;
+	}
+	r->r_started = 1;
+	evhttp_send_reply_start(r->r_req, r->r_status, NULL);
+	breader_pump(r);
+}
+
+static void
+breader_unpin_cb(struct evbuffer_file_segment const *seg, int flags,
+    void *arg)
+{
+	(void)seg;
+	(void)flags;
+	cache_unpin(arg);
+}
+
+static void
+breader_drained(struct evhttp_connection *evcon, void *arg)
+{
+	(void)evcon;
+	breader_pump(arg);
+}
+
+/*
+ * Queue chunks while the client has taken what was queued before, up to
+ * what is in the cache. Called again when the socket drains and when the
+ * fetch commits a chunk.
+ */
+static void
+breader_pump(struct breader *r)
+{
+	struct cache *cache = r->r_ctx->bc_cache;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(r->r_req);
+	struct evbuffer *out, *buf;
+	struct evbuffer_file_segment *seg;
+	struct cache_pin *pin;
+	const void *ptr;
+	uint64_t within, n;
+	uint32_t idx;
+	size_t len;
+	off_t off;
+
+	if (evcon == NULL)
+		return;
+	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
+	if ((buf = evbuffer_new()) == NULL) {
+		breader_close(r, 1);
+		return;
+	}
+	while (r->r_pos < r->r_end &&
+	    evbuffer_get_length(out) + evbuffer_get_length(buf) < BLOB_AHEAD) {
+		idx = (uint32_t)(r->r_pos / CACHE_CHUNK);
+		if (r->r_fetch != NULL && idx >= r->r_fetch->f_chunks)
+			break;		/* not downloaded yet: woken later */
+		if (cache_chunk_pin(cache, r->r_route.reference, idx, &pin,
+		    &ptr, &len, &off) != CACHE_OK)
+			goto fail;
+		within = r->r_pos - (uint64_t)idx * CACHE_CHUNK;
+		if (within >= len) {
+			cache_unpin(pin);
+			goto fail;
+		}
+		n = len - within;
+		if (n > r->r_end - r->r_pos)
+			n = r->r_end - r->r_pos;
+		seg = evbuffer_file_segment_new(cache_fd(cache),
+		    off + (off_t)within, (ev_off_t)n, 0);
+		if (seg == NULL) {
+			cache_unpin(pin);
+			goto fail;
+		}
+		evbuffer_file_segment_add_cleanup_cb(seg, breader_unpin_cb,
+		    pin);
+		n = evbuffer_add_file_segment(buf, seg, 0, (ev_off_t)n) == 0 ?
+		    n : 0;
+		evbuffer_file_segment_free(seg);
+		if (n == 0)
+			goto fail;
+		r->r_pos += n;
+		r->r_bytes += n;
+	}
+	if (evbuffer_get_length(buf) > 0)
+		evhttp_send_reply_chunk_with_cb(r->r_req, buf,
+		    breader_drained, r);
+	evbuffer_free(buf);
+	if (r->r_pos == r->r_end)
+		breader_close(r, 0);
+	return;
+fail:
+	/* The cache lost the bytes under us (evicted, or the store failed). */
+	evbuffer_free(buf);
+	log_event(LOG_LEVEL_ERROR, "cache read failed", json_pack("{s:I,s:s,"
+	    "s:I,s:s}", "id", (json_int_t)r->r_id, "digest",
+	    r->r_route.reference, "offset", (json_int_t)r->r_pos, "error",
+	    cache_strerror(cache)));
+	breader_close(r, 1);
+}
+
+static struct breader *
+breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
+    const struct oci_route *route, const struct config_registry *reg,
+    unsigned long reqid)
+{
+	const char *rh = evhttp_find_header(
+	    evhttp_request_get_input_headers(req), "Range");
+	struct breader *r;
+
+	if ((r = calloc(1, sizeof(*r))) == NULL)
+		return NULL;
+	if ((r->r_uri = strdup(evhttp_request_get_uri(req))) == NULL) {
+		free(r);
+		return NULL;
+	}
+	gettimeofday(&r->r_t0, NULL);
+	r->r_ctx = ctx;
+	r->r_req = req;
+	r->r_reg = reg;
+	r->r_route = *route;
+	r->r_id = reqid;
+	r->r_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+	/* Anything but one well-formed range gets the whole blob (RFC 9110). */
+	r->r_ranged = rh != NULL && oci_range_parse(rh, &r->r_range) == 1;
+	cache_blob_hold(ctx->bc_cache, route->reference);
+	ctx->bc_nreaders++;
+	evhttp_connection_set_closecb(evhttp_request_get_connection(req),
+	    breader_client_closed, r);
+	return r;
+}
+
+static void
+bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
+    long status, const char *error)
+{
+	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
+	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
+	    status, error, 0, log_ms_since(&f->f_t0) };
+	struct breader *r;
+
+	/* What the first waiting client gets tells the operator the impact. */
+	TAILQ_FOREACH(r, &f->f_readers, r_entry)
+		if (!r->r_started) {
+			rf.client_status = status == 0 ? 502 :
+			    status == 404 ? 404 : 502;
+			break;
+		}
+	reply_log_failure(&rf);
+}
+
+/*
+ * The one teardown path of a fetch. Readers of a completed blob carry on
+ * from the cache; the others get err (or are cut off if their body has
+ * started). What was written of an incomplete blob is discarded.
+ */
+static void
+bfetch_close(struct bfetch *f, int complete, int status, enum oci_err err,
+    const char *msg)
+{
+	struct blob_ctx *ctx = f->f_ctx;
+	struct breader *r;
+
+	if (f->f_xfer != NULL)
+		upstream_xfer_cancel(f->f_xfer);
+	TAILQ_REMOVE(&ctx->bc_fetches, f, f_entry);
+	if (!complete)
+		cache_blob_discard(ctx->bc_cache, f->f_route.reference);
+	while ((r = TAILQ_FIRST(&f->f_readers)) != NULL) {
+		TAILQ_REMOVE(&f->f_readers, r, r_entry);
+		r->r_fetch = NULL;
+		TAILQ_INSERT_TAIL(&ctx->bc_readers, r, r_entry);
+		if (!complete)
+			breader_fail(r, status, err, msg);
+		else if (!r->r_started)
+			breader_begin(r, f->f_size, f->f_media);
+		else
+			breader_pump(r);
+	}
+	cache_blob_unhold(ctx->bc_cache, f->f_route.reference);
+	if (f->f_digest != NULL)
+		digest_free(f->f_digest);
+	if (f->f_errbody != NULL)
+		evbuffer_free(f->f_errbody);
+	free(f->f_chunk);
+	free(f);
+}
+
+/* Give up on caching before any body was sent: every reader passes through. */
+static void
+bfetch_pass_through(struct bfetch *f, const char *why)
+{
+	struct breader *r;
+
+	log_event(LOG_LEVEL_WARN, "cache bypassed", json_pack(
+	    "{s:I,s:s,s:s,s:I,s:s}", "id", (json_int_t)f->f_id, "registry",
+	    f->f_reg->name, "digest", f->f_route.reference, "size",
+	    (json_int_t)f->f_size, "reason", why));
+	upstream_xfer_cancel(f->f_xfer);
+	f->f_xfer = NULL;
+	while ((r = TAILQ_FIRST(&f->f_readers)) != NULL)
+		breader_pass_through(r);
+	bfetch_close(f, 0, 0, OCI_OK, NULL);
+}
+
+static void
+bfetch_on_headers(struct upstream_xfer *x, void *arg)
+{
+	struct bfetch *f = arg;
+	struct cache *cache = f->f_ctx->bc_cache;
+	const char *cl = upstream_xfer_header(x, "Content-Length");
+	const char *ct = upstream_xfer_header(x, "Content-Type");
+	struct breader *r;
+	enum cache_err cerr;
+	char *end;
+
+	f->f_status = upstream_xfer_status(x);
+	if (f->f_status != 200)
+		return;		/* the error body is read, then mapped */
+	if (cl == NULL || *cl == '\0' ||
+	    (f->f_size = strtoull(cl, &end, 10), *end != '\0')) {
+		bfetch_pass_through(f, "no Content-Length");
+		return;
+	}
+	if ((cerr = cache_blob_reserve(cache, f->f_size)) != CACHE_OK) {
+		bfetch_pass_through(f, cerr == CACHE_FULL ?
+		    "larger than the free cache budget" :
+		    cache_strerror(cache));
+		return;
+	}
+	f->f_sized = 1;
+	snprintf(f->f_media, sizeof(f->f_media), "%s",
+	    ct != NULL && *ct != '\0' ? ct : BLOB_TYPE_DEFAULT);
+	/* Each begin may close its reader (HEAD, 416): take them one by one. */
+	while ((r = TAILQ_FIRST(&f->f_readers)) != NULL &&
+	    !r->r_started) {
+		TAILQ_REMOVE(&f->f_readers, r, r_entry);
+		TAILQ_INSERT_TAIL(&f->f_readers, r, r_entry);
+		breader_begin(r, f->f_size, f->f_media);
+	}
+}
+
+static void
+bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
+    void *arg)
+{
+	struct bfetch *f = arg;
+	struct cache *cache = f->f_ctx->bc_cache;
+	struct breader *r, *next;
+	size_t n;
+
+	if (f->f_status != 200) {
+		if (evbuffer_get_length(f->f_errbody) + len <= BLOB_ERRBODY_MAX)
+			evbuffer_add(f->f_errbody, buf, len);
+		return;
+	}
+	if (f->f_received + len > f->f_size) {
+		bfetch_log_failure(f, x, 200, "body longer than Content-Length");
+		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
+		    "upstream sent more than it announced");
+		return;
+	}
+	digest_update(f->f_digest, buf, len);
+	f->f_received += len;
+	while (len > 0) {
+		n = CACHE_CHUNK - f->f_chunklen;
+		if (n > len)
+			n = len;
+		memcpy(f->f_chunk + f->f_chunklen, buf, n);
+		f->f_chunklen += n;
+		buf += n;
+		len -= n;
+		/* The last chunk waits for the digest check. */
+		if (f->f_chunklen < CACHE_CHUNK || f->f_received == f->f_size)
+			continue;
+		if (cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
+		    f->f_chunk, f->f_chunklen) != CACHE_OK) {
+			bfetch_log_failure(f, x, 200, cache_strerror(cache));
+			bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
+			    "cache write failed");
+			return;
+		}
+		f->f_chunks++;
+		f->f_chunklen = 0;
+		/* A pump closes only its own reader, when it is done. */
+		for (r = TAILQ_FIRST(&f->f_readers); r != NULL; r = next) {
+			next = TAILQ_NEXT(r, r_entry);
+			if (r->r_started)
+				breader_pump(r);
+		}
+	}
+}
+
+static void
+bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
+    void *arg)
+{
+	struct bfetch *f = arg;
+	struct cache *cache = f->f_ctx->bc_cache;
+	struct cache_blob_info info;
+	char dgst[DIGEST_STR_LEN + 1];
+	enum oci_err err;
+	int status, timeout;
+
+	f->f_xfer = NULL;
+	if (res->curl != CURLE_OK) {
+		timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
+		bfetch_log_failure(f, x, res->status, res->error);
+		bfetch_close(f, 0, timeout ? 504 : 502, timeout ?
+		    OCI_ERR_TIMEOUT : OCI_ERR_UPSTREAM,
+		    "upstream registry unreachable");
+		return;
+	}
+	if (f->f_status != 200) {
+		status = reply_upstream_status(OCI_ROUTE_BLOB, f->f_status,
+		    evbuffer_pullup(f->f_errbody, -1),
+		    evbuffer_get_length(f->f_errbody), &err);
+		if (f->f_status != 404)
+			bfetch_log_failure(f, x, f->f_status, NULL);
+		bfetch_close(f, 0, status, err, "upstream registry refused");
+		return;
+	}
+	if (f->f_received != f->f_size) {
+		bfetch_log_failure(f, x, 200, "body shorter than Content-Length");
+		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "short body");
+		return;
+	}
+	digest_final(f->f_digest, dgst);
+	if (strcmp(dgst, f->f_route.reference) != 0) {
+		bfetch_log_failure(f, x, 200, "digest mismatch");
+		bfetch_close(f, 0, 502, OCI_ERR_DIGEST_INVALID,
+		    "upstream blob does not match its digest");
+		return;
+	}
+	memset(&info, 0, sizeof(info));
+	snprintf(info.digest, sizeof(info.digest), "%s", dgst);
+	snprintf(info.media_type, sizeof(info.media_type), "%s", f->f_media);
+	info.size = f->f_size;
+	info.created = info.last_access = (uint64_t)time(NULL);
+	if (cache_blob_commit(cache, &info, f->f_chunks, f->f_chunk,
+	    f->f_chunklen) != CACHE_OK) {
+		bfetch_log_failure(f, x, 200, cache_strerror(cache));
+		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "cache write failed");
+		return;
+	}
+	log_event(LOG_LEVEL_DEBUG, "blob cached", json_pack("{s:I,s:s,s:s,"
+	    "s:I,s:I}", "id", (json_int_t)f->f_id, "registry", f->f_reg->name,
+	    "digest", dgst, "size", (json_int_t)f->f_size, "ms",
+	    (json_int_t)log_ms_since(&f->f_t0)));
+	bfetch_close(f, 1, 0, OCI_OK, NULL);
+}
+
+static struct bfetch *
+bfetch_start(struct blob_ctx *ctx, const struct oci_route *route,
+    const struct config_registry *reg, unsigned long reqid)
+{
+	struct upstream_cbs cbs = { bfetch_on_headers, bfetch_on_data,
+	    bfetch_on_done };
+	struct upstream_req ureq;
+	struct bfetch *f;
+	char *url;
+
+	if ((f = calloc(1, sizeof(*f))) == NULL)
+		return NULL;
+	f->f_ctx = ctx;
+	f->f_reg = reg;
+	f->f_route = *route;
+	f->f_id = reqid;
+	gettimeofday(&f->f_t0, NULL);
+	TAILQ_INIT(&f->f_readers);
+	TAILQ_INSERT_TAIL(&ctx->bc_fetches, f, f_entry);
+	cache_blob_hold(ctx->bc_cache, route->reference);
+	f->f_chunk = malloc(CACHE_CHUNK);
+	f->f_digest = digest_new();
+	f->f_errbody = evbuffer_new();
+	url = relay_url(reg, route, NULL);
+	if (f->f_chunk == NULL || f->f_digest == NULL ||
+	    f->f_errbody == NULL || url == NULL) {
+		free(url);
+		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return NULL;
+	}
+	relay_req_init(&ureq, ctx->bc_cfg, reg, url);
+	f->f_xfer = upstream_xfer_start(ctx->bc_up, &ureq, &cbs, f);
+	free(url);
+	if (f->f_xfer == NULL) {
+		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return NULL;
+	}
+	return f;
+}
+
+static struct bfetch *
+bfetch_find(struct blob_ctx *ctx, const char *digest)
+{
+	struct bfetch *f;
+
+	TAILQ_FOREACH(f, &ctx->bc_fetches, f_entry)
+		if (strcmp(f->f_route.reference, digest) == 0)
+			return f;
+	return NULL;
+}
+
+void
+blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
+    const struct oci_route *route, const struct config_registry *reg,
+    unsigned long reqid)
+{
+	struct cache_blob_info info;
+	struct breader *r;
+	struct bfetch *f;
+
+	/*
+	 * Single flight by digest alone: content is addressed by digest, so
+	 * a download started for one registry serves the same layer for any.
+	 */
+	f = bfetch_find(ctx, route->reference);
+	if (f == NULL && cache_blob_lookup(ctx->bc_cache, route->reference,
+	    &info) != CACHE_OK) {
+		/* A HEAD on a miss is not worth a download. */
+		if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+			relay_start(ctx->bc_relays, req, route, reg, reqid);
+			return;
+		}
+		if ((f = bfetch_start(ctx, route, reg, reqid)) == NULL) {
+			reply_error(req, 500, OCI_ERR_UPSTREAM,
+			    "cannot start transfer");
+			return;
+		}
+	}
+	if ((r = breader_new(ctx, req, route, reg, reqid)) == NULL) {
+		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return;
+	}
+	r->r_fetch = f;
+	if (f == NULL) {
+		TAILQ_INSERT_TAIL(&ctx->bc_readers, r, r_entry);
+		breader_begin(r, info.size, info.media_type);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&f->f_readers, r, r_entry);
+	if (f->f_sized)
+		breader_begin(r, f->f_size, f->f_media);
+}
+
+void
+blob_ctx_free(struct blob_ctx *ctx)
+{
+	struct breader *r;
+	struct bfetch *f;
+
+	if (ctx == NULL)
+		return;
+	while ((f = TAILQ_FIRST(&ctx->bc_fetches)) != NULL)
+		bfetch_close(f, 0, 503, OCI_ERR_UPSTREAM, "shutting down");
+	while ((r = TAILQ_FIRST(&ctx->bc_readers)) != NULL)
+		breader_close(r, 1);
+	free(ctx);
+}

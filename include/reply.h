@@ -13,6 +13,30 @@
 struct evhttp_request;
 
 /*
+ * A client request held across callbacks. A client that goes away is
+ * reported through the connection's close callback: the holder's gone()
+ * runs with the request already released (and freed if evhttp had
+ * detached it), so the holder's one teardown path can run.
+ */
+struct reply_client {
+	struct evhttp_request	*req;		/* NULL once released */
+	void			(*gone)(void *arg);
+	void			*arg;
+};
+
+void reply_client_hold(struct reply_client *c, struct evhttp_request *req,
+    void (*gone)(void *), void *arg);
+/* Stop watching the client; the request (or NULL) is the caller's to answer. */
+struct evhttp_request *reply_client_take(struct reply_client *c);
+/*
+ * Let go of a client still held: abort_client cuts the connection (the only
+ * way to tell a client that a body under way is incomplete), started ends
+ * the body, anything else answers 500.
+ */
+void reply_client_release(struct reply_client *c, int abort_client,
+    int started);
+
+/*
  * Send a complete error reply with an OCI body and its Content-Length
  * (HEAD gets the headers only). Returns the body length sent.
  */

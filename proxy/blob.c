@@ -48,7 +48,7 @@ struct breader {
 	TAILQ_ENTRY(breader)	 r_entry;
 	struct blob_ctx		*r_ctx;
 	struct bfetch		*r_fetch;	/* NULL: the blob is complete */
-	struct evhttp_request	*r_req;		/* NULL once released */
+	struct reply_client	 r_client;
 	const struct config_registry *r_reg;
 	struct oci_route	 r_route;
 	unsigned long		 r_id;
@@ -138,20 +138,7 @@ breader_unlink(struct breader *r)
 static void
 breader_close(struct breader *r, int abort_client)
 {
-	struct evhttp_connection *evcon;
-
-	if (r->r_req != NULL) {
-		evcon = evhttp_request_get_connection(r->r_req);
-		if (evcon != NULL)
-			evhttp_connection_set_closecb(evcon, NULL, NULL);
-		if (abort_client && evcon != NULL)
-			evhttp_connection_free(evcon);	/* frees r_req */
-		else if (r->r_started)
-			evhttp_send_reply_end(r->r_req);
-		else
-			reply_error(r->r_req, 500, OCI_ERR_UPSTREAM,
-			    "internal error");
-	}
+	reply_client_release(&r->r_client, abort_client, r->r_started);
 	if (!r->r_relayed)
 		log_request(r->r_id, r->r_head ? "HEAD" : "GET", r->r_uri,
 		    r->r_reg->name, r->r_status, r->r_bytes, &r->r_t0);
@@ -163,16 +150,9 @@ breader_close(struct breader *r, int abort_client)
 }
 
 static void
-breader_client_closed(struct evhttp_connection *evcon, void *arg)
+breader_gone(void *arg)
 {
-	struct breader *r = arg;
-
-	(void)evcon;
-	/* A request evhttp detached from the dying connection is ours. */
-	if (evhttp_request_get_connection(r->r_req) == NULL)
-		evhttp_request_free(r->r_req);
-	r->r_req = NULL;
-	breader_close(r, 0);
+	breader_close(arg, 0);
 }
 
 /* Answer with an error before any byte of the body. */
@@ -180,18 +160,13 @@ static void
 breader_fail(struct breader *r, int status, enum oci_err err,
     const char *msg)
 {
-	struct evhttp_connection *evcon;
-
 	if (r->r_started) {
 		breader_close(r, 1);
 		return;
 	}
-	evcon = evhttp_request_get_connection(r->r_req);
-	if (evcon != NULL)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
 	r->r_status = status;
-	r->r_bytes = reply_error(r->r_req, status, err, msg);
-	r->r_req = NULL;
+	r->r_bytes = reply_error(reply_client_take(&r->r_client), status, err,
+	    msg);
 	breader_close(r, 0);
 }
 
@@ -199,13 +174,8 @@ breader_fail(struct breader *r, int status, enum oci_err err,
 static void
 breader_pass_through(struct breader *r)
 {
-	struct evhttp_request *req = r->r_req;
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-
-	if (evcon != NULL)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
-	r->r_req = NULL;
-	relay_start(r->r_ctx->bc_relays, req, &r->r_route, r->r_reg, r->r_id);
+	relay_start(r->r_ctx->bc_relays, reply_client_take(&r->r_client),
+	    &r->r_route, r->r_reg, r->r_id);
 	r->r_relayed = 1;
 	breader_close(r, 0);
 }
@@ -214,7 +184,7 @@ breader_pass_through(struct breader *r)
 static void
 breader_begin(struct breader *r, uint64_t size, const char *media)
 {
-	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_req);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_client.req);
 	uint64_t off = 0, len = size;
 	char buf[96];
 
@@ -239,14 +209,13 @@ breader_begin(struct breader *r, uint64_t size, const char *media)
 	evhttp_add_header(h, "Docker-Content-Digest", r->r_route.reference);
 	evhttp_add_header(h, "Accept-Ranges", "bytes");
 	if (r->r_head) {
-		r->r_started = 1;
-		evhttp_send_reply(r->r_req, r->r_status, NULL, NULL);
-		r->r_req = NULL;
+		evhttp_send_reply(reply_client_take(&r->r_client), r->r_status,
+		    NULL, NULL);
 		breader_close(r, 0);
 		return;
 	}
 	r->r_started = 1;
-	evhttp_send_reply_start(r->r_req, r->r_status, NULL);
+	evhttp_send_reply_start(r->r_client.req, r->r_status, NULL);
 	breader_pump(r);
 }
 
@@ -275,7 +244,7 @@ static void
 breader_pump(struct breader *r)
 {
 	struct cache *cache = r->r_ctx->bc_cache;
-	struct evhttp_connection *evcon = evhttp_request_get_connection(r->r_req);
+	struct evhttp_connection *evcon;
 	struct evbuffer *out, *buf;
 	struct evbuffer_file_segment *seg;
 	struct cache_pin *pin;
@@ -285,7 +254,8 @@ breader_pump(struct breader *r)
 	size_t len;
 	off_t off;
 
-	if (evcon == NULL)
+	if (r->r_client.req == NULL ||
+	    (evcon = evhttp_request_get_connection(r->r_client.req)) == NULL)
 		return;
 	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
 	if ((buf = evbuffer_new()) == NULL) {
@@ -325,7 +295,7 @@ breader_pump(struct breader *r)
 		r->r_bytes += n;
 	}
 	if (evbuffer_get_length(buf) > 0)
-		evhttp_send_reply_chunk_with_cb(r->r_req, buf,
+		evhttp_send_reply_chunk_with_cb(r->r_client.req, buf,
 		    breader_drained, r);
 	evbuffer_free(buf);
 	if (r->r_pos == r->r_end)
@@ -358,7 +328,6 @@ breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
 	}
 	gettimeofday(&r->r_t0, NULL);
 	r->r_ctx = ctx;
-	r->r_req = req;
 	r->r_reg = reg;
 	r->r_route = *route;
 	r->r_id = reqid;
@@ -367,8 +336,7 @@ breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
 	r->r_ranged = rh != NULL && oci_range_parse(rh, &r->r_range) == 1;
 	cache_blob_hold(ctx->bc_cache, route->reference);
 	ctx->bc_nreaders++;
-	evhttp_connection_set_closecb(evhttp_request_get_connection(req),
-	    breader_client_closed, r);
+	reply_client_hold(&r->r_client, req, breader_gone, r);
 	return r;
 }
 

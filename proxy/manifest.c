@@ -42,7 +42,7 @@ struct mfetch;
 struct mwaiter {
 	TAILQ_ENTRY(mwaiter)	 w_entry;
 	struct mfetch		*w_fetch;
-	struct evhttp_request	*w_req;		/* NULL once answered */
+	struct reply_client	 w_client;	/* req NULL once answered */
 	unsigned long		 w_id;
 	int			 w_head;
 	int			 w_status;
@@ -179,16 +179,7 @@ manifest_lookup(struct manifest_ctx *ctx, const char *digest,
 static void
 mwaiter_close(struct mwaiter *w)
 {
-	struct evhttp_connection *evcon;
-
-	if (w->w_req != NULL) {		/* never answered: cut it */
-		evcon = evhttp_request_get_connection(w->w_req);
-		if (evcon != NULL) {
-			evhttp_connection_set_closecb(evcon, NULL, NULL);
-			evhttp_connection_free(evcon);
-		} else
-			evhttp_request_free(w->w_req);
-	}
+	reply_client_release(&w->w_client, 1, 0);	/* never answered: cut */
 	log_request(w->w_id, w->w_head ? "HEAD" : "GET", w->w_uri,
 	    w->w_fetch->f_reg->name, w->w_status, w->w_bytes, &w->w_t0);
 	TAILQ_REMOVE(&w->w_fetch->f_waiters, w, w_entry);
@@ -198,30 +189,17 @@ mwaiter_close(struct mwaiter *w)
 }
 
 static void
-mwaiter_client_closed(struct evhttp_connection *evcon, void *arg)
+mwaiter_gone(void *arg)
 {
-	struct mwaiter *w = arg;
-
-	(void)evcon;
-	/* A request evhttp detached from the dying connection is ours. */
-	if (evhttp_request_get_connection(w->w_req) == NULL)
-		evhttp_request_free(w->w_req);
-	w->w_req = NULL;
-	mwaiter_close(w);
+	mwaiter_close(arg);
 }
 
 /* The waiter's request is about to be answered: evhttp owns it after. */
 static struct evhttp_request *
 mwaiter_take(struct mwaiter *w, int status)
 {
-	struct evhttp_request *req = w->w_req;
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-
-	if (evcon != NULL)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
-	w->w_req = NULL;
 	w->w_status = status;
-	return req;
+	return reply_client_take(&w->w_client);
 }
 
 static void
@@ -523,14 +501,12 @@ manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
 		return;
 	}
 	w->w_fetch = f;
-	w->w_req = req;
 	w->w_id = reqid;
 	w->w_t0 = *t0;
 	w->w_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	TAILQ_INSERT_TAIL(&f->f_waiters, w, w_entry);
 	ctx->mc_waiters++;
-	evhttp_connection_set_closecb(evhttp_request_get_connection(req),
-	    mwaiter_client_closed, w);
+	reply_client_hold(&w->w_client, req, mwaiter_gone, w);
 }
 
 void

@@ -48,7 +48,7 @@ struct relay_ctx {
 struct relay {
 	TAILQ_ENTRY(relay)	 r_entry;
 	struct relay_ctx	*r_ctx;
-	struct evhttp_request	*r_req;		/* NULL once released */
+	struct reply_client	 r_client;
 	struct upstream_xfer	*r_xfer;	/* NULL once done or cancelled */
 	const struct config_registry *r_reg;
 	struct oci_route	 r_route;
@@ -99,20 +99,9 @@ relay_ctx_inflight(const struct relay_ctx *ctx)
 }
 
 static void
-relay_client_closed(struct evhttp_connection *evcon, void *arg)
+relay_gone(void *arg)
 {
-	struct relay *r = arg;
-
-	(void)evcon;
-	/*
-	 * evhttp detaches a request still in use from a failing connection;
-	 * a detached request is ours to free. One still attached is freed
-	 * with the connection.
-	 */
-	if (evhttp_request_get_connection(r->r_req) == NULL)
-		evhttp_request_free(r->r_req);
-	r->r_req = NULL;
-	relay_close(r, 0);
+	relay_close(arg, 0);
 }
 
 /*
@@ -122,25 +111,13 @@ relay_client_closed(struct evhttp_connection *evcon, void *arg)
 static void
 relay_close(struct relay *r, int abort_client)
 {
-	struct evhttp_connection *evcon;
 	const char *method = r->r_head ? "HEAD" : "GET";
 
 	if (r->r_xfer != NULL) {
 		upstream_xfer_cancel(r->r_xfer);
 		r->r_xfer = NULL;
 	}
-	if (r->r_req != NULL) {
-		evcon = evhttp_request_get_connection(r->r_req);
-		if (evcon != NULL)
-			evhttp_connection_set_closecb(evcon, NULL, NULL);
-		if (abort_client && evcon != NULL)
-			evhttp_connection_free(evcon);	/* frees r_req */
-		else if (r->r_started)
-			evhttp_send_reply_end(r->r_req);
-		else
-			evhttp_send_error(r->r_req, HTTP_INTERNAL, NULL);
-		r->r_req = NULL;
-	}
+	reply_client_release(&r->r_client, abort_client, r->r_started);
 	log_request(r->r_id, method, r->r_uri, r->r_reg->name, r->r_status,
 	    r->r_bytes, &r->r_t0);
 	TAILQ_REMOVE(&r->r_ctx->rc_relays, r, r_entry);
@@ -155,32 +132,21 @@ relay_close(struct relay *r, int abort_client)
 static void
 relay_reply(struct relay *r, int status)
 {
-	struct evhttp_connection *evcon;
-
 	r->r_status = status;
-	evcon = evhttp_request_get_connection(r->r_req);
-	if (evcon != NULL)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
-	evhttp_send_reply(r->r_req, status, NULL, NULL);
-	r->r_req = NULL;
+	evhttp_send_reply(reply_client_take(&r->r_client), status, NULL, NULL);
 	relay_close(r, 0);
 }
 
 static void
 relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
 {
-	struct evhttp_connection *evcon;
-
 	if (r->r_started) {	/* too late for a status: cut it short */
 		relay_close(r, 1);
 		return;
 	}
-	evcon = evhttp_request_get_connection(r->r_req);
-	if (evcon != NULL)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
 	r->r_status = status;
-	r->r_bytes = reply_error(r->r_req, status, err, msg);
-	r->r_req = NULL;
+	r->r_bytes = reply_error(reply_client_take(&r->r_client), status, err,
+	    msg);
 	relay_close(r, 0);
 }
 
@@ -202,8 +168,8 @@ relay_copy_header(struct relay *r, const struct upstream_xfer *x,
 	const char *v = upstream_xfer_header(x, name);
 
 	if (v != NULL)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
-		    name, v);
+		evhttp_add_header(evhttp_request_get_output_headers(
+		    r->r_client.req), name, v);
 }
 
 /* Upstream answered with an error status: tell the client in OCI terms. */
@@ -257,12 +223,12 @@ relay_on_headers(struct upstream_xfer *x, void *arg)
 	relay_copy_header(r, x, "Content-Range");
 	relay_copy_header(r, x, "Link");
 	if (r->r_route.by_digest)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
+		evhttp_add_header(evhttp_request_get_output_headers(r->r_client.req),
 		    "Docker-Content-Digest", r->r_route.reference);
 	else
 		relay_copy_header(r, x, "Docker-Content-Digest");
 	if (r->r_route.kind == OCI_ROUTE_BLOB)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_req),
+		evhttp_add_header(evhttp_request_get_output_headers(r->r_client.req),
 		    "Accept-Ranges", "bytes");
 	r->r_status = (int)status;
 	if (r->r_head) {
@@ -270,7 +236,7 @@ relay_on_headers(struct upstream_xfer *x, void *arg)
 		return;
 	}
 	r->r_started = 1;
-	evhttp_send_reply_start(r->r_req, (int)status, NULL);
+	evhttp_send_reply_start(r->r_client.req, (int)status, NULL);
 }
 
 static void
@@ -290,8 +256,9 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 	}
 	evbuffer_add(r->r_buf, buf, len);
 	r->r_bytes += len;
-	evhttp_send_reply_chunk_with_cb(r->r_req, r->r_buf, relay_drained, r);
-	evcon = evhttp_request_get_connection(r->r_req);
+	evhttp_send_reply_chunk_with_cb(r->r_client.req, r->r_buf,
+	    relay_drained, r);
+	evcon = evhttp_request_get_connection(r->r_client.req);
 	if (evcon == NULL)
 		return;
 	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
@@ -414,7 +381,6 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	}
 	gettimeofday(&r->r_t0, NULL);
 	r->r_ctx = ctx;
-	r->r_req = req;
 	r->r_reg = reg;
 	r->r_route = *route;
 	r->r_id = reqid;
@@ -425,8 +391,7 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	r->r_buf = evbuffer_new();
 	TAILQ_INSERT_TAIL(&ctx->rc_relays, r, r_entry);
 	ctx->rc_inflight++;
-	evhttp_connection_set_closecb(evhttp_request_get_connection(req),
-	    relay_client_closed, r);
+	reply_client_hold(&r->r_client, req, relay_gone, r);
 
 	query[0] = '\0';
 	if (route->kind == OCI_ROUTE_TAGS)

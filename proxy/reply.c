@@ -39,6 +39,65 @@ reply_error(struct evhttp_request *req, int status, enum oci_err err,
 	return (size_t)n;
 }
 
+static void
+reply_client_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct reply_client *c = arg;
+
+	(void)evcon;
+	/*
+	 * evhttp detaches a request still in use from a failing connection;
+	 * a detached request is ours to free. One still attached is freed
+	 * with the connection.
+	 */
+	if (evhttp_request_get_connection(c->req) == NULL)
+		evhttp_request_free(c->req);
+	c->req = NULL;
+	c->gone(c->arg);
+}
+
+void
+reply_client_hold(struct reply_client *c, struct evhttp_request *req,
+    void (*gone)(void *), void *arg)
+{
+	c->req = req;
+	c->gone = gone;
+	c->arg = arg;
+	evhttp_connection_set_closecb(evhttp_request_get_connection(req),
+	    reply_client_closed, c);
+}
+
+struct evhttp_request *
+reply_client_take(struct reply_client *c)
+{
+	struct evhttp_request *req = c->req;
+	struct evhttp_connection *evcon;
+
+	if (req != NULL && (evcon = evhttp_request_get_connection(req)) != NULL)
+		evhttp_connection_set_closecb(evcon, NULL, NULL);
+	c->req = NULL;
+	return req;
+}
+
+void
+reply_client_release(struct reply_client *c, int abort_client, int started)
+{
+	struct evhttp_request *req = reply_client_take(c);
+	struct evhttp_connection *evcon;
+
+	if (req == NULL)
+		return;
+	evcon = evhttp_request_get_connection(req);
+	if (evcon == NULL)
+		evhttp_request_free(req);
+	else if (abort_client)
+		evhttp_connection_free(evcon);	/* frees req */
+	else if (started)
+		evhttp_send_reply_end(req);
+	else
+		reply_error(req, 500, OCI_ERR_UPSTREAM, "internal error");
+}
+
 /* The OCI code in an upstream error body, when it is one we pass on. */
 static enum oci_err
 reply_upstream_code(const void *body, size_t len, enum oci_err dflt)

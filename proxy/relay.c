@@ -274,7 +274,12 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 {
 	struct relay *r = arg;
 
-	if (res->curl != CURLE_OK) {
+	/*
+	 * An error status whose body was cut short (distribution answers 416
+	 * with the blob's Content-Length) is still that status.
+	 */
+	if (res->curl != CURLE_OK &&
+	    !(r->r_mode == RELAY_ERROR && res->status >= 400)) {
 		int timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
 
 		relay_log_failure(r, x, res->status, res->error,

@@ -17,6 +17,7 @@ default build directory.
 import hashlib
 import json
 import os
+from pathlib import Path
 import select
 import signal
 import socket
@@ -24,10 +25,9 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
-FAKEACR_BIN = os.environ.get("FAKEACR_BIN",
-                             "/work/main/build/tests/fakeacr/fakeacr")
+FAKEACR_BIN = os.environ.get("FAKEACR_BIN", str(
+    Path(__file__).resolve().parents[2] / "build" / "tests" / "fakeacr" / "fakeacr"))
 LOCALHOST = "127.0.0.1"
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -1629,7 +1629,7 @@ cache_tag_get(struct cache *c, const char *registry, const char *repo,
     const char *tag, char digest[CACHE_DIGEST_MAX], uint64_t *fetched_ms)
 {
 	char tk[CACHE_KEY_MAX + 1];
-	struct cache_pin *pin;
+	struct cache_pin *pin = NULL;
 	const unsigned char *p;
 	enum cache_err ce;
 	MDB_val k, v;

@@ -249,8 +249,8 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 {
 	struct upstream_xfer *x = arg;
 	size_t len = size * n;
+	struct curl_header *loc;
 	long status = 0;
-	char *redirect = NULL;
 
 	if (x->x_cancelled || x->x_headers_done)
 		return len;
@@ -259,9 +259,13 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 	curl_easy_getinfo(x->x_easy, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200)
 		return len;	/* 1xx interim, or a proxy's CONNECT */
-	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_URL, &redirect);
-	if (status >= 300 && status < 400 && redirect != NULL)
-		return len;	/* curl follows it */
+	/*
+	 * curl follows a 3xx with a Location. (CURLINFO_REDIRECT_URL cannot
+	 * tell: it stays NULL while CURLOPT_FOLLOWLOCATION is on.)
+	 */
+	if (status >= 300 && status < 400 && curl_easy_header(x->x_easy,
+	    "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK)
+		return len;
 	upstream_note_url(x);
 	x->x_headers_done = 1;
 	x->x_cbs.on_headers(x, x->x_arg);

@@ -294,3 +294,17 @@ def test_containerd_pulls_from_cache_with_registry_down(tmp_path, pullproxy_fact
     # The tag was served stale, the failure logged once.
     stale = [l for l in pp.logs("upstream failure") if l.get("client_status") == 200]
     assert stale and stale[0]["reference"] == img.tag
+
+
+def test_blob_larger_than_the_budget_is_passed_through(registry, mid_blob,
+                                                       pullproxy_factory, upstream):
+    pp = via(upstream, registry, pullproxy_factory, args=["--cache-max-size", "16M"])
+    for _ in range(2):
+        r = Reader(pp.port, blob_path(mid_blob.repo, mid_blob.digest))
+        r.join()
+        assert r.status == 200 and r.digest() == mid_blob.digest, r.error
+    bypassed = pp.logs("cache bypassed")
+    assert len(bypassed) == 2 and bypassed[0]["digest"] == mid_blob.digest
+    assert "budget" in bypassed[0]["reason"]
+    assert not pp.logs("blob cached")
+    assert json.loads(cache_cmd(pp, "stats", "--json").stdout)["blobs"] == 0

@@ -10,12 +10,34 @@
 
 #define CONFIG_REGISTRY_MAX	32
 #define CONFIG_ERR_MAX		512
+#define CONFIG_IMDS_URL		"http://169.254.169.254"
+
+struct auth;
+
+/* Who pullproxy is to a registry (auth.h does the work). */
+enum config_auth {
+	CONFIG_AUTH_ANONYMOUS = 0,	/* Bearer challenges, no credentials */
+	CONFIG_AUTH_BASIC,		/* username and password files */
+	CONFIG_AUTH_ACR_REFRESH_TOKEN,	/* an ACR refresh token file */
+	CONFIG_AUTH_MANAGED_IDENTITY,	/* IMDS, then ACR's token exchange */
+};
 
 struct config_registry {
 	char	*name;		/* the host containerd sends as ns */
 	char	*url;		/* upstream base URL, http:// or https://, no trailing / */
 	char	*ca_file;	/* extra CA bundle for this registry, or NULL */
 	int	 tls_verify;	/* 1 unless the file says tls_verify = false */
+	enum config_auth auth_kind;	/* the file's "auth"; anonymous */
+	/* Paths, never the secrets: files are read when a token is fetched. */
+	char	*username_file;		/* basic */
+	char	*password_file;		/* basic */
+	char	*refresh_token_file;	/* acr-refresh-token */
+	char	*client_id;	/* managed-identity: NULL for the only one */
+	char	*tenant;	/* managed-identity: sent to the exchange */
+	char	*imds_url;	/* managed-identity: NULL: CONFIG_IMDS_URL */
+	long	 imds_retry_s;	/* 70: stop retrying IMDS after this long */
+	/* Run time: made by the server at start-up, NULL in a parsed config. */
+	struct auth *auth;
 };
 
 struct config {
@@ -55,8 +77,14 @@ int config_load_file(struct config *cfg, const char *path, char *err,
 int config_parse_args(struct config *cfg, int argc, char **argv, char *err,
     size_t errlen);
 
-/* Whole-config checks (at least one registry, unique names). */
+/*
+ * Whole-config checks: at least one registry, each with a URL and with
+ * the files its auth needs (and no settings another auth would use).
+ */
 int config_check(const struct config *cfg, char *err, size_t errlen);
+
+/* "anonymous", "basic", "acr-refresh-token" or "managed-identity". */
+const char *config_auth_name(enum config_auth kind);
 
 /* The registry containerd names with ns, or the first when ns is NULL. */
 const struct config_registry *config_registry_find(const struct config *cfg,

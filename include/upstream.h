@@ -7,6 +7,11 @@
  * final response's status and headers, after redirects), on_data (zero or
  * more times), on_done (always, unless cancelled). Redirects are followed;
  * an Authorization header is only sent to the host it was meant for.
+ *
+ * A transfer with an auth handle (auth.h) sends the cached token of its
+ * scope. A 401 with a challenge from the host asked is not reported: the
+ * transfer waits for a fresh token and is sent once more with it; a
+ * second 401, or one no token came for, is reported as usual.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
@@ -14,6 +19,7 @@
 #include <stddef.h>
 #include <curl/curl.h>
 
+struct auth;
 struct event_base;
 struct upstream;
 struct upstream_xfer;
@@ -39,6 +45,12 @@ struct upstream_req {
 	int		 head;		/* HEAD instead of GET */
 	const char	*range;		/* Range header value, or NULL */
 	const char	*accept;	/* Accept header value, or NULL */
+	/* POST this form (application/x-www-form-urlencoded), or NULL. */
+	const char	*body;
+	size_t		 bodylen;
+	/* More "Name: value" lines, NULL-terminated, or NULL. */
+	const char *const *headers;
+	struct auth	*auth;		/* the registry's identity, or NULL */
 	const char	*ca_file;	/* extra CA bundle, or NULL */
 	int		 tls_verify;
 	long		 connect_timeout_ms;

@@ -32,12 +32,31 @@ config_init(struct config *cfg)
 	cfg->shutdown_timeout_s = 30;
 }
 
+static const char *config_auth_names[] = {
+	[CONFIG_AUTH_ANONYMOUS] = "anonymous",
+	[CONFIG_AUTH_BASIC] = "basic",
+	[CONFIG_AUTH_ACR_REFRESH_TOKEN] = "acr-refresh-token",
+	[CONFIG_AUTH_MANAGED_IDENTITY] = "managed-identity",
+};
+
+const char *
+config_auth_name(enum config_auth kind)
+{
+	return config_auth_names[kind];
+}
+
 static void
 config_registry_clear(struct config_registry *r)
 {
 	free(r->name);
 	free(r->url);
 	free(r->ca_file);
+	free(r->username_file);
+	free(r->password_file);
+	free(r->refresh_token_file);
+	free(r->client_id);
+	free(r->tenant);
+	free(r->imds_url);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -175,8 +194,9 @@ config_set_level(struct config *cfg, const char *value)
 	return NULL;
 }
 
+/* An http:// or https:// base URL, stored without its trailing slashes. */
 static const char *
-config_set_url(struct config_registry *r, const char *value)
+config_set_url(char **dst, const char *value)
 {
 	const char *host;
 	size_t len = strlen(value);
@@ -193,8 +213,32 @@ config_set_url(struct config_registry *r, const char *value)
 		return "URL must be a base URL (no spaces, query or fragment)";
 	while (len > 0 && value[len - 1] == '/')
 		len--;
-	free(r->url);
-	r->url = strndup(value, len);
+	free(*dst);
+	*dst = strndup(value, len);
+	return NULL;
+}
+
+static const char *
+config_set_auth(struct config_registry *r, const char *value)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(config_auth_names) /
+	    sizeof(config_auth_names[0]); i++)
+		if (strcmp(value, config_auth_names[i]) == 0) {
+			r->auth_kind = (enum config_auth)i;
+			return NULL;
+		}
+	return "expected anonymous, basic, acr-refresh-token or "
+	    "managed-identity";
+}
+
+static const char *
+config_set_nonempty(char **dst, const char *value)
+{
+	if (*value == '\0')
+		return "must not be empty";
+	config_set_str(dst, value);
 	return NULL;
 }
 
@@ -213,6 +257,7 @@ config_registry_get(struct config *cfg, const char *name)
 	r = &cfg->registries[cfg->nregistries++];
 	r->name = strdup(name);
 	r->tls_verify = 1;
+	r->imds_retry_s = 70;
 	return r;
 }
 
@@ -257,15 +302,27 @@ config_set_registry(struct config_registry *r, const char *key,
     const char *value)
 {
 	if (strcmp(key, "url") == 0)
-		return config_set_url(r, value);
-	if (strcmp(key, "ca_file") == 0) {
-		if (*value == '\0')
-			return "must not be empty";
-		config_set_str(&r->ca_file, value);
-		return NULL;
-	}
+		return config_set_url(&r->url, value);
+	if (strcmp(key, "ca_file") == 0)
+		return config_set_nonempty(&r->ca_file, value);
 	if (strcmp(key, "tls_verify") == 0)
 		return config_set_bool(&r->tls_verify, value);
+	if (strcmp(key, "auth") == 0)
+		return config_set_auth(r, value);
+	if (strcmp(key, "username_file") == 0)
+		return config_set_nonempty(&r->username_file, value);
+	if (strcmp(key, "password_file") == 0)
+		return config_set_nonempty(&r->password_file, value);
+	if (strcmp(key, "refresh_token_file") == 0)
+		return config_set_nonempty(&r->refresh_token_file, value);
+	if (strcmp(key, "client_id") == 0)
+		return config_set_nonempty(&r->client_id, value);
+	if (strcmp(key, "tenant") == 0)
+		return config_set_nonempty(&r->tenant, value);
+	if (strcmp(key, "imds_url") == 0)
+		return config_set_url(&r->imds_url, value);
+	if (strcmp(key, "imds_retry_s") == 0)
+		return config_set_long(&r->imds_retry_s, value, 0, 600);
 	return "unknown key";
 }
 
@@ -342,7 +399,7 @@ config_flag_registry(struct config *cfg, const char *value)
 		return "HOST must be a registry host name, with an optional :PORT";
 	if ((r = config_registry_get(cfg, name)) == NULL)
 		return "too many registries";
-	return config_set_url(r, eq + 1);
+	return config_set_url(&r->url, eq + 1);
 }
 
 /* Apply one flag; NULL when it was fine. */
@@ -441,6 +498,44 @@ config_parse_args(struct config *cfg, int argc, char **argv, char *err,
 	return 0;
 }
 
+/*
+ * The settings each auth uses; another auth's settings are an error
+ * rather than silently ignored (a typo in "auth" would otherwise pull
+ * anonymously).
+ */
+static int
+config_check_auth(const struct config_registry *r, char *err, size_t errlen)
+{
+	const struct {
+		const char	*key;
+		const char	*value;
+		enum config_auth kind;
+		int		 required;
+	} keys[] = {
+		{ "username_file", r->username_file, CONFIG_AUTH_BASIC, 1 },
+		{ "password_file", r->password_file, CONFIG_AUTH_BASIC, 1 },
+		{ "refresh_token_file", r->refresh_token_file,
+		    CONFIG_AUTH_ACR_REFRESH_TOKEN, 1 },
+		{ "client_id", r->client_id, CONFIG_AUTH_MANAGED_IDENTITY, 0 },
+		{ "tenant", r->tenant, CONFIG_AUTH_MANAGED_IDENTITY, 0 },
+		{ "imds_url", r->imds_url, CONFIG_AUTH_MANAGED_IDENTITY, 0 },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		if (keys[i].value == NULL && keys[i].required &&
+		    r->auth_kind == keys[i].kind)
+			return config_err(err, errlen, "[registry %s] %s: "
+			    "missing (auth = %s)", r->name, keys[i].key,
+			    config_auth_name(keys[i].kind));
+		if (keys[i].value != NULL && r->auth_kind != keys[i].kind)
+			return config_err(err, errlen, "[registry %s] %s: only "
+			    "used with auth = %s", r->name, keys[i].key,
+			    config_auth_name(keys[i].kind));
+	}
+	return 0;
+}
+
 int
 config_check(const struct config *cfg, char *err, size_t errlen)
 {
@@ -452,11 +547,14 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 	if (cfg->nregistries == 0)
 		return config_err(err, errlen, "no registry configured "
 		    "(--registry HOST=URL or a [registry HOST] section)");
-	for (i = 0; i < cfg->nregistries; i++)
+	for (i = 0; i < cfg->nregistries; i++) {
 		if (cfg->registries[i].url == NULL)
 			return config_err(err, errlen,
 			    "[registry %s] url: missing",
 			    cfg->registries[i].name);
+		if (config_check_auth(&cfg->registries[i], err, errlen) == -1)
+			return -1;
+	}
 	return 0;
 }
 

@@ -335,6 +335,7 @@ relay_req_init(struct upstream_req *ureq, const struct config *cfg,
 	ureq->url = url;
 	ureq->ca_file = reg->ca_file;
 	ureq->tls_verify = reg->tls_verify;
+	ureq->auth = reg->auth;
 	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
 	ureq->stall_timeout_s = cfg->stall_timeout_s;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "blob.h"
 #include "cache.h"
 #include "config.h"
@@ -159,6 +160,45 @@ server_open_cache(struct server *srv)
 	return -1;
 }
 
+/*
+ * Each registry's identity, from its config section. The handle rides on
+ * the registry (the config's one run-time field, hence the cast) so that
+ * relay_req_init gives it to every upstream request for that registry.
+ */
+static int
+server_auth_new(struct server *srv)
+{
+	const struct config *cfg = srv->s_cfg;
+	struct config_registry *reg;
+	char err[CONFIG_ERR_MAX];
+	size_t i;
+
+	for (i = 0; i < cfg->nregistries; i++) {
+		reg = (struct config_registry *)&cfg->registries[i];
+		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
+		    sizeof(err))) == NULL) {
+			fprintf(stderr, "pullproxy: %s\n", err);
+			log_event(LOG_LEVEL_ERROR, "cannot set up registry "
+			    "auth", json_pack("{s:s}", "error", err));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* After the requests (they may wait on a token), before the upstream. */
+static void
+server_auth_free(struct server *srv)
+{
+	const struct config *cfg = srv->s_cfg;
+	size_t i;
+
+	for (i = 0; i < cfg->nregistries; i++) {
+		auth_free(cfg->registries[i].auth);
+		((struct config_registry *)&cfg->registries[i])->auth = NULL;
+	}
+}
+
 struct server *
 server_new(struct event_base *base, const struct config *cfg)
 {
@@ -175,6 +215,7 @@ server_new(struct event_base *base, const struct config *cfg)
 		return NULL;
 	}
 	if (srv->s_up == NULL || srv->s_http == NULL ||
+	    server_auth_new(srv) == -1 ||
 	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL ||
 	    (srv->s_blobs = blob_ctx_new(srv->s_up, srv->s_cache, cfg,
 	    srv->s_relays)) == NULL ||
@@ -232,6 +273,7 @@ server_free(struct server *srv)
 	relay_ctx_free(srv->s_relays);
 	if (srv->s_http != NULL)
 		evhttp_free(srv->s_http);
+	server_auth_free(srv);
 	upstream_free(srv->s_up);
 	/* After evhttp: queued file segments unpin the cache as they go. */
 	if (srv->s_cache != NULL)

@@ -7,23 +7,33 @@
  * and callers of this module start and cancel transfers from inside theirs
  * (which run inside curl's). So handles are added and removed only by
  * upstream_kick(), an event that runs on the next loop turn.
+ *
+ * A 401 that auth can answer is held: its headers and body are kept from
+ * the caller, the transfer waits for a token (XFER_AUTH), then goes back
+ * to the pending queue, either to be sent again with the token or, when
+ * none came, to give the caller the kept 401 from the kick.
  */
 #include <sys/queue.h>
 
 #include <event2/event.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "auth.h"
 #include "log.h"
 #include "upstream.h"
 
 #define UPSTREAM_BUFFER_SIZE	(128 * 1024)
 #define UPSTREAM_MAX_REDIRS	5
+/* Of a held 401's body: enough for the caller to read its error code. */
+#define UPSTREAM_HELD_MAX	(16 * 1024)
 
 enum xfer_state {
-	XFER_PENDING,	/* waiting for upstream_kick to add it */
+	XFER_PENDING,	/* waiting for upstream_kick to add it (or replay) */
 	XFER_RUNNING,	/* in the multi handle */
+	XFER_AUTH,	/* a held 401 waiting for a token */
 	XFER_DEAD,	/* finishing, or cancelled and waiting for the kick */
 };
 
@@ -40,6 +50,18 @@ struct upstream_xfer {
 	char			*x_url;	/* effective URL without its query */
 	char			 x_errbuf[CURL_ERROR_SIZE];
 	TAILQ_ENTRY(upstream_xfer) x_entry;
+	/* With an auth handle: */
+	struct auth		*x_auth;
+	char			*x_requrl;	/* as asked: names the scope */
+	struct curl_slist	*x_authheaders;	/* x_reqheaders + Authorization */
+	char			*x_sent;	/* Authorization value sent */
+	struct auth_wait	*x_wait;	/* XFER_AUTH */
+	int			 x_retried;	/* held a 401 once already */
+	int			 x_held;	/* a 401 kept from the caller */
+	int			 x_replay;	/* no token: report the kept 401 */
+	char			*x_heldbody;
+	size_t			 x_heldlen;
+	struct upstream_result	 x_heldres;
 };
 TAILQ_HEAD(xferq, upstream_xfer);
 
@@ -50,6 +72,7 @@ struct upstream {
 	struct event		*u_kick;
 	struct xferq		 u_pending;
 	struct xferq		 u_running;
+	struct xferq		 u_waiting;	/* XFER_AUTH */
 	struct xferq		 u_dead;
 	int			 u_active;
 };
@@ -67,6 +90,31 @@ upstream_schedule_kick(struct upstream *up)
 	event_active(up->u_kick, EV_TIMEOUT, 0);
 }
 
+/* The queue a live transfer is on, by its state. */
+static struct xferq *
+upstream_queue(struct upstream *up, const struct upstream_xfer *x)
+{
+	switch (x->x_state) {
+	case XFER_PENDING:
+		return &up->u_pending;
+	case XFER_RUNNING:
+		return &up->u_running;
+	case XFER_AUTH:
+		return &up->u_waiting;
+	default:
+		return &up->u_dead;
+	}
+}
+
+/* Onto the pending queue, to be sent (again) or replayed by the kick. */
+static void
+upstream_requeue(struct upstream_xfer *x)
+{
+	x->x_state = XFER_PENDING;
+	TAILQ_INSERT_TAIL(&x->x_up->u_pending, x, x_entry);
+	upstream_schedule_kick(x->x_up);
+}
+
 static void
 upstream_xfer_free(struct upstream_xfer *x)
 {
@@ -74,8 +122,31 @@ upstream_xfer_free(struct upstream_xfer *x)
 		curl_multi_remove_handle(x->x_up->u_multi, x->x_easy);
 	curl_easy_cleanup(x->x_easy);
 	curl_slist_free_all(x->x_reqheaders);
+	curl_slist_free_all(x->x_authheaders);
 	free(x->x_url);
+	free(x->x_requrl);
+	free(x->x_sent);
+	free(x->x_heldbody);
 	free(x);
+}
+
+/*
+ * Report the end: headers first when the caller has not seen them (an
+ * empty body, or a held 401 with its kept body), then on_done. Frees x.
+ */
+static void
+upstream_finish(struct upstream_xfer *x, const struct upstream_result *res)
+{
+	if (!x->x_headers_done && res->curl == CURLE_OK && res->status != 0) {
+		x->x_headers_done = 1;
+		x->x_cbs.on_headers(x, x->x_arg);
+		if (x->x_heldlen > 0 && !x->x_cancelled)
+			x->x_cbs.on_data(x, x->x_heldbody, x->x_heldlen,
+			    x->x_arg);
+	}
+	if (!x->x_cancelled)
+		x->x_cbs.on_done(x, res, x->x_arg);
+	upstream_xfer_free(x);
 }
 
 static void
@@ -93,6 +164,12 @@ upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	while ((x = TAILQ_FIRST(&up->u_pending)) != NULL) {
 		TAILQ_REMOVE(&up->u_pending, x, x_entry);
+		if (x->x_replay) {
+			x->x_state = XFER_DEAD;
+			up->u_active--;
+			upstream_finish(x, &x->x_heldres);
+			continue;
+		}
 		rc = curl_multi_add_handle(up->u_multi, x->x_easy);
 		if (rc != CURLM_OK) {
 			struct upstream_result res = { CURLE_FAILED_INIT, 0, 0,
@@ -190,6 +267,107 @@ upstream_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
+/* Replace the Authorization header the next send carries. */
+static int
+upstream_set_authorization(struct upstream_xfer *x, const char *value)
+{
+	struct curl_slist *l = NULL, *h, *n;
+	char *line;
+
+	for (h = x->x_reqheaders; h != NULL; h = h->next) {
+		if ((n = curl_slist_append(l, h->data)) == NULL)
+			goto fail;
+		l = n;
+	}
+	if (asprintf(&line, "Authorization: %s", value) == -1)
+		goto fail;
+	n = curl_slist_append(l, line);
+	free(line);
+	if (n == NULL)
+		goto fail;
+	free(x->x_sent);
+	if ((x->x_sent = strdup(value)) == NULL)
+		goto fail;
+	curl_slist_free_all(x->x_authheaders);
+	x->x_authheaders = n;
+	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER, x->x_authheaders);
+	return 0;
+fail:
+	curl_slist_free_all(l);
+	return -1;
+}
+
+/* Send the held transfer again with a token, or report its 401. */
+static void
+upstream_auth_resume(struct upstream_xfer *x, const char *authorization)
+{
+	if (authorization == NULL ||
+	    upstream_set_authorization(x, authorization) == -1) {
+		x->x_replay = 1;
+		upstream_requeue(x);
+		return;
+	}
+	x->x_held = 0;
+	x->x_heldlen = 0;
+	x->x_headers_done = 0;
+	x->x_errbuf[0] = '\0';
+	upstream_requeue(x);
+}
+
+/* auth_cb */
+static void
+upstream_auth_done(void *arg, const char *authorization)
+{
+	struct upstream_xfer *x = arg;
+
+	x->x_wait = NULL;
+	TAILQ_REMOVE(&x->x_up->u_waiting, x, x_entry);
+	upstream_auth_resume(x, authorization);
+}
+
+/* A held 401 came in whole: a token known by now, or wait for one. */
+static void
+upstream_auth_retry(struct upstream_xfer *x)
+{
+	const char *authorization = auth_header(x->x_auth, x->x_requrl);
+
+	if (authorization != NULL) {
+		upstream_auth_resume(x, authorization);
+		return;
+	}
+	x->x_wait = auth_wait(x->x_auth, x->x_requrl, upstream_auth_done, x);
+	if (x->x_wait == NULL) {
+		upstream_auth_resume(x, NULL);
+		return;
+	}
+	x->x_state = XFER_AUTH;
+	TAILQ_INSERT_TAIL(&x->x_up->u_waiting, x, x_entry);
+}
+
+/*
+ * Hold a final 401 that auth can answer, once per transfer. Only the host
+ * asked: a 401 after a redirect comes from storage, not the registry.
+ */
+static int
+upstream_auth_hold(struct upstream_xfer *x)
+{
+	const char *challenge;
+	long redirects = 0;
+
+	if (x->x_auth == NULL || x->x_retried)
+		return 0;
+	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_COUNT, &redirects);
+	if (redirects != 0 ||
+	    (challenge = upstream_xfer_header(x, "WWW-Authenticate")) == NULL ||
+	    (x->x_heldbody == NULL &&
+	    (x->x_heldbody = malloc(UPSTREAM_HELD_MAX)) == NULL) ||
+	    auth_challenge(x->x_auth, x->x_requrl, challenge, x->x_sent) == -1)
+		return 0;
+	x->x_retried = 1;
+	x->x_held = 1;
+	return 1;
+}
+
 static void
 upstream_check_done(struct upstream *up)
 {
@@ -209,8 +387,6 @@ upstream_check_done(struct upstream *up)
 		if (x->x_cancelled)	/* already on the dead list */
 			continue;
 		TAILQ_REMOVE(&up->u_running, x, x_entry);
-		x->x_state = XFER_DEAD;
-		up->u_active--;
 		status = 0;
 		curl_easy_getinfo(x->x_easy, CURLINFO_RESPONSE_CODE, &status);
 		memset(&res, 0, sizeof(res));
@@ -219,14 +395,14 @@ upstream_check_done(struct upstream *up)
 		res.error = res.curl == CURLE_OK ? "" : (x->x_errbuf[0] != '\0' ?
 		    x->x_errbuf : curl_easy_strerror(res.curl));
 		curl_easy_getinfo(x->x_easy, CURLINFO_TOTAL_TIME, &res.seconds);
-		/* An empty body: the caller still sees the headers first. */
-		if (!x->x_headers_done && res.curl == CURLE_OK && status != 0) {
-			x->x_headers_done = 1;
-			x->x_cbs.on_headers(x, x->x_arg);
+		if (x->x_held && res.curl == CURLE_OK) {
+			x->x_heldres = res;
+			upstream_auth_retry(x);
+			continue;
 		}
-		if (!x->x_cancelled)
-			x->x_cbs.on_done(x, &res, x->x_arg);
-		upstream_xfer_free(x);
+		x->x_state = XFER_DEAD;
+		up->u_active--;
+		upstream_finish(x, &res);
 	}
 }
 
@@ -267,6 +443,8 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 	    "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK)
 		return len;
 	upstream_note_url(x);
+	if (status == 401 && upstream_auth_hold(x))
+		return len;
 	x->x_headers_done = 1;
 	x->x_cbs.on_headers(x, x->x_arg);
 	return len;
@@ -276,9 +454,18 @@ static size_t
 upstream_curl_write(char *buf, size_t size, size_t n, void *arg)
 {
 	struct upstream_xfer *x = arg;
-	size_t len = size * n;
+	size_t len = size * n, keep;
 
-	if (x->x_cancelled || !x->x_headers_done)
+	if (x->x_cancelled)
+		return len;
+	if (x->x_held) {
+		keep = len < UPSTREAM_HELD_MAX - x->x_heldlen ? len :
+		    UPSTREAM_HELD_MAX - x->x_heldlen;
+		memcpy(x->x_heldbody + x->x_heldlen, buf, keep);
+		x->x_heldlen += keep;
+		return len;
+	}
+	if (!x->x_headers_done)
 		return len;
 	x->x_cbs.on_data(x, buf, len, x->x_arg);
 	return len;
@@ -294,6 +481,7 @@ upstream_new(struct event_base *base)
 	up->u_base = base;
 	TAILQ_INIT(&up->u_pending);
 	TAILQ_INIT(&up->u_running);
+	TAILQ_INIT(&up->u_waiting);
 	TAILQ_INIT(&up->u_dead);
 	up->u_multi = curl_multi_init();
 	up->u_timer = evtimer_new(base, upstream_timer_cb, up);
@@ -326,6 +514,11 @@ upstream_free(struct upstream *up)
 		TAILQ_REMOVE(&up->u_pending, x, x_entry);
 		upstream_xfer_free(x);
 	}
+	/* Their auth waits went with the auth handles (auth_free). */
+	while ((x = TAILQ_FIRST(&up->u_waiting)) != NULL) {
+		TAILQ_REMOVE(&up->u_waiting, x, x_entry);
+		upstream_xfer_free(x);
+	}
 	while ((x = TAILQ_FIRST(&up->u_dead)) != NULL) {
 		TAILQ_REMOVE(&up->u_dead, x, x_entry);
 		upstream_xfer_free(x);
@@ -346,19 +539,56 @@ upstream_active(const struct upstream *up)
 }
 
 static int
-upstream_add_header(struct upstream_xfer *x, const char *name,
-    const char *value)
+upstream_add_line(struct upstream_xfer *x, const char *line)
 {
-	char line[8192];
 	struct curl_slist *l;
 
-	if (value == NULL)
-		return 0;
-	snprintf(line, sizeof(line), "%s: %s", name, value);
 	if ((l = curl_slist_append(x->x_reqheaders, line)) == NULL)
 		return -1;
 	x->x_reqheaders = l;
 	return 0;
+}
+
+static int
+upstream_add_header(struct upstream_xfer *x, const char *name,
+    const char *value)
+{
+	char *line;
+	int rc;
+
+	if (value == NULL)
+		return 0;
+	if (asprintf(&line, "%s: %s", name, value) == -1)
+		return -1;
+	rc = upstream_add_line(x, line);
+	free(line);
+	return rc;
+}
+
+/* The caller's headers, then the auth handle's token if it has one. */
+static int
+upstream_set_headers(struct upstream_xfer *x, const struct upstream_req *req)
+{
+	const char *const *h;
+	const char *authorization;
+
+	/* Exact bytes are needed for digests: no Accept-Encoding. */
+	if (upstream_add_header(x, "Accept", req->accept) == -1 ||
+	    upstream_add_header(x, "Range", req->range) == -1 ||
+	    upstream_add_header(x, "Expect", "") == -1)
+		return -1;
+	for (h = req->headers; h != NULL && *h != NULL; h++)
+		if (upstream_add_line(x, *h) == -1)
+			return -1;
+	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER, x->x_reqheaders);
+	if (req->auth == NULL)
+		return 0;
+	x->x_auth = req->auth;
+	if ((x->x_requrl = strdup(req->url)) == NULL)
+		return -1;
+	authorization = auth_header(x->x_auth, req->url);
+	return authorization == NULL ? 0 :
+	    upstream_set_authorization(x, authorization);
 }
 
 struct upstream_xfer *
@@ -381,25 +611,26 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	if ((x->x_url = strdup(req->url)) != NULL &&
 	    strchr(x->x_url, '?') != NULL)
 		*strchr(x->x_url, '?') = '\0';
-
-	/* Exact bytes are needed for digests: no Accept-Encoding. */
-	if (upstream_add_header(x, "Accept", req->accept) == -1 ||
-	    upstream_add_header(x, "Range", req->range) == -1 ||
-	    upstream_add_header(x, "Expect", "") == -1) {
+	if (upstream_set_headers(x, req) == -1) {
 		upstream_xfer_free(x);
 		return NULL;
 	}
 	curl_easy_setopt(e, CURLOPT_URL, req->url);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->x_reqheaders);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "pullproxy/" PULLPROXY_VERSION);
 	curl_easy_setopt(e, CURLOPT_NOBODY, req->head ? 1L : 0L);
+	if (req->body != NULL) {
+		/* Copied: the caller may wipe its form (secrets) at once. */
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+		    (curl_off_t)req->bodylen);
+		curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body);
+	}
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	/*
-	 * ACR answers blob GETs with 307 to blob storage. Since curl 7.58 a
-	 * custom Authorization header goes to the original host only, and
-	 * UNRESTRICTED_AUTH stays off.
+	 * ACR answers blob GETs with 307 to blob storage. Since curl 7.83 a
+	 * custom Authorization header goes to the original host and port
+	 * only, and UNRESTRICTED_AUTH stays off.
 	 */
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
 	curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)UPSTREAM_MAX_REDIRS);
@@ -440,8 +671,9 @@ upstream_xfer_cancel(struct upstream_xfer *x)
 	if (x->x_state == XFER_DEAD)
 		return;		/* finishing: upstream_check_done frees it */
 	up = x->x_up;
-	TAILQ_REMOVE(x->x_state == XFER_PENDING ? &up->u_pending :
-	    &up->u_running, x, x_entry);
+	auth_wait_cancel(x->x_wait);
+	x->x_wait = NULL;
+	TAILQ_REMOVE(upstream_queue(up, x), x, x_entry);
 	x->x_state = XFER_DEAD;
 	up->u_active--;
 	TAILQ_INSERT_TAIL(&up->u_dead, x, x_entry);

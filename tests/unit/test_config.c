@@ -189,6 +189,130 @@ test_bad_files(void **state)
 }
 
 static void
+test_auth(void **state)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+	const struct config_registry *r;
+
+	(void)state;
+	config_init(&cfg);
+	assert_int_equal(config_load_file(&cfg, write_file("auth.conf",
+	    "[registry a.azurecr.io]\n"
+	    "url = https://a.azurecr.io\n"
+	    "auth = managed-identity\n"
+	    "client_id = 6f2b3c4d-0000-4000-8000-00000000c1d1\n"
+	    "tenant = a1b2c3d4\n"
+	    "imds_url = http://127.0.0.1:8080/\n"
+	    "imds_retry_s = 5\n"
+	    "[registry b.io]\n"
+	    "url = https://b.io\n"
+	    "auth = basic\n"
+	    "username_file = /run/secrets/user\n"
+	    "password_file = /run/secrets/password\n"
+	    "[registry c.azurecr.io]\n"
+	    "url = https://c.azurecr.io\n"
+	    "auth = acr-refresh-token\n"
+	    "refresh_token_file = /run/secrets/token\n"
+	    "[registry d.io]\n"
+	    "url = https://d.io\n"), err, sizeof(err)), 0);
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), 0);
+	r = &cfg.registries[0];
+	assert_int_equal(r->auth_kind, CONFIG_AUTH_MANAGED_IDENTITY);
+	assert_string_equal(r->client_id,
+	    "6f2b3c4d-0000-4000-8000-00000000c1d1");
+	assert_string_equal(r->tenant, "a1b2c3d4");
+	assert_string_equal(r->imds_url, "http://127.0.0.1:8080");
+	assert_int_equal(r->imds_retry_s, 5);
+	assert_null(r->auth);
+	r = &cfg.registries[1];
+	assert_int_equal(r->auth_kind, CONFIG_AUTH_BASIC);
+	assert_string_equal(r->username_file, "/run/secrets/user");
+	assert_string_equal(r->password_file, "/run/secrets/password");
+	r = &cfg.registries[2];
+	assert_int_equal(r->auth_kind, CONFIG_AUTH_ACR_REFRESH_TOKEN);
+	assert_string_equal(r->refresh_token_file, "/run/secrets/token");
+	/* Defaults: anonymous, the real IMDS, 70 s of IMDS retries. */
+	r = &cfg.registries[3];
+	assert_int_equal(r->auth_kind, CONFIG_AUTH_ANONYMOUS);
+	assert_null(r->imds_url);
+	assert_int_equal(r->imds_retry_s, 70);
+	assert_string_equal(config_auth_name(r->auth_kind), "anonymous");
+	assert_string_equal(config_auth_name(CONFIG_AUTH_ACR_REFRESH_TOKEN),
+	    "acr-refresh-token");
+	config_free(&cfg);
+
+	/* A registry added by flag pulls anonymously. */
+	assert_int_equal(parse(&cfg, err, 2, "--registry", "e.io=https://e.io"),
+	    0);
+	assert_int_equal(cfg.registries[0].auth_kind, CONFIG_AUTH_ANONYMOUS);
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), 0);
+	config_free(&cfg);
+}
+
+static void
+expect_check_error(const char *text, const char *want)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+
+	config_init(&cfg);
+	assert_int_equal(config_load_file(&cfg, write_file("check.conf", text),
+	    err, sizeof(err)), 0);
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), -1);
+	if (strcmp(err, want) != 0)
+		fail_msg("got \"%s\", want \"%s\"", err, want);
+	config_free(&cfg);
+}
+
+static void
+test_bad_auth(void **state)
+{
+	(void)state;
+	expect_file_error("[registry a]\nauth = token\n",
+	    "2: [registry a] auth: expected anonymous, basic, "
+	    "acr-refresh-token or managed-identity");
+	expect_file_error("[registry a]\nauth = Basic\n",
+	    "2: [registry a] auth: expected anonymous, basic, "
+	    "acr-refresh-token or managed-identity");
+	expect_file_error("[registry a]\npassword_file =\n",
+	    "2: [registry a] password_file: must not be empty");
+	expect_file_error("[registry a]\nimds_url = 169.254.169.254\n",
+	    "2: [registry a] imds_url: URL must start with http:// or "
+	    "https://");
+	expect_file_error("[registry a]\nimds_retry_s = 9999\n",
+	    "2: [registry a] imds_retry_s: expected a whole number 0-600");
+	expect_file_error("[registry a]\npassword = hunter2\n",
+	    "2: [registry a] password: unknown key");
+	expect_check_error("[registry a]\nurl = https://a\nauth = basic\n"
+	    "password_file = /p\n",
+	    "[registry a] username_file: missing (auth = basic)");
+	expect_check_error("[registry a]\nurl = https://a\nauth = basic\n"
+	    "username_file = /u\n",
+	    "[registry a] password_file: missing (auth = basic)");
+	expect_check_error("[registry a]\nurl = https://a\n"
+	    "auth = acr-refresh-token\n",
+	    "[registry a] refresh_token_file: missing "
+	    "(auth = acr-refresh-token)");
+	/* Another auth's settings: likely a typo in auth, never ignored. */
+	expect_check_error("[registry a]\nurl = https://a\n"
+	    "client_id = x\n",
+	    "[registry a] client_id: only used with auth = managed-identity");
+	expect_check_error("[registry a]\nurl = https://a\n"
+	    "auth = managed-identity\nusername_file = /u\n",
+	    "[registry a] username_file: only used with auth = basic");
+	expect_check_error("[registry a]\nurl = https://a\nauth = basic\n"
+	    "username_file = /u\npassword_file = /p\n"
+	    "refresh_token_file = /t\n",
+	    "[registry a] refresh_token_file: only used with "
+	    "auth = acr-refresh-token");
+	expect_check_error("[registry a]\nurl = https://a\n"
+	    "auth = acr-refresh-token\nrefresh_token_file = /t\n"
+	    "imds_url = http://x\n",
+	    "[registry a] imds_url: only used with auth = managed-identity");
+}
+
+static void
 test_missing_url(void **state)
 {
 	struct config cfg;
@@ -248,6 +372,8 @@ main(void)
 		cmocka_unit_test(test_bad_flags),
 		cmocka_unit_test(test_file),
 		cmocka_unit_test(test_bad_files),
+		cmocka_unit_test(test_auth),
+		cmocka_unit_test(test_bad_auth),
 		cmocka_unit_test(test_missing_url),
 		cmocka_unit_test(test_example),
 	};

@@ -31,7 +31,7 @@
 
 struct server {
 	struct event_base	*s_base;
-	const struct config	*s_cfg;
+	struct config		*s_cfg;	/* registries carry their auth */
 	struct evhttp		*s_http;
 	struct evhttp_bound_socket *s_sock;
 	struct upstream		*s_up;
@@ -162,19 +162,19 @@ server_open_cache(struct server *srv)
 
 /*
  * Each registry's identity, from its config section. The handle rides on
- * the registry (the config's one run-time field, hence the cast) so that
- * relay_req_init gives it to every upstream request for that registry.
+ * the registry (the config's one run-time field) so that relay_req_init
+ * gives it to every upstream request for that registry.
  */
 static int
 server_auth_new(struct server *srv)
 {
-	const struct config *cfg = srv->s_cfg;
+	struct config *cfg = srv->s_cfg;
 	struct config_registry *reg;
 	char err[CONFIG_ERR_MAX];
 	size_t i;
 
 	for (i = 0; i < cfg->nregistries; i++) {
-		reg = (struct config_registry *)&cfg->registries[i];
+		reg = &cfg->registries[i];
 		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
 		    sizeof(err))) == NULL) {
 			fprintf(stderr, "pullproxy: %s\n", err);
@@ -190,17 +190,17 @@ server_auth_new(struct server *srv)
 static void
 server_auth_free(struct server *srv)
 {
-	const struct config *cfg = srv->s_cfg;
+	struct config *cfg = srv->s_cfg;
 	size_t i;
 
 	for (i = 0; i < cfg->nregistries; i++) {
 		auth_free(cfg->registries[i].auth);
-		((struct config_registry *)&cfg->registries[i])->auth = NULL;
+		cfg->registries[i].auth = NULL;
 	}
 }
 
 struct server *
-server_new(struct event_base *base, const struct config *cfg)
+server_new(struct event_base *base, struct config *cfg)
 {
 	struct server *srv;
 
@@ -333,7 +333,7 @@ server_signal_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 int
-server_run(const struct config *cfg)
+server_run(struct config *cfg)
 {
 	struct server_run run;
 	struct event_base *base;

@@ -68,15 +68,13 @@ struct cache {
 	MDB_dbi			 c_manifests;
 	MDB_dbi			 c_tags;
 	MDB_dbi			 c_meta;
-	int			 c_fd;		/* data.mdb, for sendfile */
-	ino_t			 c_ino;
+	int			 c_fd;		/* data.mdb, for its size */
 	int			 c_lockfd;
 	int			 c_readonly;
 	int			 c_server;
 	uint64_t		 c_budget;
 	uint64_t		 c_high;	/* bytes */
 	uint64_t		 c_low;
-	uintptr_t		 c_mapbase;	/* 0 until the first pin */
 
 	void			*c_tree;	/* tsearch root of c_ents */
 	struct cache_ents	 c_ents;
@@ -655,42 +653,6 @@ cache_touch(struct cache *c, const unsigned char *key)
 	c->c_dirty = 1;
 }
 
-/*
- * The map's base address. mdb_env_info's me_mapaddr is NULL unless the
- * environment uses MDB_FIXEDMAP, so the mapping that holds a pointer LMDB
- * returned is looked up once in /proc/self/maps (identified by inode).
- */
-static int
-cache_mapbase(struct cache *c, const void *ptr)
-{
-	unsigned long long lo, hi, pgoff, ino;
-	uintptr_t p = (uintptr_t)ptr;
-	char *line = NULL;
-	size_t cap = 0;
-	FILE *f;
-
-	if (c->c_mapbase != 0)
-		return 0;
-	if ((f = fopen("/proc/self/maps", "re")) == NULL)
-		return -1;
-	while (getline(&line, &cap, f) != -1) {
-		if (sscanf(line, "%llx-%llx %*s %llx %*s %llu", &lo, &hi,
-		    &pgoff, &ino) != 4)
-			continue;
-		if (p >= lo && p < hi && ino == (unsigned long long)c->c_ino) {
-			c->c_mapbase = (uintptr_t)(lo - pgoff);
-			break;
-		}
-	}
-	free(line);
-	fclose(f);
-	if (c->c_mapbase == 0) {
-		errno = ENXIO;
-		return -1;
-	}
-	return 0;
-}
-
 static enum cache_err
 cache_pin_get(struct cache *c, struct cache_pin **pinp)
 {
@@ -919,8 +881,7 @@ cache_env_try(struct cache *c, const struct cache_opts *opts)
 	 * byte read through the map is a 1 MiB chunk read front to back
 	 * (copied to a client, hashed by verify), and MADV_RANDOM would
 	 * fault it in one page at a time; the B-tree pages readahead could
-	 * waste memory on are few and hot. (sendfile reads cache_fd, which
-	 * the flag does not affect.)
+	 * waste memory on are few and hot.
 	 * MDB_NOTLS: one thread holds many read transactions (pins).
 	 */
 	flags = MDB_NOTLS;
@@ -1146,7 +1107,6 @@ cache_open1(struct cache **cp, const struct cache_opts *opts, int *damaged,
 	char path[PATH_MAX];
 	enum cache_err ce;
 	struct cache *c;
-	struct stat st;
 	int rc;
 
 	*cp = NULL;
@@ -1192,13 +1152,11 @@ cache_open1(struct cache **cp, const struct cache_opts *opts, int *damaged,
 		goto fail;
 	}
 	if (cache_path(c, "data.mdb", path, sizeof(path)) == -1 ||
-	    (c->c_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
-	    fstat(c->c_fd, &st) == -1) {
+	    (c->c_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
 		snprintf(err, errlen, "cache %s: data.mdb: %s", c->c_dir,
 		    strerror(errno));
 		goto fail;
 	}
-	c->c_ino = st.st_ino;
 	if ((ce = cache_load(c, err, errlen)) != CACHE_OK)
 		goto fail;
 	if (!c->c_readonly && (rc = cache_sync_start(c)) != 0) {
@@ -1266,12 +1224,6 @@ cache_strerror(struct cache *c)
 	return c->c_errstr;
 }
 
-int
-cache_fd(struct cache *c)
-{
-	return c->c_fd;
-}
-
 enum cache_err
 cache_blob_lookup(struct cache *c, const char *digest,
     struct cache_blob_info *info)
@@ -1331,7 +1283,7 @@ cache_blob_unhold(struct cache *c, const char *digest)
 
 enum cache_err
 cache_chunk_pin(struct cache *c, const char *digest, uint32_t idx,
-    struct cache_pin **pinp, const void **ptr, size_t *len, off_t *off)
+    struct cache_pin **pinp, const void **ptr, size_t *len)
 {
 	unsigned char key[CACHE_KEYLEN], ck[CACHE_CKEYLEN];
 	struct cache_pin *pin;
@@ -1346,10 +1298,7 @@ cache_chunk_pin(struct cache *c, const char *digest, uint32_t idx,
 	cache_chunk_key(ck, key, idx);
 	k.mv_data = ck;
 	k.mv_size = sizeof(ck);
-	if ((rc = mdb_get(pin->cp_txn, c->c_chunks, &k, &v)) == 0 &&
-	    cache_mapbase(c, v.mv_data) == -1)
-		rc = errno;
-	if (rc != 0) {
+	if ((rc = mdb_get(pin->cp_txn, c->c_chunks, &k, &v)) != 0) {
 		cache_unpin(pin);
 		return cache_err_from_mdb(c, rc, "pin");
 	}
@@ -1358,7 +1307,6 @@ cache_chunk_pin(struct cache *c, const char *digest, uint32_t idx,
 	*pinp = pin;
 	*ptr = v.mv_data;
 	*len = v.mv_size;
-	*off = (off_t)((uintptr_t)v.mv_data - c->c_mapbase);
 	return CACHE_OK;
 }
 

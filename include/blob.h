@@ -8,7 +8,7 @@
  * slows the download or another client. The last chunk is committed only
  * after the digest matched, so no client ever receives a whole blob that is
  * wrong: on a mismatch they are cut off and containerd retries.
- * Hits are sent from the cache file with sendfile while a read transaction
+ * Hits are written from the LMDB map (no copy in user space) while a read transaction
  * pins the chunk. Blobs the cache cannot take are passed through.
  */
 #ifndef PP_BLOB_H

@@ -104,16 +104,15 @@ void cache_blob_unhold(struct cache *c, const char *digest);
 
 /*
  * Pin chunk idx of digest (complete, or committed so far by a writer). On
- * CACHE_OK, *ptr and *len are the bytes inside the map and *off their offset in
- * data.mdb (cache_fd), valid until cache_unpin. Pins are cheap (a reset
- * read transaction is reused) and many may be open at once. (*off is found
- * from /proc/self/maps: me_mapaddr is NULL without MDB_FIXEDMAP.)
+ * CACHE_OK, *ptr and *len are the bytes inside the map, valid until
+ * cache_unpin. Pins are cheap (a reset read transaction is reused) and many
+ * may be open at once. Copy the bytes out before unpinning: LMDB may reuse
+ * the pages right after (which is why hits are not sent with sendfile: the
+ * socket would still reference the pages).
  */
 enum cache_err cache_chunk_pin(struct cache *c, const char *digest,
-    uint32_t idx, struct cache_pin **pin, const void **ptr, size_t *len,
-    off_t *off);
+    uint32_t idx, struct cache_pin **pin, const void **ptr, size_t *len);
 void cache_unpin(struct cache_pin *pin);
-int cache_fd(struct cache *c);	/* read-only fd of data.mdb, for sendfile */
 
 /*
  * Writing a blob: reserve its size (evicts least recently used, unheld blobs

@@ -7,8 +7,8 @@
  * the blob's record (cache_blob_commit), which makes the blob visible.
  *
  * A reader is one client response: a byte range [pos, end) of a blob,
- * queued a few chunks at a time as sendfile segments of data.mdb, each
- * pinned by a read transaction until the socket has taken it.
+ * queued a few chunks at a time as references into the LMDB map, each
+ * pinned by a read transaction until the socket has taken (copied) it.
  *
  * Lifetimes: a reader belongs to its client request and, while the blob is
  * being fetched, to that fetch's list; breader_close() is its one teardown
@@ -220,11 +220,10 @@ breader_begin(struct breader *r, uint64_t size, const char *media)
 }
 
 static void
-breader_unpin_cb(struct evbuffer_file_segment const *seg, int flags,
-    void *arg)
+breader_unpin_cb(const void *data, size_t len, void *arg)
 {
-	(void)seg;
-	(void)flags;
+	(void)data;
+	(void)len;
 	cache_unpin(arg);
 }
 
@@ -246,13 +245,11 @@ breader_pump(struct breader *r)
 	struct cache *cache = r->r_ctx->bc_cache;
 	struct evhttp_connection *evcon;
 	struct evbuffer *out, *buf;
-	struct evbuffer_file_segment *seg;
 	struct cache_pin *pin;
 	const void *ptr;
 	uint64_t within, n;
 	uint32_t idx;
 	size_t len;
-	off_t off;
 
 	if (r->r_client.req == NULL ||
 	    (evcon = evhttp_request_get_connection(r->r_client.req)) == NULL)
@@ -268,7 +265,7 @@ breader_pump(struct breader *r)
 		if (r->r_fetch != NULL && idx >= r->r_fetch->f_chunks)
 			break;		/* not downloaded yet: woken later */
 		if (cache_chunk_pin(cache, r->r_route.reference, idx, &pin,
-		    &ptr, &len, &off) != CACHE_OK)
+		    &ptr, &len) != CACHE_OK)
 			goto fail;
 		within = r->r_pos - (uint64_t)idx * CACHE_CHUNK;
 		if (within >= len) {
@@ -278,19 +275,17 @@ breader_pump(struct breader *r)
 		n = len - within;
 		if (n > r->r_end - r->r_pos)
 			n = r->r_end - r->r_pos;
-		seg = evbuffer_file_segment_new(cache_fd(cache),
-		    off + (off_t)within, (ev_off_t)n, 0);
-		if (seg == NULL) {
+		/*
+		 * Referenced in the map, copied into the socket by writev, and
+		 * unpinned once written. Not sendfile: the socket would keep
+		 * references to page-cache pages that LMDB may reuse as soon
+		 * as the chunk is unpinned, before the kernel sent them.
+		 */
+		if (evbuffer_add_reference(buf, (const char *)ptr + within,
+		    (size_t)n, breader_unpin_cb, pin) == -1) {
 			cache_unpin(pin);
 			goto fail;
 		}
-		evbuffer_file_segment_add_cleanup_cb(seg, breader_unpin_cb,
-		    pin);
-		n = evbuffer_add_file_segment(buf, seg, 0, (ev_off_t)n) == 0 ?
-		    n : 0;
-		evbuffer_file_segment_free(seg);
-		if (n == 0)
-			goto fail;
 		r->r_pos += n;
 		r->r_bytes += n;
 	}

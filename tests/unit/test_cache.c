@@ -158,30 +158,21 @@ check_blob_bytes(struct cache *c, const char *digest,
 {
 	struct cache_pin *pin;
 	const void *ptr;
-	unsigned char *copy;
 	size_t clen, off = 0;
-	off_t moff;
 	uint32_t idx = 0;
 
 	while (off < len) {
 		assert_int_equal(cache_chunk_pin(c, digest, idx, &pin, &ptr,
-		    &clen, &moff), CACHE_OK);
+		    &clen), CACHE_OK);
 		assert_true(clen <= CACHE_CHUNK);
 		assert_true(off + clen <= len);
 		assert_memory_equal(ptr, buf + off, clen);
-		/* What sendfile would send from data.mdb. */
-		copy = malloc(clen);
-		assert_non_null(copy);
-		assert_int_equal(pread(cache_fd(c), copy, clen, moff),
-		    (ssize_t)clen);
-		assert_memory_equal(copy, ptr, clen);
-		free(copy);
 		cache_unpin(pin);
 		off += clen;
 		idx++;
 	}
-	assert_int_equal(cache_chunk_pin(c, digest, idx, &pin, &ptr, &clen,
-	    &moff), CACHE_NOTFOUND);
+	assert_int_equal(cache_chunk_pin(c, digest, idx, &pin, &ptr, &clen),
+	    CACHE_NOTFOUND);
 }
 
 static void
@@ -281,7 +272,6 @@ test_uncommitted_and_crash(void **state)
 	unsigned char *buf;
 	struct cache *c;
 	size_t len;
-	off_t off;
 	pid_t pid;
 	int status;
 
@@ -293,7 +283,7 @@ test_uncommitted_and_crash(void **state)
 	assert_int_equal(cache_chunk_put(c, digest, 0, buf, CACHE_CHUNK),
 	    CACHE_OK);
 	assert_int_equal(cache_blob_lookup(c, digest, &info), CACHE_NOTFOUND);
-	assert_int_equal(cache_chunk_pin(c, digest, 0, &pin, &ptr, &len, &off),
+	assert_int_equal(cache_chunk_pin(c, digest, 0, &pin, &ptr, &len),
 	    CACHE_OK);
 	cache_unpin(pin);
 	cache_close(c);
@@ -303,8 +293,7 @@ test_uncommitted_and_crash(void **state)
 		c = open_server(f, 64 * MIB);
 		if (cache_chunk_put(c, digest, 1, buf + CACHE_CHUNK,
 		    CACHE_CHUNK) != CACHE_OK ||
-		    cache_chunk_pin(c, digest, 1, &pin, &ptr, &len,
-		    &off) != CACHE_OK)
+		    cache_chunk_pin(c, digest, 1, &pin, &ptr, &len) != CACHE_OK)
 			_exit(1);
 		_exit(0);	/* with a reader slot still taken */
 	}
@@ -315,9 +304,9 @@ test_uncommitted_and_crash(void **state)
 
 	c = open_server(f, 64 * MIB);
 	assert_int_equal(cache_blob_lookup(c, digest, &info), CACHE_NOTFOUND);
-	assert_int_equal(cache_chunk_pin(c, digest, 0, &pin, &ptr, &len, &off),
+	assert_int_equal(cache_chunk_pin(c, digest, 0, &pin, &ptr, &len),
 	    CACHE_NOTFOUND);
-	assert_int_equal(cache_chunk_pin(c, digest, 1, &pin, &ptr, &len, &off),
+	assert_int_equal(cache_chunk_pin(c, digest, 1, &pin, &ptr, &len),
 	    CACHE_NOTFOUND);
 	cache_close(c);
 	free(buf);
@@ -335,7 +324,6 @@ test_discard(void **state)
 	unsigned char *buf, *other;
 	struct cache *c;
 	size_t len;
-	off_t off;
 
 	buf = make_bytes(2 * CACHE_CHUNK + 7, 4);
 	other = make_bytes(1000, 5);
@@ -350,9 +338,9 @@ test_discard(void **state)
 	assert_int_equal(cache_chunk_put(c, digest, 1, buf + CACHE_CHUNK,
 	    CACHE_CHUNK), CACHE_OK);
 	cache_blob_discard(c, digest);
-	assert_int_equal(cache_chunk_pin(c, digest, 0, &pin, &ptr, &len, &off),
+	assert_int_equal(cache_chunk_pin(c, digest, 0, &pin, &ptr, &len),
 	    CACHE_NOTFOUND);
-	assert_int_equal(cache_chunk_pin(c, digest, 1, &pin, &ptr, &len, &off),
+	assert_int_equal(cache_chunk_pin(c, digest, 1, &pin, &ptr, &len),
 	    CACHE_NOTFOUND);
 
 	/* A committed blob that the caller takes back. */

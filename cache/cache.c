@@ -455,6 +455,23 @@ cache_tx_layout(struct cache *c, MDB_txn *txn, void *arg)
 	return mdb_put(txn, c->c_meta, &k, &v, 0);
 }
 
+/*
+ * The server records its budget so that admin commands, which are not
+ * given the server's flags, report the budget actually in force.
+ */
+static int
+cache_tx_budget(struct cache *c, MDB_txn *txn, void *arg)
+{
+	MDB_val k, v;
+
+	(void)arg;
+	k.mv_data = "budget";
+	k.mv_size = 6;
+	v.mv_data = &c->c_budget;
+	v.mv_size = sizeof(c->c_budget);
+	return mdb_put(txn, c->c_meta, &k, &v, 0);
+}
+
 static enum cache_err cache_evict_lru(struct cache *, uint64_t, uint64_t *);
 
 /*
@@ -1159,6 +1176,11 @@ cache_open1(struct cache **cp, const struct cache_opts *opts, int *damaged,
 	}
 	if ((ce = cache_load(c, err, errlen)) != CACHE_OK)
 		goto fail;
+	if (c->c_server && (ce = cache_write(c, "record budget", 0,
+	    cache_tx_budget, NULL)) != CACHE_OK) {
+		snprintf(err, errlen, "cache %s: %s", c->c_dir, c->c_errstr);
+		goto fail;
+	}
 	if (!c->c_readonly && (rc = cache_sync_start(c)) != 0) {
 		snprintf(err, errlen, "cache %s: sync thread: %s", c->c_dir,
 		    strerror(rc));
@@ -1652,6 +1674,7 @@ cache_stats(struct cache *c, struct cache_stats *st)
 	struct cache_pin *pin;
 	enum cache_err ce;
 	MDB_envinfo ei;
+	MDB_val k, v;
 	MDB_stat ms;
 	struct stat sb;
 	int rc;
@@ -1665,6 +1688,11 @@ cache_stats(struct cache *c, struct cache_stats *st)
 	st->evictions = c->c_evictions;
 	if ((ce = cache_pin_get(c, &pin)) != CACHE_OK)
 		return ce;
+	k.mv_data = "budget";
+	k.mv_size = 6;
+	if (!c->c_server && mdb_get(pin->cp_txn, c->c_meta, &k, &v) == 0 &&
+	    v.mv_size == sizeof(st->budget))
+		memcpy(&st->budget, v.mv_data, sizeof(st->budget));
 	rc = mdb_stat(pin->cp_txn, c->c_tags, &ms);
 	cache_unpin(pin);
 	if (rc != 0)

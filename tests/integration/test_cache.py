@@ -229,6 +229,8 @@ def test_eviction_keeps_the_budget_and_spares_blobs_in_use(
 
     stats = json.loads(cache_cmd(pp, "stats", "--json").stdout)
     assert stats["blob_bytes"] <= 16 * MiB, stats
+    # The budget in force (the server's flag), not the admin's default.
+    assert stats["budget"] == 16 * MiB, stats
     # The least recently used unheld blob went; the newest stayed.
     r = pp.get(blob_path("pp/evict", digests[-1]))
     assert r.status == 200 and upstream.count("GET", digests[-1]) == 1

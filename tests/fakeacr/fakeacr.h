@@ -126,6 +126,7 @@ int		 control_init(void);
 void		 control_free(void);
 void		 control_handle(struct evhttp_request *);
 json_t		*control_log(struct fa_req *);
+const char	*control_listener_name(enum fa_listener);
 
 /* fakeacr_store.c */
 struct store_manifest {

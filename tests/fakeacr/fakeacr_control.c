@@ -19,6 +19,12 @@ static const char	*control_listeners[FA_NLISTENERS] = {
 	"registry", "storage", "imds", "control"
 };
 
+const char *
+control_listener_name(enum fa_listener l)
+{
+	return control_listeners[l];
+}
+
 int
 control_init(void)
 {

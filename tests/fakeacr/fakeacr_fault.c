@@ -4,8 +4,13 @@
  * count goes down. A rule with a status replaces the answer, with the
  * body the real service sends for that status; its other fields shape
  * how any answer leaves (see fakeacr_req.c).
+ *
+ * A rule with rate_limit (requests per second) and burst is a throttle:
+ * a token bucket of its own, kept in the rule ("tokens", "tokens_at"); it
+ * applies only to the matching requests that find the bucket empty.
  */
 #include <stdio.h>
+#include <time.h>
 #include <string.h>
 #include <strings.h>
 
@@ -69,7 +74,8 @@ fault_valid(const char *k, json_t *v)
 		return json_is_string(v) &&
 		    fault_endpoint_known(json_string_value(v));
 	if (strcmp(k, "repo") == 0 || strcmp(k, "body") == 0 ||
-	    strcmp(k, "redirect_host") == 0 || strcmp(k, "method") == 0)
+	    strcmp(k, "redirect_host") == 0 || strcmp(k, "method") == 0 ||
+	    strcmp(k, "listener") == 0)
 		return json_is_string(v);
 	if (strcmp(k, "status") == 0)
 		return json_is_integer(v) && i >= 100 && i <= 599;
@@ -79,6 +85,10 @@ fault_valid(const char *k, json_t *v)
 		return json_is_integer(v) && i >= 0;
 	if (strcmp(k, "stall_s") == 0)
 		return json_is_number(v) && json_number_value(v) >= 0;
+	if (strcmp(k, "rate_limit") == 0)
+		return json_is_number(v) && json_number_value(v) > 0;
+	if (strcmp(k, "burst") == 0)
+		return json_is_integer(v) && i >= 1;
 	if (strcmp(k, "corrupt") == 0)
 		return json_is_boolean(v);
 	if (strcmp(k, "headers") == 0)
@@ -138,11 +148,42 @@ fault_list(void)
 	return fault_rules;
 }
 
+/*
+ * A throttle rule's bucket: 1 when the request is within the rate (the
+ * rule does not apply), 0 when it is over. The bucket starts full.
+ */
+static int
+fault_within_rate(json_t *r)
+{
+	double		 rate = json_number_value(json_object_get(r, "rate_limit"));
+	json_t		*b = json_object_get(r, "burst");
+	double		 burst = b != NULL ? (double)json_integer_value(b) : rate;
+	json_t		*tok = json_object_get(r, "tokens");
+	double		 tokens, now;
+	struct timespec	 ts;
+
+	if (burst < 1)
+		burst = 1;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	tokens = tok == NULL ? burst : json_number_value(tok) + rate *
+	    (now - json_number_value(json_object_get(r, "tokens_at")));
+	if (tokens > burst)
+		tokens = burst;
+	json_object_set_new(r, "tokens_at", json_real(now));
+	if (tokens >= 1) {
+		json_object_set_new(r, "tokens", json_real(tokens - 1));
+		return 1;
+	}
+	json_object_set_new(r, "tokens", json_real(tokens));
+	return 0;
+}
+
 /* The first rule for this request, with a reference for the caller. */
 json_t *
 fault_match(struct fa_req *fr)
 {
-	const char	*ep, *repo, *method;
+	const char	*ep, *repo, *method, *listener;
 	json_t		*r, *count;
 	size_t		 i;
 
@@ -150,6 +191,7 @@ fault_match(struct fa_req *fr)
 		ep = json_string_value(json_object_get(r, "endpoint"));
 		repo = json_string_value(json_object_get(r, "repo"));
 		method = json_string_value(json_object_get(r, "method"));
+		listener = json_string_value(json_object_get(r, "listener"));
 		if (ep != NULL && strcmp(ep, "any") != 0 &&
 		    strcmp(ep, fr->fr_endpoint) != 0)
 			continue;
@@ -157,6 +199,12 @@ fault_match(struct fa_req *fr)
 		    strcmp(repo, fr->fr_repo) != 0))
 			continue;
 		if (method != NULL && strcasecmp(method, req_verb(fr)) != 0)
+			continue;
+		if (listener != NULL && strcmp(listener,
+		    control_listener_name(fr->fr_listener)) != 0)
+			continue;
+		if (json_object_get(r, "rate_limit") != NULL &&
+		    fault_within_rate(r))
 			continue;
 		json_incref(r);
 		if ((count = json_object_get(r, "count")) != NULL) {

@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.parse
 from pathlib import Path
 
@@ -363,6 +364,32 @@ def test_fault_429_once(acr):
     assert [(e["endpoint"], e["status"]) for e in log][-2:] == \
         [("manifests", 429), ("manifests", 200)]
     assert log[-2]["fault"] == rule and "fault" not in log[-1]
+
+
+def test_fault_rate_limit(acr):
+    auth = bearer(acr)
+    url = f"{acr.registry_url}/v2/{REPO}/manifests/v1"
+    acr.add_fault(endpoint="manifests", repo=REPO, status=429, rate_limit=5,
+                  burst=3, headers={"Retry-After": "1"})
+    statuses = [call(acr, url, headers=auth).status for _ in range(6)]
+    # The burst goes through, the rest of the same instant is throttled.
+    assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:], statuses
+    time.sleep(0.5)                              # 2.5 tokens back
+    assert call(acr, url, headers=auth).status == 200
+    rule = acr.faults()[0]
+    assert rule["rate_limit"] == 5 and rule["tokens"] < 2
+    acr.clear_faults()
+    with pytest.raises(urllib.error.HTTPError):
+        acr.add_fault(endpoint="manifests", rate_limit=0, status=429)
+    # A throttle on the registry's reads, whatever the endpoint.
+    acr.add_fault(listener="registry", status=429, rate_limit=1, burst=1)
+    assert call(acr, url, headers=auth).status == 200
+    assert call(acr, f"{acr.registry_url}/v2/{REPO}/tags/list",
+                headers=auth).status == 429
+    assert call(acr, f"{acr.imds_url}/metadata/identity/oauth2/token?"
+                "api-version=2018-02-01&resource=x",
+                headers={"Metadata": "true"}).status != 429
+    acr.clear_faults()
 
 
 def test_fault_other_repo_and_storage_body(acr, image):

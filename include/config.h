@@ -13,6 +13,7 @@
 #define CONFIG_IMDS_URL		"http://169.254.169.254"
 
 struct auth;
+struct ratelimit;
 
 /* Who pullproxy is to a registry (auth.h does the work). */
 enum config_auth {
@@ -36,8 +37,19 @@ struct config_registry {
 	char	*tenant;	/* managed-identity: sent to the exchange */
 	char	*imds_url;	/* managed-identity: NULL: CONFIG_IMDS_URL */
 	long	 imds_retry_s;	/* 70: stop retrying IMDS after this long */
+	/*
+	 * Upstream pace (ratelimit.h). ACR Basic allows 1,000 ReadOps/min
+	 * (about 16/s) for the whole registry, one per manifest and layer:
+	 * 10/s keeps one node well under it, and a burst of 20 lets a whole
+	 * image (index, manifest, config, a dozen layers) start at once.
+	 * Lower the rate when many nodes pull from a Basic registry together.
+	 */
+	double	 rate;		/* 10: requests per second */
+	long	 burst;		/* 20: requests at once after a quiet spell */
+	long	 max_wait_s;	/* 30: longest wait for a token, then 503 */
 	/* Run time: made by the server at start-up, NULL in a parsed config. */
 	struct auth *auth;
+	struct ratelimit *ratelimit;
 };
 
 struct config {
@@ -53,6 +65,7 @@ struct config {
 	long	 connect_timeout_ms;	/* 10000 */
 	long	 stall_timeout_s;	/* 30: no byte from upstream for this long */
 	long	 shutdown_timeout_s;	/* 30: in-flight transfers on SIGTERM */
+	char	*platform;	/* "os/arch[/variant]"; NULL: the node's (uname) */
 	size_t	 nregistries;
 	struct config_registry registries[CONFIG_REGISTRY_MAX];
 };

@@ -8,9 +8,12 @@
 
 #include <stddef.h>
 
+#include "classify.h"
 #include "oci.h"
 
+struct event_base;
 struct evhttp_request;
+struct upstream_result;
 
 /*
  * A client request held across callbacks. A client that goes away is
@@ -53,7 +56,10 @@ size_t reply_error(struct evhttp_request *req, int status, enum oci_err err,
 int reply_upstream_status(enum oci_route_kind kind, long status,
     const void *body, size_t len, enum oci_err *err);
 
-/* What the "upstream failure" log line says. */
+/*
+ * What the "upstream failure" log line says. The line carries the cause,
+ * hint and phase classify.h makes of the rest.
+ */
 struct reply_failure {
 	unsigned long	 id;
 	const char	*registry;
@@ -64,7 +70,24 @@ struct reply_failure {
 	const char	*error;		/* transport error or what was wrong */
 	int		 client_status;	/* what the client got; 0: none waiting */
 	long		 ms;
+	enum classify_phase phase;	/* request, body or digest */
+	const struct upstream_result *res;	/* the transfer's end, or NULL */
+	const void	*body;		/* upstream's error body, or NULL */
+	size_t		 bodylen;
 };
+
+/*
+ * Logs one line per failure. A failure with the same registry, cause and
+ * repository as one logged less than REPLY_REPEAT_MS ago is counted
+ * instead; each count is logged as one "upstream failure repeated" line
+ * when its window closes (on the loop's timer, or at the next failure
+ * without one) or at reply_log_end().
+ */
+#define REPLY_REPEAT_MS	10000
 void reply_log_failure(const struct reply_failure *f);
+/* The window timer runs on base; without this, windows close lazily. */
+int reply_log_begin(struct event_base *base);
+/* Logs the counts still open, frees everything. */
+void reply_log_end(void);
 
 #endif

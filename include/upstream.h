@@ -12,12 +12,19 @@
  * scope. A 401 with a challenge from the host asked is not reported: the
  * transfer waits for a fresh token and is sent once more with it; a
  * second 401, or one no token came for, is reported as usual.
+ *
+ * A transfer with a ratelimit handle (ratelimit.h) waits for a token of
+ * its class before each send; a wait past the limit ends the transfer
+ * with "throttled" set and no exchange. Its final status goes back to
+ * the handle, so a 429 pauses the registry.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
 
 #include <stddef.h>
 #include <curl/curl.h>
+
+#include "ratelimit.h"
 
 struct auth;
 struct event_base;
@@ -29,6 +36,13 @@ struct upstream_result {
 	long		 status;	/* final HTTP status, 0 if none */
 	double		 seconds;	/* total time */
 	const char	*error;		/* curl's message, "" when ok */
+	/* Never sent: waited too long for the rate limit (curl is not OK). */
+	int		 throttled;
+	/* What curl knows of a failure, for classify.h: */
+	long		 os_errno;	/* CURLINFO_OS_ERRNO */
+	int		 connected;	/* a connection to the last host was up */
+	int		 headers;	/* the final response's headers came */
+	long		 redirects;	/* hops followed: >0, the last one failed */
 };
 
 struct upstream_cbs {
@@ -51,6 +65,8 @@ struct upstream_req {
 	/* More "Name: value" lines, NULL-terminated, or NULL. */
 	const char *const *headers;
 	struct auth	*auth;		/* the registry's identity, or NULL */
+	struct ratelimit *ratelimit;	/* the registry's pace, or NULL */
+	enum ratelimit_class rlclass;
 	const char	*ca_file;	/* extra CA bundle, or NULL */
 	int		 tls_verify;
 	long		 connect_timeout_ms;
@@ -83,5 +99,8 @@ const char *upstream_xfer_header(const struct upstream_xfer *x,
     const char *name);
 /* The URL that answered, with the query removed (no SAS tokens in logs). */
 const char *upstream_xfer_url(const struct upstream_xfer *x);
+/* How it ended, while on_done runs; NULL before. */
+const struct upstream_result *upstream_xfer_result(
+    const struct upstream_xfer *x);
 
 #endif

@@ -31,6 +31,7 @@
 #include <strings.h>
 
 #include "auth.h"
+#include "classify.h"
 #include "config.h"
 #include "log.h"
 #include "upstream.h"
@@ -92,6 +93,7 @@ struct auth_fetch {
 	struct auth_wait	*f_refresh;	/* waiting for a refresh token */
 	struct evbuffer		*f_body;	/* the answer */
 	long			 f_status;	/* its status, 0 if none */
+	struct upstream_result	 f_res;	/* how it ended (error not kept) */
 	char			*f_url;		/* asked, without its query */
 	int			 f_attempts;	/* IMDS */
 	struct timeval		 f_t0;
@@ -121,6 +123,7 @@ struct auth_report {
 	struct evbuffer	*body;		/* the service's answer, or NULL */
 	int		 attempts;
 	const struct timeval *t0;
+	const struct upstream_result *res;	/* the transfer's end */
 };
 
 static void	auth_fetch_step(struct auth_fetch *);
@@ -528,6 +531,35 @@ auth_error_fields(json_t *o, struct evbuffer *body)
 	json_decref(doc);
 }
 
+/* The cause and hint of a failure (classify.h), onto its line o. */
+static void
+auth_classify(const struct auth *a, const struct auth_report *r, json_t *o)
+{
+	static const enum classify_phase phases[] = {
+		[AUTH_PHASE_IMDS] = CLASSIFY_PHASE_IMDS,
+		[AUTH_PHASE_EXCHANGE] = CLASSIFY_PHASE_EXCHANGE,
+		[AUTH_PHASE_TOKEN] = CLASSIFY_PHASE_TOKEN,
+		/* The realm is unusable: no token can come from it. */
+		[AUTH_PHASE_CHALLENGE] = CLASSIFY_PHASE_TOKEN,
+	};
+	struct classify_input in;
+	struct classify_result c;
+
+	memset(&in, 0, sizeof(in));
+	in.phase = phases[r->phase];
+	in.status = r->status;
+	in.acr_code = json_string_value(json_object_get(o, "code"));
+	in.acr_message = json_string_value(json_object_get(o, "message"));
+	in.host = a->a_reg->name;
+	classify_input_result(&in, r->res);
+	classify(&in, &c);
+	if (c.cause == CLASSIFY_NONE)
+		return;
+	json_object_set_new(o, "cause", json_string(
+	    classify_cause_name(c.cause)));
+	json_object_set_new(o, "hint", json_string(c.hint));
+}
+
 static void
 auth_log_failure(const struct auth *a, const struct auth_report *r)
 {
@@ -546,6 +578,7 @@ auth_log_failure(const struct auth *a, const struct auth_report *r)
 	if (r->error != NULL)
 		json_object_set_new(o, "error", json_string(r->error));
 	auth_error_fields(o, r->body);
+	auth_classify(a, r, o);
 	if (r->attempts > 0)
 		json_object_set_new(o, "imds_attempts",
 		    json_integer(r->attempts));
@@ -679,7 +712,7 @@ auth_fetch_fail(struct auth_fetch *f, const char *error)
 {
 	struct auth_report r = { f->f_phase, f->f_scope != NULL ?
 	    f->f_scope->s_want : NULL, f->f_url, f->f_status, error,
-	    f->f_body, f->f_attempts, &f->f_t0 };
+	    f->f_body, f->f_attempts, &f->f_t0, &f->f_res };
 
 	auth_log_failure(f->f_auth, &r);
 	auth_fetch_end(f, 0);
@@ -758,6 +791,7 @@ auth_fetch_send(struct auth_fetch *f, enum auth_phase phase, const char *url,
 
 	f->f_phase = phase;
 	f->f_status = 0;
+	memset(&f->f_res, 0, sizeof(f->f_res));
 	evbuffer_drain(f->f_body, evbuffer_get_length(f->f_body));
 	free(f->f_url);
 	if ((f->f_url = strndup(url, strcspn(url, "?"))) == NULL) {
@@ -772,6 +806,10 @@ auth_fetch_send(struct auth_fetch *f, enum auth_phase phase, const char *url,
 	req.headers = headers;
 	req.ca_file = reg->ca_file;
 	req.tls_verify = reg->tls_verify;
+	/* Token requests count against the registry, first in line; IMDS is
+	 * another host. */
+	req.ratelimit = phase != AUTH_PHASE_IMDS ? reg->ratelimit : NULL;
+	req.rlclass = RATELIMIT_HIGH;
 	req.connect_timeout_ms = f->f_auth->a_cfg->connect_timeout_ms;
 	req.stall_timeout_s = f->f_auth->a_cfg->stall_timeout_s;
 	if ((f->f_xfer = upstream_xfer_start(f->f_auth->a_up, &req, &cbs,
@@ -1041,6 +1079,8 @@ auth_fetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	(void)x;
 	f->f_xfer = NULL;
 	f->f_status = res->status;
+	f->f_res = *res;
+	f->f_res.error = NULL;
 	/* A refresh token the registry refuses is not offered again. */
 	if (f->f_phase == AUTH_PHASE_TOKEN && res->status == 401 &&
 	    f->f_auth->a_reg->auth_kind == CONFIG_AUTH_MANAGED_IDENTITY)
@@ -1177,7 +1217,7 @@ static int
 auth_challenge_basic(struct auth *a, const char *refused)
 {
 	struct auth_report r = { AUTH_PHASE_CHALLENGE, NULL, a->a_reg->url,
-	    401, NULL, NULL, 0, NULL };
+	    401, NULL, NULL, 0, NULL, NULL };
 	char err[512], *value;
 
 	if (a->a_reg->auth_kind != CONFIG_AUTH_BASIC)

@@ -32,6 +32,7 @@
 #include "config.h"
 #include "digest.h"
 #include "log.h"
+#include "metrics.h"
 #include "oci.h"
 #include "relay.h"
 #include "reply.h"
@@ -139,6 +140,7 @@ static void
 breader_close(struct breader *r, int abort_client)
 {
 	reply_client_release(&r->r_client, abort_client, r->r_started);
+	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_bytes);
 	if (!r->r_relayed)
 		log_request(r->r_id, r->r_head ? "HEAD" : "GET", r->r_uri,
 		    r->r_reg->name, r->r_status, r->r_bytes, &r->r_t0);
@@ -337,11 +339,14 @@ breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
 
 static void
 bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
-    long status, const char *error)
+    enum classify_phase phase, long status, const char *error)
 {
 	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
 	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
-	    status, error, 0, log_ms_since(&f->f_t0) };
+	    status, error, 0, log_ms_since(&f->f_t0), phase,
+	    x != NULL ? upstream_xfer_result(x) : NULL,
+	    status >= 400 ? evbuffer_pullup(f->f_errbody, -1) : NULL,
+	    status >= 400 ? evbuffer_get_length(f->f_errbody) : 0 };
 	struct breader *r;
 
 	/* What the first waiting client gets tells the operator the impact. */
@@ -460,7 +465,8 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 		return;
 	}
 	if (f->f_received + len > f->f_size) {
-		bfetch_log_failure(f, x, 200, "body longer than Content-Length");
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, 200,
+		    "body longer than Content-Length");
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
 		    "upstream sent more than it announced");
 		return;
@@ -480,7 +486,8 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 			continue;
 		if (cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
 		    f->f_chunk, f->f_chunklen) != CACHE_OK) {
-			bfetch_log_failure(f, x, 200, cache_strerror(cache));
+			bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 200,
+			    cache_strerror(cache));
 			bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
 			    "cache write failed");
 			return;
@@ -508,9 +515,15 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	int status, timeout;
 
 	f->f_xfer = NULL;
+	if (res->throttled) {
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 0, res->error);
+		bfetch_close(f, 0, 503, OCI_ERR_TOOMANYREQUESTS, res->error);
+		return;
+	}
 	if (res->curl != CURLE_OK) {
 		timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
-		bfetch_log_failure(f, x, res->status, res->error);
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, res->status,
+		    res->error);
 		bfetch_close(f, 0, timeout ? 504 : 502, timeout ?
 		    OCI_ERR_TIMEOUT : OCI_ERR_UPSTREAM,
 		    "upstream registry unreachable");
@@ -520,19 +533,21 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		status = reply_upstream_status(OCI_ROUTE_BLOB, f->f_status,
 		    evbuffer_pullup(f->f_errbody, -1),
 		    evbuffer_get_length(f->f_errbody), &err);
-		if (f->f_status != 404)
-			bfetch_log_failure(f, x, f->f_status, NULL);
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, f->f_status,
+		    NULL);
 		bfetch_close(f, 0, status, err, "upstream registry refused");
 		return;
 	}
 	if (f->f_received != f->f_size) {
-		bfetch_log_failure(f, x, 200, "body shorter than Content-Length");
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, 200,
+		    "body shorter than Content-Length");
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "short body");
 		return;
 	}
 	digest_final(f->f_digest, dgst);
 	if (strcmp(dgst, f->f_route.reference) != 0) {
-		bfetch_log_failure(f, x, 200, "digest mismatch");
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_DIGEST, 200,
+		    "digest mismatch");
 		bfetch_close(f, 0, 502, OCI_ERR_DIGEST_INVALID,
 		    "upstream blob does not match its digest");
 		return;
@@ -544,7 +559,8 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	info.created = info.last_access = (uint64_t)time(NULL);
 	if (cache_blob_commit(cache, &info, f->f_chunks, f->f_chunk,
 	    f->f_chunklen) != CACHE_OK) {
-		bfetch_log_failure(f, x, 200, cache_strerror(cache));
+		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 200,
+		    cache_strerror(cache));
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "cache write failed");
 		return;
 	}
@@ -633,6 +649,7 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 			return;
 		}
 	}
+	metrics_cache(METRICS_CACHE_BLOB, f == NULL);
 	if ((r = breader_new(ctx, req, route, reg, reqid)) == NULL) {
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "log.h"
 #include "oci.h"
+#include "platform.h"
 
 void
 config_init(struct config *cfg)
@@ -68,6 +69,7 @@ config_free(struct config *cfg)
 	free(cfg->listen_host);
 	free(cfg->cache_dir);
 	free(cfg->log_file);
+	free(cfg->platform);
 	for (i = 0; i < cfg->nregistries; i++)
 		config_registry_clear(&cfg->registries[i]);
 	memset(cfg, 0, sizeof(*cfg));
@@ -154,6 +156,22 @@ config_set_size(unsigned long long *dst, const char *value)
 	v <<= shift;
 	if (v < 16ULL << 20)
 		return "must be at least 16M";
+	*dst = v;
+	return NULL;
+}
+
+/* Requests per second: a decimal, so a big cluster can give a node 0.5. */
+static const char *
+config_set_rate(double *dst, const char *value)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(value, &end);
+	if (*value == '\0' || *end != '\0' || errno != 0 || !(v >= 0.01) ||
+	    v > 100000)
+		return "expected requests per second, 0.01-100000";
 	*dst = v;
 	return NULL;
 }
@@ -258,6 +276,9 @@ config_registry_get(struct config *cfg, const char *name)
 	r->name = strdup(name);
 	r->tls_verify = 1;
 	r->imds_retry_s = 70;
+	r->rate = 10;
+	r->burst = 20;
+	r->max_wait_s = 30;
 	return r;
 }
 
@@ -274,6 +295,14 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 	}
 	if (strcmp(key, "cache_max_size") == 0)
 		return config_set_size(&cfg->cache_max_bytes, value);
+	if (strcmp(key, "platform") == 0) {
+		struct platform p;
+
+		if (platform_parse(value, &p) == -1)
+			return "must be os/arch[/variant], e.g. linux/arm64";
+		config_set_str(&cfg->platform, value);
+		return NULL;
+	}
 	if (strcmp(key, "cache_high_pct") == 0)
 		return config_set_pct(&cfg->cache_high_pct, value);
 	if (strcmp(key, "cache_low_pct") == 0)
@@ -323,6 +352,12 @@ config_set_registry(struct config_registry *r, const char *key,
 		return config_set_url(&r->imds_url, value);
 	if (strcmp(key, "imds_retry_s") == 0)
 		return config_set_long(&r->imds_retry_s, value, 0, 600);
+	if (strcmp(key, "rate") == 0)
+		return config_set_rate(&r->rate, value);
+	if (strcmp(key, "burst") == 0)
+		return config_set_long(&r->burst, value, 1, 100000);
+	if (strcmp(key, "max_wait_s") == 0)
+		return config_set_long(&r->max_wait_s, value, 0, 3600);
 	return "unknown key";
 }
 

@@ -20,11 +20,14 @@
 #include <string.h>
 
 #include "cache.h"
+#include "classify.h"
 #include "config.h"
 #include "digest.h"
 #include "log.h"
 #include "manifest.h"
+#include "metrics.h"
 #include "oci.h"
+#include "platform.h"
 #include "relay.h"
 #include "reply.h"
 #include "upstream.h"
@@ -36,6 +39,7 @@
 	"application/vnd.docker.distribution.manifest.list.v2+json, " \
 	"application/vnd.docker.distribution.manifest.v2+json"
 #define MANIFEST_TYPE_DEFAULT	"application/vnd.oci.image.manifest.v1+json"
+#define MANIFEST_PLATFORM_SEEN	256
 
 struct mfetch;
 
@@ -72,6 +76,10 @@ struct manifest_ctx {
 	const struct config	*mc_cfg;
 	TAILQ_HEAD(, mfetch)	 mc_fetches;
 	int			 mc_waiters;
+	struct platform		 mc_platform;	/* the node's, or configured */
+	/* Indexes reported without it, the last MANIFEST_PLATFORM_SEEN. */
+	char			 mc_seen[MANIFEST_PLATFORM_SEEN][CACHE_DIGEST_MAX];
+	size_t			 mc_nseen;
 };
 
 static void mfetch_close(struct mfetch *);
@@ -89,6 +97,10 @@ manifest_ctx_new(struct upstream *up, struct cache *cache,
 	ctx->mc_cache = cache;
 	ctx->mc_cfg = cfg;
 	TAILQ_INIT(&ctx->mc_fetches);
+	/* config.c checked the configured one. */
+	if (cfg->platform == NULL ||
+	    platform_parse(cfg->platform, &ctx->mc_platform) == -1)
+		platform_node(&ctx->mc_platform);
 	return ctx;
 }
 
@@ -220,11 +232,15 @@ mfetch_close(struct mfetch *f)
 
 static void
 mfetch_log_failure(struct mfetch *f, const struct upstream_xfer *x,
-    long status, const char *error, int client_status)
+    enum classify_phase phase, long status, const char *error,
+    int client_status)
 {
 	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
 	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
-	    status, error, client_status, log_ms_since(&f->f_t0) };
+	    status, error, client_status, log_ms_since(&f->f_t0), phase,
+	    x != NULL ? upstream_xfer_result(x) : NULL,
+	    status >= 400 ? evbuffer_pullup(f->f_body, -1) : NULL,
+	    status >= 400 ? evbuffer_get_length(f->f_body) : 0 };
 
 	reply_log_failure(&rf);
 }
@@ -269,13 +285,17 @@ static void
 mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
     const char *error, enum oci_err err, int cstatus)
 {
+	/* The error the caller chose for the client names the phase. */
+	enum classify_phase phase = err == OCI_ERR_DIGEST_INVALID ?
+	    CLASSIFY_PHASE_DIGEST : err == OCI_ERR_MANIFEST_INVALID ?
+	    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST;
 	char msg[256];
 
 	if (f->f_known[0] != '\0' && status != 404 &&
 	    !TAILQ_EMPTY(&f->f_waiters) &&
 	    mfetch_answer_cached(f, f->f_known) == 0) {
-		mfetch_log_failure(f, x, status, error != NULL ? error :
-		    "served stale", 200);
+		mfetch_log_failure(f, x, phase, status, error != NULL ?
+		    error : "served stale", 200);
 		mfetch_close(f);
 		return;
 	}
@@ -288,12 +308,44 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 	} else
 		snprintf(msg, sizeof(msg), "upstream registry %s: %s",
 		    f->f_reg->name, error);
-	/* A 404 is an answer, not a failure: containerd tries the next host. */
-	if (status != 404 || error != NULL)
-		mfetch_log_failure(f, x, status, error,
-		    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus);
+	mfetch_log_failure(f, x, phase, status, error,
+	    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus);
 	mfetch_fail_all(f, cstatus, err, msg);
 	mfetch_close(f);
+}
+
+/*
+ * An index without the node's platform: containerd will fail to pull it
+ * ("no match for platform in manifest"). Logged once per index digest;
+ * the index is still served (another node may use it). A single-platform
+ * manifest names its platform in the config blob only, which would cost
+ * another fetch: not checked.
+ */
+static void
+mfetch_check_platform(struct mfetch *f, const char *digest,
+    const void *body, size_t len)
+{
+	struct manifest_ctx *ctx = f->f_ctx;
+	char have[512], node[3 * PLATFORM_PART_MAX];
+	size_t i;
+
+	if (platform_index_match(body, len, &ctx->mc_platform, have,
+	    sizeof(have)) != 0)
+		return;
+	for (i = 0; i < ctx->mc_nseen && i < MANIFEST_PLATFORM_SEEN; i++)
+		if (strcmp(ctx->mc_seen[i], digest) == 0)
+			return;
+	snprintf(ctx->mc_seen[ctx->mc_nseen++ % MANIFEST_PLATFORM_SEEN],
+	    CACHE_DIGEST_MAX, "%s", digest);
+	platform_format(&ctx->mc_platform, node, sizeof(node));
+	log_event(LOG_LEVEL_WARN, "platform mismatch", json_pack(
+	    "{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "id",
+	    (json_int_t)f->f_id, "registry", f->f_reg->name, "repository",
+	    f->f_route.name, "reference", f->f_route.reference, "digest",
+	    digest, "phase", classify_phase_name(CLASSIFY_PHASE_PLATFORM),
+	    "node_platform", node, "platforms", have, "cause",
+	    classify_cause_name(CLASSIFY_PLATFORM_MISMATCH), "hint",
+	    classify_hint(CLASSIFY_PLATFORM_MISMATCH)));
 }
 
 /* A whole manifest arrived: verify, store, answer everyone. */
@@ -324,6 +376,7 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 	}
 	snprintf(media, sizeof(media), "%s",
 	    ctype != NULL && *ctype != '\0' ? ctype : MANIFEST_TYPE_DEFAULT);
+	mfetch_check_platform(f, dgst, body, len);
 	/* A manifest the cache cannot take is still served. */
 	if (cache_manifest_put(cache, dgst, media, body, len) != CACHE_OK)
 		log_event(LOG_LEVEL_WARN, "cache store failed", json_pack(
@@ -383,6 +436,11 @@ mfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	const char *dcd;
 
 	f->f_xfer = NULL;
+	if (res->throttled) {
+		mfetch_failed(f, x, 0, res->error, OCI_ERR_TOOMANYREQUESTS,
+		    503);
+		return;
+	}
 	if (res->curl != CURLE_OK) {
 		int timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
 
@@ -489,6 +547,7 @@ manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
 	struct mfetch *f;
 	struct mwaiter *w;
 
+	metrics_cache(METRICS_CACHE_MANIFEST, 0);
 	if ((f = mfetch_find(ctx, reg, route)) == NULL &&
 	    (f = mfetch_new(ctx, req, route, reg, known, reqid)) == NULL) {
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "cannot start transfer");
@@ -543,6 +602,8 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 		uri = strdup(evhttp_request_get_uri(req));
 		n = manifest_send(req, hit.media, digest, hit.body, hit.len,
 		    hit.pin);
+		metrics_cache(METRICS_CACHE_MANIFEST, 1);
+		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n);
 		log_request(reqid, method, uri != NULL ? uri : "-", reg->name,
 		    200, n, &t0);
 		free(uri);

@@ -156,7 +156,11 @@ relay_log_failure(struct relay *r, const struct upstream_xfer *x,
 {
 	struct reply_failure f = { r->r_id, r->r_reg->name, r->r_route.name,
 	    r->r_route.reference, upstream_xfer_url(x), upstatus, error,
-	    client_status, log_ms_since(&r->r_t0) };
+	    client_status, log_ms_since(&r->r_t0), r->r_started ?
+	    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST,
+	    upstream_xfer_result(x),
+	    upstatus >= 400 ? evbuffer_pullup(r->r_buf, -1) : NULL,
+	    upstatus >= 400 ? evbuffer_get_length(r->r_buf) : 0 };
 
 	reply_log_failure(&f);
 }
@@ -187,10 +191,10 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 		relay_copy_header(r, x, "Content-Range");
 	snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
 	    r->r_reg->name, status);
-	relay_fail(r, cstatus, err, msg);
-	/* A 404 is an answer, not a failure: containerd tries the next host. */
-	if (status != 404 && status != 416)
+	/* Before relay_fail, which frees r. */
+	if (status != 416)
 		relay_log_failure(r, x, status, NULL, cstatus);
+	relay_fail(r, cstatus, err, msg);
 }
 
 static void
@@ -274,6 +278,12 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 {
 	struct relay *r = arg;
 
+	if (res->throttled) {
+		relay_log_failure(r, x, 0, res->error, 503);
+		r->r_xfer = NULL;
+		relay_fail(r, 503, OCI_ERR_TOOMANYREQUESTS, res->error);
+		return;
+	}
 	/*
 	 * An error status whose body was cut short (distribution answers 416
 	 * with the blob's Content-Length) is still that status.
@@ -327,6 +337,20 @@ relay_url(const struct config_registry *reg, const struct oci_route *rt,
 	return n < 0 ? NULL : url;
 }
 
+/*
+ * Blobs wait behind everything else. The URL is relay_url's: a blob's
+ * ends ".../blobs/<digest>", and neither a tag nor a digest holds a '/'.
+ */
+static enum ratelimit_class
+relay_url_class(const char *url)
+{
+	const char *last = strrchr(url, '/');
+
+	return last != NULL && last - url >= 6 &&
+	    strncmp(last - 6, "/blobs", 6) == 0 ? RATELIMIT_LOW :
+	    RATELIMIT_HIGH;
+}
+
 void
 relay_req_init(struct upstream_req *ureq, const struct config *cfg,
     const struct config_registry *reg, const char *url)
@@ -336,6 +360,8 @@ relay_req_init(struct upstream_req *ureq, const struct config *cfg,
 	ureq->ca_file = reg->ca_file;
 	ureq->tls_verify = reg->tls_verify;
 	ureq->auth = reg->auth;
+	ureq->ratelimit = reg->ratelimit;
+	ureq->rlclass = relay_url_class(url);
 	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
 	ureq->stall_timeout_s = cfg->stall_timeout_s;
 }

@@ -17,10 +17,13 @@
 #include "auth.h"
 #include "blob.h"
 #include "cache.h"
+#include "classify.h"
 #include "config.h"
 #include "log.h"
 #include "manifest.h"
+#include "metrics.h"
 #include "oci.h"
+#include "ratelimit.h"
 #include "relay.h"
 #include "reply.h"
 #include "server.h"
@@ -77,6 +80,77 @@ server_reply_error(struct evhttp_request *req, unsigned long id,
 	free(uri);
 }
 
+/*
+ * What an operator or kubelet probe asks, outside the registry API:
+ * /metrics, /healthz (the loop answers) and /readyz (the cache is open
+ * and the server still accepts). Returns 0 for any other path.
+ */
+static int
+server_ops(struct server *srv, struct evhttp_request *req, const char *path)
+{
+	const char *type = "text/plain; charset=utf-8";
+	struct evbuffer *body;
+	int status = 200;
+
+	if (strcmp(path, "/metrics") != 0 && strcmp(path, "/healthz") != 0 &&
+	    strcmp(path, "/readyz") != 0)
+		return 0;
+	if ((body = evbuffer_new()) == NULL) {
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return 1;
+	}
+	if (strcmp(path, "/metrics") == 0) {
+		type = "text/plain; version=0.0.4; charset=utf-8";
+		metrics_render(body);
+	} else if (strcmp(path, "/readyz") == 0 &&
+	    (srv->s_sock == NULL || srv->s_cache == NULL)) {
+		status = 503;
+		evbuffer_add_printf(body, "not ready\n");
+	} else
+		evbuffer_add_printf(body, "ok\n");
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Content-Type", type);
+	evhttp_send_reply(req, status, status == 200 ? "OK" :
+	    "Service Unavailable", body);
+	evbuffer_free(body);
+	return 1;
+}
+
+/* A host that looks like a typo of azurecr.io: say so on line o. */
+static json_t *
+server_typo(json_t *o, const char *host)
+{
+	if (o != NULL && classify_name_typo(host)) {
+		json_object_set_new(o, "cause", json_string(
+		    classify_cause_name(CLASSIFY_NAME_TYPO)));
+		json_object_set_new(o, "hint", json_string(
+		    classify_hint(CLASSIFY_NAME_TYPO)));
+	}
+	return o;
+}
+
+/* Typos in the configured names and URLs, before any request. */
+static void
+server_check_names(const struct config *cfg)
+{
+	const struct config_registry *reg;
+	char host[256];
+	size_t i;
+
+	for (i = 0; i < cfg->nregistries; i++) {
+		reg = &cfg->registries[i];
+		/* The URL's host[:port], after "scheme://". */
+		snprintf(host, sizeof(host), "%.*s",
+		    (int)strcspn(strstr(reg->url, "://") + 3, "/"),
+		    strstr(reg->url, "://") + 3);
+		if (classify_name_typo(reg->name) || classify_name_typo(host))
+			log_event(LOG_LEVEL_WARN, "registry name looks wrong",
+			    server_typo(json_pack("{s:s,s:s}", "registry",
+			    reg->name, "url", reg->url),
+			    classify_name_typo(reg->name) ? reg->name : host));
+	}
+}
+
 static void
 server_request_cb(struct evhttp_request *req, void *arg)
 {
@@ -95,6 +169,8 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	gettimeofday(&t0, NULL);
 	if (path == NULL || *path == '\0')
 		path = "/";
+	if (server_ops(srv, req, path))
+		return;
 	err = oci_route_parse(path, &route);
 	if (err == OCI_OK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
 		err = OCI_ERR_METHOD;
@@ -127,8 +203,9 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	if (reg == NULL) {
 		/* An open ns would let any local process use the node's
 		 * identity against any URL: refuse before any lookup. */
-		log_event(LOG_LEVEL_WARN, "ns refused", json_pack("{s:I,s:s}",
-		    "id", (json_int_t)id, "ns", hasns == 1 ? ns : "(malformed)"));
+		log_event(LOG_LEVEL_WARN, "ns refused", server_typo(json_pack(
+		    "{s:I,s:s}", "id", (json_int_t)id, "ns", hasns == 1 ? ns :
+		    "(malformed)"), hasns == 1 ? ns : NULL));
 		server_reply_error(req, id, OCI_ERR_NAME_UNKNOWN,
 		    "registry not configured on this mirror", &t0);
 		return;
@@ -167,20 +244,24 @@ server_open_cache(struct server *srv)
 }
 
 /*
- * Each registry's identity, from its config section. The handle rides on
- * the registry (the config's one run-time field) so that relay_req_init
- * gives it to every upstream request for that registry.
+ * Each registry's pace and identity, from its config section. The handles
+ * ride on the registry (the config's run-time fields) so that
+ * relay_req_init gives them to every upstream request for that registry.
  */
 static int
-server_auth_new(struct server *srv)
+server_registries_new(struct server *srv)
 {
 	struct config *cfg = srv->s_cfg;
 	struct config_registry *reg;
 	char err[CONFIG_ERR_MAX];
 	size_t i;
 
+	metrics_reset();
 	for (i = 0; i < cfg->nregistries; i++) {
 		reg = &cfg->registries[i];
+		if ((reg->ratelimit = ratelimit_new(srv->s_base, reg->name,
+		    reg->rate, (double)reg->burst, reg->max_wait_s)) == NULL)
+			return -1;
 		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
 		    sizeof(err))) == NULL) {
 			fprintf(stderr, "pullproxy: %s\n", err);
@@ -202,6 +283,19 @@ server_auth_free(struct server *srv)
 	for (i = 0; i < cfg->nregistries; i++) {
 		auth_free(cfg->registries[i].auth);
 		cfg->registries[i].auth = NULL;
+	}
+}
+
+/* Last: upstream_free takes its waiting transfers out of their queues. */
+static void
+server_ratelimit_free(struct server *srv)
+{
+	struct config *cfg = srv->s_cfg;
+	size_t i;
+
+	for (i = 0; i < cfg->nregistries; i++) {
+		ratelimit_free(cfg->registries[i].ratelimit);
+		cfg->registries[i].ratelimit = NULL;
 	}
 }
 
@@ -234,7 +328,7 @@ server_new(struct event_base *base, struct config *cfg)
 		return NULL;
 	}
 	if (srv->s_up == NULL || srv->s_http == NULL ||
-	    server_auth_new(srv) == -1 ||
+	    server_registries_new(srv) == -1 ||
 	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL ||
 	    (srv->s_blobs = blob_ctx_new(srv->s_up, srv->s_cache, cfg,
 	    srv->s_relays)) == NULL ||
@@ -295,6 +389,7 @@ server_free(struct server *srv)
 		evhttp_free(srv->s_http);
 	server_auth_free(srv);
 	upstream_free(srv->s_up);
+	server_ratelimit_free(srv);
 	/* After evhttp: queued file segments unpin the cache as they go. */
 	if (srv->s_cache != NULL)
 		cache_close(srv->s_cache);
@@ -366,6 +461,9 @@ server_run(struct config *cfg)
 	if ((base = event_base_new()) == NULL)
 		return 1;
 	memset(&run, 0, sizeof(run));
+	server_check_names(cfg);
+	if (reply_log_begin(base) == -1)
+		goto out;
 	if ((run.sr_srv = server_new(base, cfg)) == NULL)
 		goto out;
 	run.sr_drain = event_new(base, -1, EV_PERSIST, server_drain_cb, &run);
@@ -389,6 +487,7 @@ server_run(struct config *cfg)
 	event_free(run.sr_drain);
 	server_free(run.sr_srv);
 out:
+	reply_log_end();
 	event_base_free(base);
 	return rc;
 }

@@ -12,8 +12,13 @@
  * the caller, the transfer waits for a token (XFER_AUTH), then goes back
  * to the pending queue, either to be sent again with the token or, when
  * none came, to give the caller the kept 401 from the kick.
+ *
+ * With a ratelimit handle the kick asks for a token before each send; a
+ * transfer without one waits on the limited queue (XFER_LIMITED) and
+ * comes back to the pending queue admitted, or throttled to be reported.
  */
 #include <sys/queue.h>
+#include <sys/time.h>
 
 #include <event2/event.h>
 #include <stdio.h>
@@ -34,6 +39,7 @@ enum xfer_state {
 	XFER_PENDING,	/* waiting for upstream_kick to add it (or replay) */
 	XFER_RUNNING,	/* in the multi handle */
 	XFER_AUTH,	/* a held 401 waiting for a token */
+	XFER_LIMITED,	/* waiting for the registry's rate limit */
 	XFER_DEAD,	/* finishing, or cancelled and waiting for the kick */
 };
 
@@ -62,6 +68,14 @@ struct upstream_xfer {
 	char			*x_heldbody;
 	size_t			 x_heldlen;
 	struct upstream_result	 x_heldres;
+	const struct upstream_result *x_res;	/* during on_done */
+	/* With a ratelimit handle: */
+	struct ratelimit	*x_rl;
+	enum ratelimit_class	 x_rlclass;
+	struct ratelimit_wait	 x_rlwait;	/* XFER_LIMITED */
+	int			 x_admitted;	/* took a token for the next send */
+	int			 x_throttled;	/* waited too long: report it */
+	struct timeval		 x_queued;	/* when it began to wait */
 };
 TAILQ_HEAD(xferq, upstream_xfer);
 
@@ -73,6 +87,7 @@ struct upstream {
 	struct xferq		 u_pending;
 	struct xferq		 u_running;
 	struct xferq		 u_waiting;	/* XFER_AUTH */
+	struct xferq		 u_limited;	/* XFER_LIMITED */
 	struct xferq		 u_dead;
 	int			 u_active;
 };
@@ -83,6 +98,7 @@ struct upstream_sock {
 };
 
 static void upstream_check_done(struct upstream *);
+static void upstream_note_url(struct upstream_xfer *);
 
 static void
 upstream_schedule_kick(struct upstream *up)
@@ -101,6 +117,8 @@ upstream_queue(struct upstream *up, const struct upstream_xfer *x)
 		return &up->u_running;
 	case XFER_AUTH:
 		return &up->u_waiting;
+	case XFER_LIMITED:
+		return &up->u_limited;
 	default:
 		return &up->u_dead;
 	}
@@ -144,9 +162,67 @@ upstream_finish(struct upstream_xfer *x, const struct upstream_result *res)
 			x->x_cbs.on_data(x, x->x_heldbody, x->x_heldlen,
 			    x->x_arg);
 	}
+	x->x_res = res;
 	if (!x->x_cancelled)
 		x->x_cbs.on_done(x, res, x->x_arg);
 	upstream_xfer_free(x);
+}
+
+/* ratelimit_cb: a token came, or the wait was too long. */
+static void
+upstream_admitted(void *arg, int ok)
+{
+	struct upstream_xfer *x = arg;
+
+	TAILQ_REMOVE(&x->x_up->u_limited, x, x_entry);
+	if (ok)
+		x->x_admitted = 1;
+	else {
+		x->x_throttled = 1;
+		snprintf(x->x_errbuf, sizeof(x->x_errbuf), "throttled locally: "
+		    "no rate-limit token within %.1f s",
+		    (double)log_ms_since(&x->x_queued) / 1000.0);
+	}
+	upstream_requeue(x);
+}
+
+/* May x be sent now? Else it waits on the limited queue. */
+static int
+upstream_admit(struct upstream_xfer *x)
+{
+	if (x->x_rl == NULL || x->x_admitted || x->x_throttled)
+		return 1;
+	gettimeofday(&x->x_queued, NULL);
+	switch (ratelimit_enter(x->x_rl, &x->x_rlwait, x->x_rlclass,
+	    upstream_admitted, x)) {
+	case 1:
+		return 1;
+	case 0:
+		x->x_state = XFER_LIMITED;
+		TAILQ_INSERT_TAIL(&x->x_up->u_limited, x, x_entry);
+		return 0;
+	default:
+		x->x_throttled = 1;
+		snprintf(x->x_errbuf, sizeof(x->x_errbuf), "throttled locally: "
+		    "the rate-limit queue is full");
+		return 1;
+	}
+}
+
+/* A transfer that never went out: a held 401, throttled, or refused. */
+static void
+upstream_end_unsent(struct upstream_xfer *x, CURLcode code)
+{
+	struct upstream_result res = { .curl = code, .error = x->x_errbuf };
+
+	x->x_state = XFER_DEAD;
+	x->x_up->u_active--;
+	if (x->x_replay) {
+		upstream_finish(x, &x->x_heldres);
+		return;
+	}
+	res.throttled = x->x_throttled;
+	upstream_finish(x, &res);
 }
 
 static void
@@ -164,23 +240,20 @@ upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	while ((x = TAILQ_FIRST(&up->u_pending)) != NULL) {
 		TAILQ_REMOVE(&up->u_pending, x, x_entry);
-		if (x->x_replay) {
-			x->x_state = XFER_DEAD;
-			up->u_active--;
-			upstream_finish(x, &x->x_heldres);
+		if (!x->x_replay && !upstream_admit(x))
+			continue;
+		if (x->x_replay || x->x_throttled) {
+			upstream_end_unsent(x, CURLE_ABORTED_BY_CALLBACK);
 			continue;
 		}
 		rc = curl_multi_add_handle(up->u_multi, x->x_easy);
 		if (rc != CURLM_OK) {
-			struct upstream_result res = { CURLE_FAILED_INIT, 0, 0,
-			    curl_multi_strerror(rc) };
-
-			x->x_state = XFER_DEAD;
-			x->x_cbs.on_done(x, &res, x->x_arg);
-			up->u_active--;
-			upstream_xfer_free(x);
+			snprintf(x->x_errbuf, sizeof(x->x_errbuf), "%s",
+			    curl_multi_strerror(rc));
+			upstream_end_unsent(x, CURLE_FAILED_INIT);
 			continue;
 		}
+		x->x_admitted = 0;	/* a resend after a 401 takes another */
 		x->x_in_multi = 1;
 		x->x_state = XFER_RUNNING;
 		TAILQ_INSERT_TAIL(&up->u_running, x, x_entry);
@@ -368,6 +441,25 @@ upstream_auth_hold(struct upstream_xfer *x)
 	return 1;
 }
 
+/*
+ * What classify.h needs to tell a failure's phase. The primary IP is set
+ * once a connection is up (and kept across a redirect: hence redirects).
+ */
+static void
+upstream_note_failure(struct upstream_xfer *x, struct upstream_result *res)
+{
+	char *ip = NULL;
+
+	res->headers = x->x_headers_done;
+	curl_easy_getinfo(x->x_easy, CURLINFO_OS_ERRNO, &res->os_errno);
+	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_COUNT, &res->redirects);
+	curl_easy_getinfo(x->x_easy, CURLINFO_PRIMARY_IP, &ip);
+	res->connected = ip != NULL && *ip != '\0';
+	/* The hop that failed, for the log: a redirect's target. */
+	if (res->curl != CURLE_OK)
+		upstream_note_url(x);
+}
+
 static void
 upstream_check_done(struct upstream *up)
 {
@@ -395,6 +487,10 @@ upstream_check_done(struct upstream *up)
 		res.error = res.curl == CURLE_OK ? "" : (x->x_errbuf[0] != '\0' ?
 		    x->x_errbuf : curl_easy_strerror(res.curl));
 		curl_easy_getinfo(x->x_easy, CURLINFO_TOTAL_TIME, &res.seconds);
+		upstream_note_failure(x, &res);
+		if (x->x_rl != NULL && res.curl == CURLE_OK)
+			ratelimit_observe(x->x_rl, status,
+			    upstream_xfer_header(x, "Retry-After"));
 		if (x->x_held && res.curl == CURLE_OK) {
 			x->x_heldres = res;
 			upstream_auth_retry(x);
@@ -482,6 +578,7 @@ upstream_new(struct event_base *base)
 	TAILQ_INIT(&up->u_pending);
 	TAILQ_INIT(&up->u_running);
 	TAILQ_INIT(&up->u_waiting);
+	TAILQ_INIT(&up->u_limited);
 	TAILQ_INIT(&up->u_dead);
 	up->u_multi = curl_multi_init();
 	up->u_timer = evtimer_new(base, upstream_timer_cb, up);
@@ -517,6 +614,12 @@ upstream_free(struct upstream *up)
 	/* Their auth waits went with the auth handles (auth_free). */
 	while ((x = TAILQ_FIRST(&up->u_waiting)) != NULL) {
 		TAILQ_REMOVE(&up->u_waiting, x, x_entry);
+		upstream_xfer_free(x);
+	}
+	/* Before the ratelimit handles, which outlive the engine. */
+	while ((x = TAILQ_FIRST(&up->u_limited)) != NULL) {
+		TAILQ_REMOVE(&up->u_limited, x, x_entry);
+		ratelimit_leave(&x->x_rlwait);
 		upstream_xfer_free(x);
 	}
 	while ((x = TAILQ_FIRST(&up->u_dead)) != NULL) {
@@ -608,6 +711,8 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_cbs = *cbs;
 	x->x_arg = arg;
 	x->x_state = XFER_PENDING;
+	x->x_rl = req->ratelimit;
+	x->x_rlclass = req->rlclass;
 	if ((x->x_url = strdup(req->url)) != NULL &&
 	    strchr(x->x_url, '?') != NULL)
 		*strchr(x->x_url, '?') = '\0';
@@ -673,6 +778,7 @@ upstream_xfer_cancel(struct upstream_xfer *x)
 	up = x->x_up;
 	auth_wait_cancel(x->x_wait);
 	x->x_wait = NULL;
+	ratelimit_leave(&x->x_rlwait);
 	TAILQ_REMOVE(upstream_queue(up, x), x, x_entry);
 	x->x_state = XFER_DEAD;
 	up->u_active--;
@@ -720,4 +826,10 @@ const char *
 upstream_xfer_url(const struct upstream_xfer *x)
 {
 	return x->x_url != NULL ? x->x_url : "";
+}
+
+const struct upstream_result *
+upstream_xfer_result(const struct upstream_xfer *x)
+{
+	return x->x_res;
 }

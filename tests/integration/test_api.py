@@ -298,17 +298,23 @@ def test_upstream_down(pullproxy_factory, images):
             r = pp.get(path)
             assert r.status == 502, path
             assert r.error_code() == "UNAVAILABLE"
+        # The blob's failure repeats the manifest's (same registry, cause
+        # and repository): counted, and the count logged at exit.
         fails = pp.logs("upstream failure")
-        assert len(fails) == len(cases), fails
-        for (repo, ref, path), f in zip(cases, fails):
-            assert f["level"] == "warn"
-            assert f["registry"] == "down.example"
-            assert f["repository"] == repo
-            assert f["reference"] == ref
-            assert f["url"] == url + path
-            assert f["client_status"] == 502
-            assert isinstance(f.get("error"), str) and f["error"], f
-            assert isinstance(f.get("ms"), int)
+        assert len(fails) == 1, fails
+        (repo, ref, path), f = cases[0], fails[0]
+        assert f["level"] == "warn"
+        assert f["registry"] == "down.example"
+        assert f["repository"] == repo
+        assert f["reference"] == ref
+        assert f["url"] == url + path
+        assert f["client_status"] == 502
+        assert f["cause"] == "connection_refused" and f["phase"] == "connect"
+        assert isinstance(f.get("error"), str) and f["error"], f
+        assert isinstance(f.get("ms"), int)
+        assert pp.stop() == 0
+        rep = pp.logs("upstream failure repeated")
+        assert [(r["repository"], r["count"]) for r in rep] == [("pp/small", 1)], rep
     finally:
         holder.close()
 

@@ -364,6 +364,48 @@ teardown(void **state)
 	return system(cmd) == 0 ? 0 : -1;
 }
 
+static void
+test_ratelimit(void **state)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+	const char *path;
+
+	(void)state;
+	path = write_file("rate.conf",
+	    "[registry a.example]\n"
+	    "url = https://a.example\n"
+	    "rate = 0.5\n"
+	    "burst = 3\n"
+	    "max_wait_s = 0\n"
+	    "[registry b.example]\n"
+	    "url = https://b.example\n");
+	config_init(&cfg);
+	assert_int_equal(config_load_file(&cfg, path, err, sizeof(err)), 0);
+	assert_true(cfg.registries[0].rate == 0.5);
+	assert_int_equal(cfg.registries[0].burst, 3);
+	assert_int_equal(cfg.registries[0].max_wait_s, 0);
+	/* Defaults: one node well under a Basic registry's 1,000/min. */
+	assert_true(cfg.registries[1].rate == 10);
+	assert_int_equal(cfg.registries[1].burst, 20);
+	assert_int_equal(cfg.registries[1].max_wait_s, 30);
+	config_free(&cfg);
+
+	expect_file_error("[registry a.example]\nrate = 0\n",
+	    "2: [registry a.example] rate: expected requests per second, "
+	    "0.01-100000");
+	expect_file_error("[registry a.example]\nrate = fast\n",
+	    "2: [registry a.example] rate: expected requests per second, "
+	    "0.01-100000");
+	expect_file_error("[registry a.example]\nburst = 0\n",
+	    "2: [registry a.example] burst: expected a whole number 1-100000");
+	expect_file_error("[registry a.example]\nburst = 2.5\n",
+	    "2: [registry a.example] burst: expected a whole number 1-100000");
+	expect_file_error("[registry a.example]\nmax_wait_s = -1\n",
+	    "2: [registry a.example] max_wait_s: expected a whole number "
+	    "0-3600");
+}
+
 int
 main(void)
 {
@@ -376,6 +418,7 @@ main(void)
 		cmocka_unit_test(test_bad_auth),
 		cmocka_unit_test(test_missing_url),
 		cmocka_unit_test(test_example),
+		cmocka_unit_test(test_ratelimit),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, setup, teardown);

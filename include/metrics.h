@@ -1,0 +1,51 @@
+/*
+ * metrics: counters, gauges and one histogram, rendered in the Prometheus
+ * text format for GET /metrics. Label sets are fixed (route kinds, status
+ * codes, cache kinds, queue classes, the configured registries), so an
+ * observation is an array increment: nothing is allocated, nothing is
+ * looked up by string. One process, one loop: no locking.
+ *
+ * A registry slot is an int from metrics_registry(); functions given a
+ * negative slot (the table was full) do nothing.
+ */
+#ifndef PP_METRICS_H
+#define PP_METRICS_H
+
+#include <stdint.h>
+
+struct evbuffer;
+
+#define METRICS_REGISTRY_MAX	32
+
+enum metrics_cache {
+	METRICS_CACHE_MANIFEST = 0,
+	METRICS_CACHE_BLOB,
+	METRICS_CACHE_NKIND,
+};
+
+/* Forget everything (a new server); registry names are not copied. */
+void metrics_reset(void);
+/* The slot of a registry, added when new; -1 when the table is full. */
+int metrics_registry(const char *name);
+
+/* A client request ended (uri as received, status 0: no answer). */
+void metrics_request(const char *uri, int status);
+/* A request answered from the cache (hit) or sent upstream (miss). */
+void metrics_cache(enum metrics_cache kind, int hit);
+/* Body bytes sent to clients from the cache. */
+void metrics_cache_bytes(enum metrics_cache kind, uint64_t bytes);
+/* The final status of a request to a registry. */
+void metrics_upstream(int reg, long status);
+
+/* ratelimit's state (see ratelimit.h); cls is enum ratelimit_class. */
+void metrics_rl_tokens(int reg, double tokens);
+void metrics_rl_queue(int reg, int cls, int depth);
+void metrics_rl_wait(int reg, double seconds);
+void metrics_rl_rejected(int reg);
+void metrics_rl_429(int reg);
+void metrics_rl_paused(int reg, int paused);
+
+/* Everything, in the Prometheus text exposition format 0.0.4. */
+void metrics_render(struct evbuffer *out);
+
+#endif

@@ -1,0 +1,230 @@
+"""Upstream rate limiting against the fake ACR: a burst of distinct
+manifests paced to the configured rate (the excess answered 503 fast), a
+429 with Retry-After pausing the registry while the cache keeps serving,
+and the /metrics, /healthz and /readyz endpoints."""
+
+import json
+import re
+import threading
+import time
+
+import pytest
+
+pytest.register_assert_rewrite("acr")
+from acr import get, ns_path  # noqa: E402
+from conftest import SANITIZED, http_request  # noqa: E402
+
+from fakeacr import write_image  # noqa: E402  (acr.py put it on sys.path)
+
+pytest_plugins = ["acr"]
+
+REPO = "rl/many"
+NTAGS = 200
+# Sanitized builds answer slower; the bounds are about pacing, not speed.
+MARGIN = 3.0 if SANITIZED else 1.5
+
+
+@pytest.fixture(scope="module")
+def many_tags(acr_images):
+    """NTAGS tags in one repository of the fake ACR, each a distinct
+    manifest request for pullproxy (its fetches are keyed by reference)."""
+    content = acr_images[0]
+    img = write_image(content, REPO, "t0", [b"rate limited layer\n"])
+    index_path = content / REPO / "index.json"
+    index = json.loads(index_path.read_text())
+    desc = dict(index["manifests"][0])
+    index["manifests"] = [
+        dict(desc, annotations={"org.opencontainers.image.ref.name": "t%d" % i})
+        for i in range(NTAGS)]
+    index_path.write_text(json.dumps(index))
+    return img
+
+
+@pytest.fixture
+def anon(fake):
+    """The fake without auth: every upstream request is a data request."""
+    fake.config(anonymous=True)
+    return fake
+
+
+def burst_get(pp, acr, paths, timeout=60):
+    """GET every path at once, one thread each. Returns [(path, status,
+    error code or None, when it was sent, seconds it took)]."""
+    out = [None] * len(paths)
+    start = threading.Barrier(len(paths) + 1)
+
+    def one(i, path):
+        start.wait()
+        t = time.monotonic()
+        try:
+            r = get(pp, acr, path, timeout=timeout)
+            code = r.error_code() if r.status >= 400 else None
+            out[i] = (path, r.status, code, t, time.monotonic() - t)
+        except OSError as e:
+            out[i] = (path, 0, repr(e), t, time.monotonic() - t)
+
+    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(paths)]
+    for t in threads:
+        t.start()
+    start.wait()
+    for t in threads:
+        t.join(timeout + 10)
+    return out
+
+
+def manifest_times(acr):
+    return sorted(r["time"] for r in acr.requests("registry")
+                  if r.get("endpoint") == "manifests")
+
+
+def worst_excess(times, rate, burst):
+    """How far the arrivals ever went past burst + rate * window: for
+    every window from arrival i to arrival j, (j - i + 1) - burst -
+    rate * (t_j - t_i). <= 0 means the pace was kept."""
+    worst = float("-inf")
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            worst = max(worst, (j - i + 1) - burst - rate * (times[j] - times[i]))
+    return worst
+
+
+def metrics(pp):
+    r = pp.get("/metrics")
+    assert r.status == 200
+    assert r.header("Content-Type").startswith("text/plain; version=0.0.4")
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def test_burst_is_paced_and_excess_fails_fast(acr_proxy, anon, many_tags):
+    rate, burst, max_wait = 20, 10, 4
+    pp = acr_proxy(rate=rate, burst=burst, max_wait_s=max_wait)
+    anon.clear_requests()
+    paths = ["/v2/%s/manifests/t%d" % (REPO, i) for i in range(NTAGS)]
+    results = burst_get(pp, anon, paths)
+
+    ok = [r for r in results if r[1] == 200]
+    throttled = [r for r in results if r[1] == 503]
+    assert len(ok) + len(throttled) == NTAGS, [r for r in results if r[1] not in (200, 503)]
+    # About burst + rate * max_wait make it (more when a loaded machine
+    # spreads the clients' sends); the rest wait max_wait.
+    spread = max(r[3] for r in results) - min(r[3] for r in results)
+    expect_ok = burst + rate * max_wait
+    assert expect_ok - 15 <= len(ok) <= expect_ok + rate * spread + 15, (
+        len(ok), len(throttled), spread)
+    for path, status, code, sent, secs in ok:
+        assert secs <= max_wait + MARGIN, (path, secs)
+    for path, status, code, sent, secs in throttled:
+        # Never 429 to containerd; a fast 503 with an OCI body.
+        assert code == "TOOMANYREQUESTS", (path, code)
+        assert max_wait - 0.5 <= secs <= max_wait + MARGIN, (path, secs)
+
+    times = manifest_times(anon)
+    assert len(times) == len(ok), (len(times), len(ok))
+    # One request of slack: a token taken just before a handshake ends
+    # can land beside the next one.
+    assert worst_excess(times, rate, burst) <= 1.0, times
+
+    # The log says why (repeats of one failure may be folded into one line).
+    assert any("throttled locally" in str(l.get("error", ""))
+               for l in pp.logs("upstream failure"))
+    m = metrics(pp)
+    reg = anon.registry
+    assert m['pullproxy_ratelimit_rejected_total{registry="%s"}' % reg] == len(throttled)
+    assert m['pullproxy_ratelimit_queue_depth{registry="%s",class="high"}' % reg] == 0
+    assert m['pullproxy_ratelimit_wait_seconds_count{registry="%s"}' % reg] == len(ok)
+    assert m['pullproxy_requests_total{route="manifest",status="503"}'] == len(throttled)
+    assert m['pullproxy_requests_total{route="manifest",status="200"}'] == len(ok)
+    assert m['pullproxy_upstream_responses_total{registry="%s",status="200"}' % reg] == len(ok)
+
+
+def test_429_retry_after_pauses_registry(acr_proxy, anon, many_tags, acr_images):
+    pp = acr_proxy(rate=100, burst=100, max_wait_s=30)
+    small = acr_images[1]["small"]
+    # Cached before the registry throttles: a manifest and a blob.
+    assert get(pp, anon, "/v2/id/small/manifests/%s" % small.digest).status == 200
+    layer = small.layers[0]
+    assert get(pp, anon, "/v2/id/small/blobs/%s" % layer).status == 200
+    anon.clear_requests()
+    anon.add_fault(endpoint="manifests", repo=REPO, status=429,
+                   headers={"Retry-After": "2"}, count=1)
+
+    r = get(pp, anon, "/v2/%s/manifests/t0" % REPO)
+    assert r.status == 503 and r.error_code() == "TOOMANYREQUESTS"
+    t429 = [q for q in anon.requests("registry") if q["status"] == 429]
+    assert len(t429) == 1
+    t429 = t429[0]["time"]
+
+    # Uncached requests wait out the pause; cached ones are served now.
+    later = []
+    waiters = [threading.Thread(target=lambda i=i: later.append(
+        get(pp, anon, "/v2/%s/manifests/t%d" % (REPO, i)).status)) for i in range(1, 6)]
+    for t in waiters:
+        t.start()
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        assert get(pp, anon, "/v2/id/small/manifests/%s" % small.digest).status == 200
+        assert get(pp, anon, "/v2/id/small/blobs/%s" % layer).status == 200
+        assert time.monotonic() - t < 1.0
+        time.sleep(0.1)
+    for t in waiters:
+        t.join(30)
+    assert later == [200] * 5
+
+    after = [q["time"] for q in anon.requests("registry") if q["time"] > t429]
+    assert len(after) == 5
+    # Nothing reached the registry during the pause; then traffic resumed.
+    assert min(after) >= t429 + 2.0 - 0.05, min(after) - t429
+    assert min(after) <= t429 + 2.0 + MARGIN
+
+    assert len(pp.logs("upstream throttled: pausing")) == 1
+    ended = pp.logs("upstream pause ended")
+    assert len(ended) == 1 and ended[0]["throttled"] == 1
+    m = metrics(pp)
+    reg = anon.registry
+    assert m['pullproxy_upstream_throttled_total{registry="%s"}' % reg] == 1
+    assert m['pullproxy_ratelimit_paused{registry="%s"}' % reg] == 0
+    assert m['pullproxy_cache_hits_total{kind="manifest"}'] >= 5
+    assert m['pullproxy_cache_hits_total{kind="blob"}'] >= 5
+
+
+def test_metrics_and_probes(acr_proxy, anon, acr_images):
+    pp = acr_proxy()
+    for path in ("/healthz", "/readyz"):
+        r = pp.get(path)
+        assert r.status == 200 and r.body == b"ok\n"
+    before = metrics(pp)
+    reg = anon.registry
+    assert before['pullproxy_ratelimit_tokens{registry="%s"}' % reg] == 20
+    assert before['pullproxy_ratelimit_paused{registry="%s"}' % reg] == 0
+    assert before['pullproxy_cache_misses_total{kind="manifest"}'] == 0
+
+    small = acr_images[1]["small"]
+    path = "/v2/id/small/manifests/%s" % small.digest
+    assert get(pp, anon, path).status == 200
+    assert get(pp, anon, path).status == 200
+    assert http_request(pp.port, "GET", ns_path(anon, "/v2/id/small/manifests/nope")).status == 404
+    m = metrics(pp)
+    assert m['pullproxy_cache_misses_total{kind="manifest"}'] == 2
+    assert m['pullproxy_cache_hits_total{kind="manifest"}'] == 1
+    assert m['pullproxy_cache_served_bytes_total{kind="manifest"}'] == len(small.manifest)
+    assert m['pullproxy_requests_total{route="manifest",status="200"}'] == 2
+    assert m['pullproxy_requests_total{route="manifest",status="404"}'] == 1
+    assert m['pullproxy_upstream_responses_total{registry="%s",status="404"}' % reg] == 1
+    # Two requests went upstream, each taking a token (refilled since).
+    assert m['pullproxy_ratelimit_wait_seconds_count{registry="%s"}' % reg] == 2
+    assert m['pullproxy_ratelimit_wait_seconds_bucket{registry="%s",le="0.005"}' % reg] == 2
+    # The probes and /metrics are not registry requests.
+    assert not any(k.startswith('pullproxy_requests_total{route="other"') for k in m)
+    text = pp.get("/metrics").body.decode()
+    for family in ("pullproxy_requests_total", "pullproxy_ratelimit_wait_seconds",
+                   "pullproxy_ratelimit_rejected_total", "pullproxy_upstream_throttled_total",
+                   "pullproxy_ratelimit_queue_depth", "pullproxy_ratelimit_tokens",
+                   "pullproxy_ratelimit_paused", "pullproxy_cache_served_bytes_total"):
+        assert re.search(r"^# TYPE %s " % family, text, re.M), family

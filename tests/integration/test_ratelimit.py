@@ -111,12 +111,13 @@ def test_burst_is_paced_and_excess_fails_fast(acr_proxy, anon, many_tags):
     ok = [r for r in results if r[1] == 200]
     throttled = [r for r in results if r[1] == 503]
     assert len(ok) + len(throttled) == NTAGS, [r for r in results if r[1] not in (200, 503)]
-    # About burst + rate * max_wait make it (more when a loaded machine
-    # spreads the clients' sends); the rest wait max_wait.
-    spread = max(r[3] for r in results) - min(r[3] for r in results)
+    # At least burst + rate * max_wait make it; more when a slow machine
+    # (a sanitizer build) reads the requests late, since each one's wait
+    # starts when pullproxy reads it. What bounds the upstream is the
+    # pacing checked below, not this count.
     expect_ok = burst + rate * max_wait
-    assert expect_ok - 15 <= len(ok) <= expect_ok + rate * spread + 15, (
-        len(ok), len(throttled), spread)
+    assert len(ok) >= expect_ok - 15, (len(ok), len(throttled))
+    assert throttled, "nothing waited past max_wait"
     for path, status, code, sent, secs in ok:
         assert secs <= max_wait + MARGIN, (path, secs)
     for path, status, code, sent, secs in throttled:

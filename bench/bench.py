@@ -996,7 +996,7 @@ class Bench:
 		ts = [m[eighth - 1] for m in getattr(self, "last_eighths", []) if len(m) >= eighth]
 		return max(ts) if ts and len(ts) == len(self.last_eighths) else None
 
-	def burst(self, pairs, timeout, size=0):
+	def clients_at_once(self, pairs, timeout, size=0):
 		"""One client per (url, out file), all at once: a list of (code, bytes,
 		seconds from the burst's start to the last byte, None, error) in the
 		order of pairs, and the wall time. size: allocate the files first
@@ -1545,7 +1545,7 @@ http {
 		# The direct pull: one client straight from the front.
 		d = digests["direct"]
 		f = os.path.join(self.shm, "direct")
-		res, _ = self.burst([("http://127.0.0.1:%d/v2/%s/blobs/%s" % (
+		res, _ = self.clients_at_once([("http://127.0.0.1:%d/v2/%s/blobs/%s" % (
 		    self.front_port, repo, d), f)], 120, COLD_SIZE)
 		code, nb, direct_s, _, err = res[0]
 		ok = code == 200 and nb == COLD_SIZE and sha256_file(f) == d.split(":")[1]
@@ -1572,7 +1572,7 @@ http {
 			cpu0, ccpu0, idle0 = cpu_seconds(self.peers[n]["pid"]), children_cpu(), machine_idle()
 			tb = time.monotonic()
 			self.last_eighths = []
-			res, wall = self.burst([(url, f) for f in files], 180, COLD_SIZE)
+			res, wall = self.clients_at_once([(url, f) for f in files], 180, COLD_SIZE)
 			half, seven = self.progress_at(4), self.progress_at(7)
 			cpu = cpu_seconds(self.peers[n]["pid"]) - cpu0
 			ccpu = children_cpu() - ccpu0

@@ -2,6 +2,7 @@
 # Installs what pullproxy needs from Debian 12's archive.
 #   install-deps.sh          build and run (demo: a local registry and skopeo)
 #   install-deps.sh --test   also what the test suite drives (containerd, ctr, pytest, sanitizers)
+#   install-deps.sh --bench  also what bench/ drives (nginx peers, wrk)
 # Idempotent: apt-get skips what is already there.
 set -eu
 build="meson ninja-build pkg-config gcc libevent-dev libcurl4-openssl-dev libssl-dev
@@ -9,7 +10,9 @@ build="meson ninja-build pkg-config gcc libevent-dev libcurl4-openssl-dev libssl
 demo="docker-registry skopeo umoci"
 test="libcmocka-dev python3 python3-pytest containerd runc openssl lmdb-utils"
 pkgs="$build $demo"
+bench="nginx wrk openssl python3 procps coreutils"
 [ "${1:-}" = "--test" ] && pkgs="$pkgs $test"
+[ "${1:-}" = "--bench" ] && pkgs="$pkgs $bench"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -17,8 +20,10 @@ done
 [ -z "$missing" ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# docker-registry and containerd ship services we start ourselves, on our own ports.
+# docker-registry, containerd and nginx ship services we start ourselves,
+# on our own ports.
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
-for svc in docker-registry containerd; do
-	systemctl disable --now "$svc" >/dev/null 2>&1 || true
+for svc in docker-registry containerd nginx; do
+	systemctl disable --now "$svc" >/dev/null 2>&1 ||
+		invoke-rc.d "$svc" stop >/dev/null 2>&1 || true
 done

@@ -1246,15 +1246,19 @@ cache_strerror(struct cache *c)
 	return c->c_errstr;
 }
 
-enum cache_err
-cache_blob_lookup(struct cache *c, const char *digest,
-    struct cache_blob_info *info)
+/*
+ * The record of digest in dbi, read under a pin the caller owns on
+ * CACHE_OK (the value lives in the map until cache_unpin); key is filled
+ * with the digest's binary key.
+ */
+static enum cache_err
+cache_record_pin(struct cache *c, MDB_dbi dbi, const char *digest,
+    unsigned char key[CACHE_KEYLEN], struct cache_pin **pinp, MDB_val *v,
+    const char *what)
 {
-	unsigned char key[CACHE_KEYLEN];
 	struct cache_pin *pin;
-	struct cache_ent *e;
 	enum cache_err ce;
-	MDB_val k, v;
+	MDB_val k;
 	int rc;
 
 	if (cache_key(digest, key) == -1)
@@ -1263,12 +1267,32 @@ cache_blob_lookup(struct cache *c, const char *digest,
 		return ce;
 	k.mv_data = (void *)digest;
 	k.mv_size = DIGEST_STR_LEN;
-	if ((rc = mdb_get(pin->cp_txn, c->c_blobs, &k, &v)) == 0 &&
-	    cache_blob_decode(&v, info) == -1)
-		rc = MDB_NOTFOUND;
+	if ((rc = mdb_get(pin->cp_txn, dbi, &k, v)) != 0) {
+		cache_unpin(pin);
+		return cache_err_from_mdb(c, rc, what);
+	}
+	*pinp = pin;
+	return CACHE_OK;
+}
+
+enum cache_err
+cache_blob_lookup(struct cache *c, const char *digest,
+    struct cache_blob_info *info)
+{
+	unsigned char key[CACHE_KEYLEN];
+	struct cache_pin *pin;
+	struct cache_ent *e;
+	enum cache_err ce;
+	MDB_val v;
+	int bad;
+
+	if ((ce = cache_record_pin(c, c->c_blobs, digest, key, &pin, &v,
+	    "lookup")) != CACHE_OK)
+		return ce;
+	bad = cache_blob_decode(&v, info) == -1;
 	cache_unpin(pin);
-	if (rc != 0)
-		return cache_err_from_mdb(c, rc, "lookup");
+	if (bad)
+		return CACHE_NOTFOUND;
 	memcpy(info->digest, digest, DIGEST_STR_LEN + 1);
 	if ((e = cache_ent_find(c, key)) != NULL && e->ce_stored &&
 	    e->ce_atime > info->last_access)
@@ -1564,21 +1588,14 @@ cache_manifest_pin(struct cache *c, const char *digest,
 	unsigned char key[CACHE_KEYLEN];
 	struct cache_pin *pin;
 	enum cache_err ce;
-	MDB_val k, v;
-	int rc;
+	MDB_val v;
 
-	if (cache_key(digest, key) == -1)
-		return CACHE_NOTFOUND;
-	if ((ce = cache_pin_get(c, &pin)) != CACHE_OK)
+	if ((ce = cache_record_pin(c, c->c_manifests, digest, key, &pin, &v,
+	    "manifest")) != CACHE_OK)
 		return ce;
-	k.mv_data = (void *)digest;
-	k.mv_size = DIGEST_STR_LEN;
-	if ((rc = mdb_get(pin->cp_txn, c->c_manifests, &k, &v)) == 0 &&
-	    cache_manifest_decode(&v, body, len, media_type) == -1)
-		rc = MDB_NOTFOUND;
-	if (rc != 0) {
+	if (cache_manifest_decode(&v, body, len, media_type) == -1) {
 		cache_unpin(pin);
-		return cache_err_from_mdb(c, rc, "manifest");
+		return CACHE_NOTFOUND;
 	}
 	*pinp = pin;
 	return CACHE_OK;

@@ -259,18 +259,26 @@ mfetch_fail_all(struct mfetch *f, int status, enum oci_err err,
 	}
 }
 
-/* Answer every waiter from the cache; -1 when it does not hold digest. */
+/*
+ * Answer every waiter from the cache; -1 when it does not hold digest.
+ * A stale answer says so (RFC 9111's Warning 110), for whoever debugs it.
+ */
 static int
-mfetch_answer_cached(struct mfetch *f, const char *digest)
+mfetch_answer_cached(struct mfetch *f, const char *digest, int stale)
 {
+	struct evhttp_request *req;
 	struct manifest_hit hit;
 	struct mwaiter *w;
 
 	while ((w = TAILQ_FIRST(&f->f_waiters)) != NULL) {
 		if (manifest_lookup(f->f_ctx, digest, &hit) == -1)
 			return -1;
-		w->w_bytes = manifest_send(mwaiter_take(w, 200), hit.media,
-		    digest, hit.body, hit.len, hit.pin);
+		req = mwaiter_take(w, 200);
+		if (stale)
+			evhttp_add_header(evhttp_request_get_output_headers(req),
+			    "Warning", "110 pullproxy \"Response is Stale\"");
+		w->w_bytes = manifest_send(req, hit.media, digest, hit.body,
+		    hit.len, hit.pin);
 		mwaiter_close(w);
 	}
 	return 0;
@@ -293,7 +301,7 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 
 	if (f->f_known[0] != '\0' && status != 404 &&
 	    !TAILQ_EMPTY(&f->f_waiters) &&
-	    mfetch_answer_cached(f, f->f_known) == 0) {
+	    mfetch_answer_cached(f, f->f_known, 1) == 0) {
 		mfetch_log_failure(f, x, phase, status, error != NULL ?
 		    error : "served stale", 200);
 		mfetch_close(f);
@@ -460,7 +468,7 @@ mfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	/* Revalidated: the same digest means the stored manifest is current. */
 	dcd = upstream_xfer_header(x, "Docker-Content-Digest");
 	if (dcd != NULL && strcmp(dcd, f->f_known) == 0 &&
-	    mfetch_answer_cached(f, f->f_known) == 0) {
+	    mfetch_answer_cached(f, f->f_known, 0) == 0) {
 		cache_tag_put(f->f_ctx->mc_cache, f->f_reg->name,
 		    f->f_route.name, f->f_route.reference, f->f_known,
 		    manifest_now_ms());

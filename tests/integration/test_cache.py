@@ -310,3 +310,20 @@ def test_blob_larger_than_the_budget_is_passed_through(registry, mid_blob,
     assert "budget" in bypassed[0]["reason"]
     assert not pp.logs("blob cached")
     assert json.loads(cache_cmd(pp, "stats", "--json").stdout)["blobs"] == 0
+
+
+def test_known_tag_served_stale_when_registry_fails(registry, images, pullproxy_factory,
+                                                    upstream):
+    img = images["small"]
+    pp = via(upstream, registry, pullproxy_factory, args=["--tag-ttl", "0"])
+    path = "/v2/%s/manifests/%s" % (img.repo, img.tag)
+    r = pp.get(path)
+    assert r.status == 200 and r.header("Warning") is None
+    upstream.fail_status = 503      # the registry now fails every request
+    r = pp.get(path)
+    assert r.status == 200 and r.body == img.manifest
+    assert r.header("Docker-Content-Digest") == img.digest
+    assert "Response is Stale" in (r.header("Warning") or "")
+    assert upstream.count("HEAD", "/manifests/" + img.tag) == 1
+    stale = [l for l in pp.logs("upstream failure") if l.get("client_status") == 200]
+    assert stale and stale[0]["reference"] == img.tag and stale[0]["status"] == 503

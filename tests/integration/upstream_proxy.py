@@ -18,6 +18,7 @@ class UpstreamProxy:
         self.target_port = target_port
         self.rate = rate            # body bytes per second per response, or None
         self.corrupt = set()        # digests whose bodies get one byte flipped
+        self.fail_status = None     # set: every request gets this status
         self.hold = threading.Event()   # cleared: bodies wait before their last byte
         self.hold.set()
         self.seen = []              # (method, path) in arrival order
@@ -39,6 +40,11 @@ class UpstreamProxy:
             def forward(self, head):
                 with proxy.lock:
                     proxy.seen.append((self.command, self.path))
+                if proxy.fail_status is not None:
+                    self.send_response(proxy.fail_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() in ("accept", "range", "authorization")}

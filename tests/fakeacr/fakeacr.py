@@ -137,36 +137,45 @@ class FakeACR:
         tmp = Path(tmpdir)
         tmp.mkdir(parents=True, exist_ok=True)
         self.service, self.tls, self.tenant = service, tls, tenant
-        self.ports = {k: free_port()
-                      for k in ("registry", "storage", "imds", "control")}
-        args = [FAKEACR_BIN,
-                "--listen", f"{LOCALHOST}:{self.ports['registry']}",
-                "--blob-listen", f"{LOCALHOST}:{self.ports['storage']}",
-                "--imds-listen", f"{LOCALHOST}:{self.ports['imds']}",
-                "--control-listen", f"{LOCALHOST}:{self.ports['control']}",
-                "--content", str(content_dir), "--service", service]
+        opts = ["--content", str(content_dir), "--service", service]
         if tls:
             self.ca, cert, key = make_certs(tmp / "certs")
-            args += ["--cert", cert, "--key", key]
+            opts += ["--cert", cert, "--key", key]
         if access_ttl is not None:
-            args += ["--access-ttl", str(access_ttl)]
+            opts += ["--access-ttl", str(access_ttl)]
         if refresh_ttl is not None:
-            args += ["--refresh-ttl", str(refresh_ttl)]
+            opts += ["--refresh-ttl", str(refresh_ttl)]
         if tenant is not None:
-            args += ["--tenant", tenant]
+            opts += ["--tenant", tenant]
         for c in client_ids:
-            args += ["--client-id", c]
+            opts += ["--client-id", c]
         for u in users:
-            args += ["--user", u]
+            opts += ["--user", u]
         if anonymous:
-            args.append("--anonymous")
-        args += list(extra_args)
+            opts.append("--anonymous")
+        opts += list(extra_args)
         self.stderr_path = tmp / "fakeacr.stderr"
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
-                                         stderr=err)
-        self._wait_ready(timeout)
-        return self
+        # A port free_port() found can be taken before the fake binds it
+        # (an outgoing connection's ephemeral port): pick again.
+        for attempt in range(3):
+            self.ports = {k: free_port()
+                          for k in ("registry", "storage", "imds", "control")}
+            args = [FAKEACR_BIN,
+                    "--listen", f"{LOCALHOST}:{self.ports['registry']}",
+                    "--blob-listen", f"{LOCALHOST}:{self.ports['storage']}",
+                    "--imds-listen", f"{LOCALHOST}:{self.ports['imds']}",
+                    "--control-listen", f"{LOCALHOST}:{self.ports['control']}",
+                    *opts]
+            with open(self.stderr_path, "wb") as err:
+                self.proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                                             stderr=err)
+            try:
+                self._wait_ready(timeout)
+                return self
+            except RuntimeError:
+                if attempt == 2 or "cannot listen" not in \
+                        self.stderr_path.read_text():
+                    raise
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout

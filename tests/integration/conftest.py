@@ -531,6 +531,7 @@ class PullProxy:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.port_picked = port is None
         self.log_path = self.workdir / "pullproxy.log"
         self.stderr_path = self.workdir / "stderr.log"
         self.cache_dir = self.workdir / "cache"
@@ -548,6 +549,21 @@ class PullProxy:
         return self.proc.pid
 
     def start(self, timeout=20):
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except AssertionError:
+                # The port free_port() found was taken before pullproxy
+                # bound it (an ephemeral port of some connection): re-pick.
+                if attempt == 2 or not self.port_picked or \
+                        not self.logs("cannot listen"):
+                    raise
+                old = "%s:%d" % (LOCALHOST, self.port)
+                self.port = free_port()
+                self.argv[self.argv.index(old)] = "%s:%d" % (LOCALHOST, self.port)
+                self.log_path.unlink()
+
+    def _start(self, timeout):
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=open(self.workdir / "stdout.log", "wb"),
                                      stderr=open(self.stderr_path, "wb"))

@@ -9,6 +9,7 @@
 #include "cachecmd.h"
 #include "config.h"
 #include "log.h"
+#include "logsum.h"
 #include "server.h"
 
 static void
@@ -21,6 +22,7 @@ usage(FILE *f)
 	    "       pullproxy cache [--cache-dir DIR] [--config FILE] [--json]\n"
 	    "                       stats|ls|verify [DIGEST...]|evict DIGEST...|\n"
 	    "                       evict --to SIZE|purge\n"
+	    "       pullproxy logs [--since DURATION] [--json] [FILE|-]\n"
 	    "       pullproxy --version | --help\n"
 	    "\n"
 	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
@@ -37,7 +39,9 @@ usage(FILE *f)
 	    "\n"
 	    "  cache         inspect the cache: stats, ls, verify (re-hash every\n"
 	    "                blob; safe while serving), evict, purge (stop the\n"
-	    "                server first)\n");
+	    "                server first)\n"
+	    "  logs          incident summary of a JSON log: failures per cause\n"
+	    "                with hints, what clients got, what was served\n");
 }
 
 static int
@@ -98,6 +102,8 @@ main(int argc, char **argv)
 		return cmd_serve(argc - 1, argv + 1);
 	if (strcmp(argv[1], "cache") == 0)
 		return cachecmd_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "logs") == 0)
+		return logsum_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
 	    argv[1]);
 	return 2;

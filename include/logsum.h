@@ -1,0 +1,33 @@
+/*
+ * logsum: `pullproxy logs`, an incident summary of pullproxy's JSON-lines
+ * log: per cause how often, when, the hint and the repositories hit; what
+ * clients got; what was served meanwhile. The summarising functions do no
+ * I/O so that tests can feed them lines.
+ */
+#ifndef PP_LOGSUM_H
+#define PP_LOGSUM_H
+
+#include <stdio.h>
+#include <jansson.h>
+
+struct logsum;
+
+/* "30s", "15m", "2h", "1d" into seconds. -1 when malformed. */
+int logsum_duration(const char *s, long long *secs);
+/* RFC 3339 UTC ("2026-11-23T16:02:11.204Z") into ms since the epoch. */
+int logsum_time(const char *s, long long *ms);
+
+/* Lines older than since_ms are left out; 0 keeps every line. */
+struct logsum *logsum_new(long long since_ms);
+void logsum_free(struct logsum *ls);
+/* One log line, without or with its newline. */
+void logsum_line(struct logsum *ls, const char *line, size_t len);
+
+/* The summary as one JSON object (new reference), or as text. */
+json_t *logsum_json(const struct logsum *ls);
+void logsum_print(const struct logsum *ls, FILE *f);
+
+/* argv[0] is "logs". Returns the exit status: 0, 1 (I/O), 2 (usage). */
+int logsum_main(int argc, char **argv);
+
+#endif

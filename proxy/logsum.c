@@ -1,0 +1,648 @@
+/*
+ * logsum: `pullproxy logs`. One pass over the log, counting into small
+ * tallies; the log's own fields (cause, hint, client_status) carry the
+ * verdicts, so nothing is classified again here.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "classify.h"
+#include "logsum.h"
+
+#define LOGSUM_TOP	5	/* repositories listed per cause */
+#define LOGSUM_TIME_MAX	32
+
+/* A count per name: repositories, statuses, messages. */
+struct logsum_kv {
+	char		*kv_key;
+	unsigned long	 kv_n;
+};
+
+struct logsum_tally {
+	struct logsum_kv *t_v;
+	size_t		  t_n;
+	size_t		  t_cap;
+};
+
+struct logsum_cause {
+	char		*c_name;
+	char		*c_hint;	/* the first one seen */
+	unsigned long	 c_count;
+	long long	 c_first;	/* ms; 0 when no line had a time */
+	long long	 c_last;
+	struct logsum_tally c_repos;
+};
+
+struct logsum {
+	long long	 ls_since;
+	long long	 ls_first;
+	long long	 ls_last;
+	unsigned long	 ls_lines;	/* JSON lines kept */
+	unsigned long	 ls_bad;	/* not JSON objects */
+	unsigned long	 ls_old;	/* before --since */
+	struct logsum_cause *ls_causes;
+	size_t		 ls_ncauses;
+	struct logsum_tally ls_clients;	/* client_status of failures */
+	struct logsum_tally ls_served;	/* status of "request" lines */
+	unsigned long	 ls_requests;
+	struct logsum_tally ls_other;	/* other warnings, by msg */
+};
+
+/* ---------------------------------------------------------------- parsing */
+
+int
+logsum_duration(const char *s, long long *secs)
+{
+	long long n, unit;
+	char *end;
+
+	if (s == NULL || !isdigit((unsigned char)*s))
+		return -1;
+	errno = 0;
+	n = strtoll(s, &end, 10);
+	if (errno != 0 || end[0] == '\0' || end[1] != '\0')
+		return -1;
+	switch (*end) {
+	case 's':
+		unit = 1;
+		break;
+	case 'm':
+		unit = 60;
+		break;
+	case 'h':
+		unit = 3600;
+		break;
+	case 'd':
+		unit = 86400;
+		break;
+	default:
+		return -1;
+	}
+	/* Ten years is plenty; more could overflow milliseconds later. */
+	if (n > 3650LL * 86400 / unit)
+		return -1;
+	*secs = n * unit;
+	return 0;
+}
+
+int
+logsum_time(const char *s, long long *ms)
+{
+	struct tm tm;
+	int y, mo, d, h, mi, sec, frac = 0, n = 0, fn = 0;
+	time_t t;
+
+	if (s == NULL || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d,
+	    &h, &mi, &sec, &n) != 6 || n != 19)
+		return -1;
+	s += n;
+	if (*s == '.') {
+		if (sscanf(s, ".%3d%n", &frac, &fn) != 1 || fn != 4 ||
+		    frac < 0)
+			return -1;
+		s += fn;
+	}
+	if (strcmp(s, "Z") != 0 || mo < 1 || mo > 12 || d < 1 || d > 31 ||
+	    h > 23 || mi > 59 || sec > 60 || h < 0 || mi < 0 || sec < 0)
+		return -1;
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec;
+	if ((t = timegm(&tm)) == (time_t)-1)
+		return -1;
+	*ms = (long long)t * 1000 + frac;
+	return 0;
+}
+
+static void
+logsum_time_format(long long ms, char *buf, size_t len)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	char date[LOGSUM_TIME_MAX];
+
+	gmtime_r(&t, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, len, "%.19s.%03dZ", date, (int)(ms % 1000));
+}
+
+/* ----------------------------------------------------------------- tallies */
+
+/* Out of memory loses the count, never the summary. */
+static void
+logsum_tally_add(struct logsum_tally *t, const char *key, unsigned long n)
+{
+	struct logsum_kv *v;
+	size_t i, cap;
+
+	for (i = 0; i < t->t_n; i++)
+		if (strcmp(t->t_v[i].kv_key, key) == 0) {
+			t->t_v[i].kv_n += n;
+			return;
+		}
+	if (t->t_n == t->t_cap) {
+		cap = t->t_cap == 0 ? 8 : t->t_cap * 2;
+		if ((v = reallocarray(t->t_v, cap, sizeof(*v))) == NULL)
+			return;
+		t->t_v = v;
+		t->t_cap = cap;
+	}
+	if ((t->t_v[t->t_n].kv_key = strdup(key)) == NULL)
+		return;
+	t->t_v[t->t_n++].kv_n = n;
+}
+
+static void
+logsum_tally_int(struct logsum_tally *t, json_int_t k, unsigned long n)
+{
+	char key[32];
+
+	snprintf(key, sizeof(key), "%lld", (long long)k);
+	logsum_tally_add(t, key, n);
+}
+
+static void
+logsum_tally_free(struct logsum_tally *t)
+{
+	size_t i;
+
+	for (i = 0; i < t->t_n; i++)
+		free(t->t_v[i].kv_key);
+	free(t->t_v);
+}
+
+/* Biggest first, then by name, so that output is stable. */
+static int
+logsum_kv_cmp(const void *a, const void *b)
+{
+	const struct logsum_kv *x = a, *y = b;
+
+	if (x->kv_n != y->kv_n)
+		return x->kv_n > y->kv_n ? -1 : 1;
+	return strcmp(x->kv_key, y->kv_key);
+}
+
+static void
+logsum_tally_sort(const struct logsum_tally *t)
+{
+	if (t->t_n > 1)
+		qsort(t->t_v, t->t_n, sizeof(*t->t_v), logsum_kv_cmp);
+}
+
+/* ------------------------------------------------------------- summarising */
+
+struct logsum *
+logsum_new(long long since_ms)
+{
+	struct logsum *ls;
+
+	if ((ls = calloc(1, sizeof(*ls))) == NULL)
+		return NULL;
+	ls->ls_since = since_ms;
+	return ls;
+}
+
+void
+logsum_free(struct logsum *ls)
+{
+	size_t i;
+
+	if (ls == NULL)
+		return;
+	for (i = 0; i < ls->ls_ncauses; i++) {
+		free(ls->ls_causes[i].c_name);
+		free(ls->ls_causes[i].c_hint);
+		logsum_tally_free(&ls->ls_causes[i].c_repos);
+	}
+	free(ls->ls_causes);
+	logsum_tally_free(&ls->ls_clients);
+	logsum_tally_free(&ls->ls_served);
+	logsum_tally_free(&ls->ls_other);
+	free(ls);
+}
+
+static struct logsum_cause *
+logsum_cause(struct logsum *ls, const char *name)
+{
+	struct logsum_cause *c;
+	size_t i;
+
+	for (i = 0; i < ls->ls_ncauses; i++)
+		if (strcmp(ls->ls_causes[i].c_name, name) == 0)
+			return &ls->ls_causes[i];
+	c = reallocarray(ls->ls_causes, ls->ls_ncauses + 1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	ls->ls_causes = c;
+	c = &c[ls->ls_ncauses];
+	memset(c, 0, sizeof(*c));
+	if ((c->c_name = strdup(name)) == NULL)
+		return NULL;
+	ls->ls_ncauses++;
+	return c;
+}
+
+/* A failure with a cause: count it (n times for a repeated line). */
+static void
+logsum_failure(struct logsum *ls, json_t *o, const char *cause,
+    unsigned long n, long long t)
+{
+	struct logsum_cause *c;
+	const char *hint, *where;
+
+	if ((c = logsum_cause(ls, cause)) == NULL)
+		return;
+	c->c_count += n;
+	if (t != 0 && (c->c_first == 0 || t < c->c_first))
+		c->c_first = t;
+	if (t > c->c_last)
+		c->c_last = t;
+	hint = json_string_value(json_object_get(o, "hint"));
+	if (c->c_hint == NULL && hint != NULL)
+		c->c_hint = strdup(hint);
+	/* Auth failures have no repository: the registry stands in. */
+	where = json_string_value(json_object_get(o, "repository"));
+	if (where == NULL || *where == '\0')
+		where = json_string_value(json_object_get(o, "registry"));
+	if (where != NULL)
+		logsum_tally_add(&c->c_repos, where, n);
+}
+
+static void
+logsum_object(struct logsum *ls, json_t *o)
+{
+	const char *msg, *level, *cause;
+	json_t *cnt, *st;
+	long long t = 0;
+	unsigned long n = 1;
+
+	if (logsum_time(json_string_value(json_object_get(o, "time")),
+	    &t) == -1)
+		t = 0;
+	/* A line with no time cannot be said to be recent. */
+	if (ls->ls_since != 0 && (t == 0 || t < ls->ls_since)) {
+		ls->ls_old++;
+		return;
+	}
+	ls->ls_lines++;
+	if (t != 0 && (ls->ls_first == 0 || t < ls->ls_first))
+		ls->ls_first = t;
+	if (t > ls->ls_last)
+		ls->ls_last = t;
+	msg = json_string_value(json_object_get(o, "msg"));
+	level = json_string_value(json_object_get(o, "level"));
+	cause = json_string_value(json_object_get(o, "cause"));
+	if (msg == NULL)
+		return;
+	if (strcmp(msg, "request") == 0) {
+		st = json_object_get(o, "status");
+		ls->ls_requests++;
+		if (json_is_integer(st))
+			logsum_tally_int(&ls->ls_served,
+			    json_integer_value(st), 1);
+		return;
+	}
+	if (cause != NULL && strcmp(cause, "none") != 0) {
+		cnt = json_object_get(o, "count");
+		if (strcmp(msg, "upstream failure repeated") == 0 &&
+		    json_is_integer(cnt) && json_integer_value(cnt) > 0)
+			n = (unsigned long)json_integer_value(cnt);
+		logsum_failure(ls, o, cause, n, t);
+		st = json_object_get(o, "client_status");
+		if (json_is_integer(st))
+			logsum_tally_int(&ls->ls_clients,
+			    json_integer_value(st), 1);
+		return;
+	}
+	/* Other trouble ("cache bypassed"...), by message. */
+	if (level != NULL && (strcmp(level, "warn") == 0 ||
+	    strcmp(level, "error") == 0))
+		logsum_tally_add(&ls->ls_other, msg, 1);
+}
+
+void
+logsum_line(struct logsum *ls, const char *line, size_t len)
+{
+	json_error_t err;
+	json_t *o;
+
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	if (len == 0)
+		return;
+	o = json_loadb(line, len, 0, &err);
+	if (!json_is_object(o))
+		ls->ls_bad++;
+	else
+		logsum_object(ls, o);
+	json_decref(o);
+}
+
+/* ------------------------------------------------------------------ output */
+
+static int
+logsum_cause_cmp(const void *a, const void *b)
+{
+	const struct logsum_cause *x = a, *y = b;
+
+	if (x->c_count != y->c_count)
+		return x->c_count > y->c_count ? -1 : 1;
+	return strcmp(x->c_name, y->c_name);
+}
+
+/* Sorting in place is no change to what was counted. */
+static void
+logsum_sort(const struct logsum *ls)
+{
+	size_t i;
+
+	if (ls->ls_ncauses > 1)
+		qsort(ls->ls_causes, ls->ls_ncauses, sizeof(*ls->ls_causes),
+		    logsum_cause_cmp);
+	for (i = 0; i < ls->ls_ncauses; i++)
+		logsum_tally_sort(&ls->ls_causes[i].c_repos);
+	logsum_tally_sort(&ls->ls_clients);
+	logsum_tally_sort(&ls->ls_served);
+	logsum_tally_sort(&ls->ls_other);
+}
+
+/* The log's hint, else the cause's general one. */
+static const char *
+logsum_hint(const struct logsum_cause *c)
+{
+	int i;
+
+	if (c->c_hint != NULL)
+		return c->c_hint;
+	for (i = 1; i < CLASSIFY_NCAUSES; i++)
+		if (strcmp(classify_cause_name(i), c->c_name) == 0)
+			return classify_hint(i);
+	return NULL;
+}
+
+static json_t *
+logsum_time_json(long long ms)
+{
+	char buf[LOGSUM_TIME_MAX];
+
+	if (ms == 0)
+		return json_null();
+	logsum_time_format(ms, buf, sizeof(buf));
+	return json_string(buf);
+}
+
+static json_t *
+logsum_tally_json(const struct logsum_tally *t)
+{
+	json_t *o = json_object();
+	size_t i;
+
+	for (i = 0; i < t->t_n; i++)
+		json_object_set_new(o, t->t_v[i].kv_key,
+		    json_integer((json_int_t)t->t_v[i].kv_n));
+	return o;
+}
+
+static unsigned long
+logsum_tally_get(const struct logsum_tally *t, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < t->t_n; i++)
+		if (strcmp(t->t_v[i].kv_key, key) == 0)
+			return t->t_v[i].kv_n;
+	return 0;
+}
+
+json_t *
+logsum_json(const struct logsum *ls)
+{
+	const struct logsum_cause *c;
+	json_t *o, *causes, *repos, *co;
+	const char *hint;
+	size_t i, j;
+
+	logsum_sort(ls);
+	causes = json_array();
+	for (i = 0; i < ls->ls_ncauses; i++) {
+		c = &ls->ls_causes[i];
+		repos = json_array();
+		for (j = 0; j < c->c_repos.t_n && j < LOGSUM_TOP; j++)
+			json_array_append_new(repos, json_pack("{s:s,s:I}",
+			    "repository", c->c_repos.t_v[j].kv_key, "count",
+			    (json_int_t)c->c_repos.t_v[j].kv_n));
+		hint = logsum_hint(c);
+		co = json_pack("{s:s,s:I,s:o,s:o,s:o,s:o}", "cause", c->c_name,
+		    "count", (json_int_t)c->c_count, "first",
+		    logsum_time_json(c->c_first), "last",
+		    logsum_time_json(c->c_last), "hint", hint != NULL ?
+		    json_string(hint) : json_null(), "repositories", repos);
+		json_array_append_new(causes, co);
+	}
+	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o},s:o}",
+	    "first", logsum_time_json(ls->ls_first),
+	    "last", logsum_time_json(ls->ls_last),
+	    "lines", (json_int_t)ls->ls_lines,
+	    "not_json", (json_int_t)ls->ls_bad,
+	    "before_since", (json_int_t)ls->ls_old,
+	    "causes", causes,
+	    "client_status", logsum_tally_json(&ls->ls_clients),
+	    "requests", "total", (json_int_t)ls->ls_requests,
+	    "ok", (json_int_t)logsum_tally_get(&ls->ls_served, "200"),
+	    "status", logsum_tally_json(&ls->ls_served),
+	    "other", logsum_tally_json(&ls->ls_other));
+	return o;
+}
+
+static void
+logsum_print_tally(FILE *f, const struct logsum_tally *t, size_t max)
+{
+	size_t i;
+
+	for (i = 0; i < t->t_n && i < max; i++)
+		fprintf(f, "%s%s %lu", i > 0 ? ", " : "", t->t_v[i].kv_key,
+		    t->t_v[i].kv_n);
+	if (i < t->t_n)
+		fprintf(f, ", %zu more", t->t_n - i);
+	fprintf(f, "\n");
+}
+
+void
+logsum_print(const struct logsum *ls, FILE *f)
+{
+	const struct logsum_cause *c;
+	char a[LOGSUM_TIME_MAX], b[LOGSUM_TIME_MAX];
+	const char *hint;
+	size_t i;
+
+	logsum_sort(ls);
+	if (ls->ls_first != 0) {
+		logsum_time_format(ls->ls_first, a, sizeof(a));
+		logsum_time_format(ls->ls_last, b, sizeof(b));
+		fprintf(f, "%s .. %s: %lu lines\n", a, b, ls->ls_lines);
+	} else
+		fprintf(f, "%lu lines\n", ls->ls_lines);
+	if (ls->ls_old > 0)
+		fprintf(f, "%lu older lines left out (--since)\n", ls->ls_old);
+	if (ls->ls_bad > 0)
+		fprintf(f, "%lu lines were not JSON\n", ls->ls_bad);
+	if (ls->ls_ncauses == 0)
+		fprintf(f, "\nno failures\n");
+	for (i = 0; i < ls->ls_ncauses; i++) {
+		c = &ls->ls_causes[i];
+		logsum_time_format(c->c_first, a, sizeof(a));
+		logsum_time_format(c->c_last, b, sizeof(b));
+		fprintf(f, "\n%s: %lu, %s .. %s\n", c->c_name, c->c_count,
+		    c->c_first != 0 ? a : "?", c->c_last != 0 ? b : "?");
+		if ((hint = logsum_hint(c)) != NULL)
+			fprintf(f, "  hint: %s\n", hint);
+		if (c->c_repos.t_n > 0) {
+			fprintf(f, "  repositories: ");
+			logsum_print_tally(f, &c->c_repos, LOGSUM_TOP);
+		}
+	}
+	if (ls->ls_clients.t_n > 0) {
+		/* "repeated" lines say how many, not what clients got. */
+		fprintf(f, "\nclients got (repeats not itemised): ");
+		logsum_print_tally(f, &ls->ls_clients, SIZE_MAX);
+	}
+	if (ls->ls_requests > 0) {
+		fprintf(f, "\nserved: %lu requests, %lu with 200; by status: ",
+		    ls->ls_requests, logsum_tally_get(&ls->ls_served, "200"));
+		logsum_print_tally(f, &ls->ls_served, SIZE_MAX);
+	}
+	if (ls->ls_other.t_n > 0) {
+		fprintf(f, "\nother warnings: ");
+		logsum_print_tally(f, &ls->ls_other, SIZE_MAX);
+	}
+}
+
+/* -------------------------------------------------------------- command */
+
+static void
+logsum_usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: pullproxy logs [--since DURATION] [--json] [FILE|-]\n"
+	    "\n"
+	    "  summarise pullproxy's JSON log (FILE, or stdin when - or none):\n"
+	    "  failures per cause with first and last time, hint and the\n"
+	    "  repositories hit; what clients got; what was served meanwhile\n"
+	    "  (request lines, at --log-level debug)\n"
+	    "  --since  only lines newer than now minus DURATION (30s, 15m,\n"
+	    "           2h, 1d)\n"
+	    "  --json   one JSON object\n");
+}
+
+static int __attribute__((format(printf, 1, 2)))
+logsum_usage_err(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "pullproxy logs: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (try --help)\n");
+	return 2;
+}
+
+int
+logsum_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "since", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct logsum *ls;
+	struct timeval now;
+	long long since = 0, secs;
+	const char *path = "-";
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	int ch, json = 0, rc = 0;
+	FILE *in;
+	json_t *o;
+
+	optind = 1;
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 's':
+			if (logsum_duration(optarg, &secs) == -1)
+				return logsum_usage_err("--since: bad "
+				    "duration '%s' (e.g. 30s, 15m, 2h, 1d)",
+				    optarg);
+			gettimeofday(&now, NULL);
+			since = ((long long)now.tv_sec - secs) * 1000 +
+			    now.tv_usec / 1000;
+			/* 0 means "everything". */
+			if (since <= 0)
+				since = 1;
+			break;
+		case 'j':
+			json = 1;
+			break;
+		case 'h':
+			logsum_usage(stdout);
+			return 0;
+		default:
+			if (optopt == 's')
+				return logsum_usage_err("--since needs a "
+				    "DURATION");
+			return logsum_usage_err("bad option '%s'",
+			    argv[optind - 1]);
+		}
+	}
+	if (argc - optind > 1)
+		return logsum_usage_err("one FILE at most");
+	if (argc - optind == 1)
+		path = argv[optind];
+	if (strcmp(path, "-") == 0)
+		in = stdin;
+	else if ((in = fopen(path, "r")) == NULL) {
+		fprintf(stderr, "pullproxy logs: %s: %s\n", path,
+		    strerror(errno));
+		return 1;
+	}
+	if ((ls = logsum_new(since)) == NULL) {
+		fprintf(stderr, "pullproxy logs: out of memory\n");
+		if (in != stdin)
+			fclose(in);
+		return 1;
+	}
+	while ((len = getline(&line, &cap, in)) != -1)
+		logsum_line(ls, line, (size_t)len);
+	if (ferror(in)) {
+		fprintf(stderr, "pullproxy logs: %s: %s\n", path,
+		    strerror(errno));
+		rc = 1;
+	}
+	free(line);
+	if (in != stdin)
+		fclose(in);
+	if (rc == 0 && json) {
+		o = logsum_json(ls);
+		json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		fputc('\n', stdout);
+		json_decref(o);
+	} else if (rc == 0)
+		logsum_print(ls, stdout);
+	logsum_free(ls);
+	return rc;
+}

@@ -581,10 +581,9 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
     const struct oci_route *route, const struct config_registry *reg,
     unsigned long reqid)
 {
-	const char *method = evhttp_request_get_command(req) ==
-	    EVHTTP_REQ_HEAD ? "HEAD" : "GET";
+	int head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	uint64_t fetched, ttl_ms = (uint64_t)ctx->mc_cfg->tag_ttl_s * 1000;
-	char digest[CACHE_DIGEST_MAX], *uri;
+	char digest[CACHE_DIGEST_MAX];
 	struct manifest_hit hit;
 	struct timeval t0;
 	size_t n;
@@ -607,14 +606,14 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 		return;
 	}
 	if (digest[0] != '\0' && manifest_lookup(ctx, digest, &hit) == 0) {
-		uri = strdup(evhttp_request_get_uri(req));
-		n = manifest_send(req, hit.media, digest, hit.body, hit.len,
-		    hit.pin);
+		/* Logged before sending, while req (and its URI) is ours. */
+		n = head ? 0 : hit.len;
 		metrics_cache(METRICS_CACHE_MANIFEST, 1);
 		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n);
-		log_request(reqid, method, uri != NULL ? uri : "-", reg->name,
-		    200, n, &t0);
-		free(uri);
+		log_request(reqid, head ? "HEAD" : "GET",
+		    evhttp_request_get_uri(req), reg->name, 200, n, &t0);
+		manifest_send(req, hit.media, digest, hit.body, hit.len,
+		    hit.pin);
 		return;
 	}
 	manifest_wait(ctx, req, route, reg, "", reqid, &t0);

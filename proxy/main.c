@@ -8,6 +8,7 @@
 
 #include "cachecmd.h"
 #include "config.h"
+#include "hostsconf.h"
 #include "log.h"
 #include "logsum.h"
 #include "server.h"
@@ -23,6 +24,9 @@ usage(FILE *f)
 	    "                       stats|ls|verify [DIGEST...]|evict DIGEST...|\n"
 	    "                       evict --to SIZE|purge\n"
 	    "       pullproxy logs [--since DURATION] [--json] [FILE|-]\n"
+	    "       pullproxy containerd-config [--config FILE] [--hosts-dir DIR]\n"
+	    "                       [--containerd-config FILE] [--force]\n"
+	    "                       [--dry-run] [--remove]\n"
 	    "       pullproxy --version | --help\n"
 	    "\n"
 	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
@@ -41,7 +45,10 @@ usage(FILE *f)
 	    "                blob; safe while serving), evict, purge (stop the\n"
 	    "                server first)\n"
 	    "  logs          incident summary of a JSON log: failures per cause\n"
-	    "                with hints, what clients got, what was served\n");
+	    "                with hints, what clients got, what was served\n"
+	    "  containerd-config  write containerd's hosts.toml for each\n"
+	    "                registry (pullproxy first, the registry as\n"
+	    "                fallback); --remove takes back what it wrote\n");
 }
 
 static int
@@ -104,6 +111,8 @@ main(int argc, char **argv)
 		return cachecmd_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "logs") == 0)
 		return logsum_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "containerd-config") == 0)
+		return hostsconf_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
 	    argv[1]);
 	return 2;

@@ -247,8 +247,10 @@ class FakeACR:
     def faults(self):
         return self._control("GET", "/faults")
 
-    def requests(self, listener=None):
-        log = self._control("GET", "/requests")
+    def requests(self, listener=None, clear=False):
+        """The request log; clear: emptied in the same step, so that a
+        caller draining it in turns misses nothing."""
+        log = self._control("GET", "/requests?clear=1" if clear else "/requests")
         return [r for r in log if listener is None or r["listener"] == listener]
 
     def clear_requests(self):

@@ -182,7 +182,7 @@ void
 control_handle(struct evhttp_request *req)
 {
 	enum evhttp_cmd_type	 cmd = evhttp_request_get_command(req);
-	const char		*path, *err = NULL;
+	const char		*path, *query, *err = NULL;
 	json_t			*doc;
 	json_int_t		 id;
 	char			*end;
@@ -214,6 +214,10 @@ control_handle(struct evhttp_request *req)
 			control_reply(req, 200, json_object());
 	} else if (strcmp(path, "/requests") == 0 && cmd == EVHTTP_REQ_GET) {
 		control_reply(req, 200, json_incref(control_requests));
+		/* ?clear=1: taken and cleared at once, none lost between. */
+		if ((query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(
+		    req))) != NULL && strcmp(query, "clear=1") == 0)
+			json_array_clear(control_requests);
 	} else if (strcmp(path, "/requests") == 0 &&
 	    cmd == EVHTTP_REQ_DELETE) {
 		json_array_clear(control_requests);

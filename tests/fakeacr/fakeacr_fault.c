@@ -81,7 +81,8 @@ fault_valid(const char *k, json_t *v)
 		return json_is_integer(v) && i >= 100 && i <= 599;
 	if (strcmp(k, "count") == 0)
 		return json_is_integer(v) && i >= 1;
-	if (strcmp(k, "delay_ms") == 0 || strcmp(k, "reset_after_bytes") == 0)
+	if (strcmp(k, "delay_ms") == 0 || strcmp(k, "reset_after_bytes") == 0 ||
+	    strcmp(k, "close_after_bytes") == 0)
 		return json_is_integer(v) && i >= 0;
 	if (strcmp(k, "stall_s") == 0)
 		return json_is_number(v) && json_number_value(v) >= 0;
@@ -89,7 +90,7 @@ fault_valid(const char *k, json_t *v)
 		return json_is_number(v) && json_number_value(v) > 0;
 	if (strcmp(k, "burst") == 0)
 		return json_is_integer(v) && i >= 1;
-	if (strcmp(k, "corrupt") == 0)
+	if (strcmp(k, "corrupt") == 0 || strcmp(k, "chunked") == 0)
 		return json_is_boolean(v);
 	if (strcmp(k, "headers") == 0)
 		return fault_strings(v);

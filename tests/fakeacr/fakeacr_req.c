@@ -2,7 +2,7 @@
  * req: one request on the registry, storage or IMDS listener. Handlers
  * set headers and a body and call req_send(); a matching fault rule may
  * then delay the reply, stall it half way, cut the connection with an RST
- * or flip a byte on the way out.
+ * or a FIN, send it chunked or flip a byte on the way out.
  */
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -267,12 +267,13 @@ req_corrupt(struct evbuffer *body)
 }
 
 /*
- * An RST, not a FIN: SO_LINGER 0, then an unconnected socket is dup2()ed
- * over the descriptor so that the close happens here and libevent's own
- * shutdown and close later act on the stand-in.
+ * Cut the connection. An RST (rst): SO_LINGER 0, then an unconnected
+ * socket is dup2()ed over the descriptor so that the close happens here
+ * and libevent's own shutdown and close later act on the stand-in.
+ * Otherwise a plain close, a FIN: the body just ends early.
  */
 static void
-req_reset(struct fa_req *fr)
+req_cut(struct fa_req *fr, int rst)
 {
 	struct evhttp_connection	*evcon;
 	struct linger			 lg = { 1, 0 };
@@ -284,7 +285,7 @@ req_reset(struct fa_req *fr)
 		return;
 	}
 	fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
-	if (fd != -1) {
+	if (rst && fd != -1) {
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		if ((dummy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC,
 		    0)) != -1) {
@@ -313,13 +314,15 @@ req_unsent(struct fa_req *fr)
 static void
 req_finish(struct fa_req *fr)
 {
-	if (req_fault_int(fr, "reset_after_bytes") >= 0) {
+	int	rst = req_fault_int(fr, "reset_after_bytes") >= 0;
+
+	if (rst || req_fault_int(fr, "close_after_bytes") >= 0) {
 		/* An RST drops what is still queued: let it leave first,
 		 * for at most two seconds if the client does not read. */
 		if (req_unsent(fr) > 0 && fr->fr_polls++ < 200)
 			req_wait(fr, REQ_STALLED, 0.01);
 		else
-			req_reset(fr);
+			req_cut(fr, rst);
 		return;
 	}
 	/* Both are safe, and free the request, if the client has left. */
@@ -332,8 +335,15 @@ req_finish(struct fa_req *fr)
 static void
 req_whole(struct fa_req *fr)
 {
-	evhttp_send_reply(fr->fr_req, fr->fr_status,
-	    req_reason(fr->fr_status), fr->fr_body);
+	/* Without a Content-Length, reply_start makes it chunked. */
+	if (json_is_true(json_object_get(fr->fr_fault, "chunked"))) {
+		evhttp_send_reply_start(fr->fr_req, fr->fr_status,
+		    req_reason(fr->fr_status));
+		evhttp_send_reply_chunk(fr->fr_req, fr->fr_body);
+		evhttp_send_reply_end(fr->fr_req);
+	} else
+		evhttp_send_reply(fr->fr_req, fr->fr_status,
+		    req_reason(fr->fr_status), fr->fr_body);
 	req_free(fr);
 }
 
@@ -354,22 +364,24 @@ req_start(struct fa_req *fr)
 {
 	struct evbuffer	*head;
 	json_int_t	 reset = req_fault_int(fr, "reset_after_bytes");
+	json_int_t	 fin = req_fault_int(fr, "close_after_bytes");
+	json_int_t	 at = reset >= 0 ? reset : fin;
 	double		 stall = req_fault_seconds(fr);
 	size_t		 len = evbuffer_get_length(fr->fr_body), cut;
 
 	if (reset == 0) {
-		req_reset(fr);
+		req_cut(fr, 1);
 		return;
 	}
-	if (reset < 0 && stall <= 0) {
+	if (at < 0 && stall <= 0) {
 		req_whole(fr);
 		return;
 	}
-	if (reset < 0 && len == 0) {
+	if (at < 0 && len == 0) {
 		req_wait(fr, REQ_STALL_WHOLE, stall);
 		return;
 	}
-	cut = reset < 0 ? len / 2 : (size_t)reset < len ? (size_t)reset : len;
+	cut = at < 0 ? len / 2 : (size_t)at < len ? (size_t)at : len;
 	evhttp_send_reply_start(fr->fr_req, fr->fr_status,
 	    req_reason(fr->fr_status));
 	fr->fr_stage = REQ_WRITING;
@@ -426,6 +438,9 @@ req_send(struct fa_req *fr, int status)
 		    evbuffer_get_length(fr->fr_body));
 		req_set_header(fr, "Content-Length", len);
 	}
+	if (json_is_true(json_object_get(fr->fr_fault, "chunked")))
+		evhttp_remove_header(evhttp_request_get_output_headers(
+		    fr->fr_req), "Content-Length");
 	/* Last, so that a rule can also lie about Content-Length. */
 	json_object_foreach(json_object_get(fr->fr_fault, "headers"), k, v)
 		req_set_header(fr, k, json_string_value(v));

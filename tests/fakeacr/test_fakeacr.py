@@ -476,6 +476,41 @@ def test_fault_shapes(acr, image):
     assert call(acr, blob_location(acr, layer)).body == LAYER
 
 
+def test_fault_fin_chunked_and_log_drain(acr, image):
+    layer = image["layers"][0]
+    u = urllib.parse.urlsplit(blob_location(acr, layer))
+
+    # Headers and 1000 bytes, then a FIN: a body shorter than announced.
+    acr.add_fault(endpoint="storage", close_after_bytes=1000, count=1)
+    conn = http.client.HTTPSConnection(u.hostname, u.port,
+                                       context=acr.ssl_context(), timeout=10)
+    conn.request("GET", u.path + "?" + u.query)
+    resp = conn.getresponse()
+    assert resp.status == 200 and int(resp.headers["Content-Length"]) == len(LAYER)
+    with pytest.raises((http.client.IncompleteRead, ConnectionError, ssl.SSLError)) as e:
+        resp.read()
+    if isinstance(e.value, http.client.IncompleteRead):
+        assert len(e.value.partial) == 1000
+    conn.close()
+
+    # Chunked, no Content-Length; whole and right.
+    acr.add_fault(endpoint="storage", chunked=True, count=1)
+    conn = http.client.HTTPSConnection(u.hostname, u.port,
+                                       context=acr.ssl_context(), timeout=10)
+    conn.request("GET", u.path + "?" + u.query)
+    resp = conn.getresponse()
+    assert resp.headers["Content-Length"] is None
+    assert resp.headers["Transfer-Encoding"] == "chunked"
+    assert resp.read() == LAYER
+    conn.close()
+
+    # Taken and cleared in one step.
+    n = len(acr.requests())
+    assert n >= 3
+    assert len(acr.requests(clear=True)) == n
+    assert acr.requests() == []
+
+
 def test_access_token_expiry(acr):
     # exp is in whole seconds from a truncated iat: a TTL of n lives
     # between n - 1 and n seconds, so leave a slow (sanitizer) build room.

@@ -724,8 +724,12 @@ def sentinel():
 # ---------------------------------------------------------------- containerd
 
 class Containerd:
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra_config=""):
+        """extra_config: TOML appended to the config (e.g. a CRI
+        registry config_path); self.config is the file's path."""
         self.workdir = Path(workdir)
+        self.extra_config = extra_config
+        self.config = self.workdir / "containerd.toml"
         # unix socket paths must stay under 108 bytes: a short dir in /tmp.
         self.short = Path(tempfile.mkdtemp(prefix="ppctd-", dir="/tmp"))
         self.sock = str(self.short / "c.sock")
@@ -756,7 +760,8 @@ class Containerd:
             '[plugins."io.containerd.internal.v1.opt"]\n'
             '  path = "%(opt)s"\n'
             % {"root": root, "state": self.short / "state", "sock": self.sock,
-               "ttrpc": self.short / "t.sock", "opt": self.workdir / "opt"})
+               "ttrpc": self.short / "t.sock", "opt": self.workdir / "opt"}
+            + self.extra_config)
         self.proc = subprocess.Popen(["containerd", "--config", str(cfg)],
                                      stdin=subprocess.DEVNULL,
                                      stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,

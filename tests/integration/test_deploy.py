@@ -1,12 +1,25 @@
-"""Deployment: `pullproxy containerd-config` against a real containerd."""
+"""Deployment: `pullproxy containerd-config` against a real containerd, and
+checks of what deploy/ ships: the Kubernetes manifests (parsed, their
+fields cross-checked, and schema-validated offline), the container image's
+runtime libraries, and the systemd unit (systemd-analyze) and installer."""
 
+import configparser
+import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import LOCALHOST, PULLPROXY_BIN, Containerd, build_image, push_image, run
+from conftest import (LOCALHOST, PULLPROXY_BIN, ROOT, Containerd, build_image,
+                      push_image, run)
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+SCHEMA = ROOT / "tests" / "kubernetes"
 
 CRI = '[plugins."io.containerd.grpc.v1.cri".registry]\n'
 MARK = "# written by pullproxy containerd-config;"
@@ -237,3 +250,256 @@ def test_foreign_hosts_toml_left_alone(tmp_path, registry):
     cp = containerd_config_cmd("--remove", "--hosts-dir", hosts)
     assert cp.returncode == 0, cp.stderr
     assert snapshot(hosts) == before
+
+
+# ------------------------------------------------------- Kubernetes manifests
+
+def load_yaml(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kustomize_objects(kdir):
+    """The objects a kustomization's resources hold (parsed YAML)."""
+    k = load_yaml(kdir / "kustomization.yaml")[0]
+    assert k["kind"] == "Kustomization"
+    objs = []
+    for res in k["resources"]:
+        assert (kdir / res).is_file(), "kustomization names a missing file: %s" % res
+        objs += load_yaml(kdir / res)
+    return k, objs
+
+
+def find(objs, kind, name):
+    hits = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(hits) == 1, (kind, name, [(o["kind"], o["metadata"]["name"]) for o in objs])
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def manifests():
+    k, objs = kustomize_objects(K8S)
+    ds = find(objs, "DaemonSet", "pullproxy")
+    cm = find(objs, "ConfigMap", "pullproxy")
+    conf = configparser.ConfigParser(interpolation=None, comment_prefixes=("#", ";"))
+    conf.read_string(cm["data"]["pullproxy.conf"])
+    return k, objs, ds, cm, conf
+
+
+def test_manifests_parse(manifests):
+    k, objs, ds, cm, conf = manifests
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in load_yaml(path):
+            assert "apiVersion" in doc and "kind" in doc, path
+    assert {o["kind"] for o in objs} == {"Namespace", "ConfigMap", "DaemonSet"}
+    ns = find(objs, "Namespace", k["namespace"])
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # Every container's image is the one kustomize rewrites.
+    names = {i["name"] for i in k["images"]}
+    spec = ds["spec"]["template"]["spec"]
+    for c in spec["initContainers"] + spec["containers"]:
+        assert c["image"] in names, c["name"]
+
+
+def test_daemonset_fields(manifests, tmp_path):
+    k, objs, ds, cm, conf = manifests
+    spec = ds["spec"]["template"]["spec"]
+    assert ds["spec"]["selector"]["matchLabels"].items() <= \
+        ds["spec"]["template"]["metadata"]["labels"].items()
+    # containerd dials loopback in the node's namespace.
+    assert spec["hostNetwork"] is True
+    host, port = conf["server"]["listen"].rsplit(":", 1)
+    assert host == LOCALHOST
+    port = int(port)
+
+    main = find([dict(c, kind="c", metadata={"name": c["name"]}) for c in spec["containers"]],
+                "c", "pullproxy")
+    # Probes: the right paths, on the address the config listens on.
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                        ("startupProbe", "/healthz")):
+        get = main[probe]["httpGet"]
+        assert (get["path"], get["host"], get["port"]) == (path, LOCALHOST, port), probe
+    assert [p["containerPort"] for p in main["ports"]] == [port]
+
+    # Resources on every container.
+    for c in spec["initContainers"] + spec["containers"]:
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (c["name"], kind)
+
+    # Graceful termination outlasts pullproxy's own drain.
+    assert spec["terminationGracePeriodSeconds"] > int(conf["server"]["shutdown_timeout_s"])
+
+    # Volumes: the cache on the node's disk where the config says; the
+    # config mounted where --config reads it.
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    cache = [n for n, m in mounts.items() if m["mountPath"] == conf["server"]["cache_dir"]]
+    assert cache and vols[cache[0]]["hostPath"]["path"] == "/var/lib/pullproxy"
+    cfg_arg = main["args"][main["args"].index("--config") + 1]
+    cfg_mount = [n for n, m in mounts.items() if cfg_arg.startswith(m["mountPath"] + "/")]
+    assert cfg_mount and vols[cfg_mount[0]]["configMap"]["name"] == cm["metadata"]["name"]
+    assert mounts[cfg_mount[0]].get("readOnly") is True
+
+    # The server runs as non-root; root only in the init containers.
+    sc = main["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    owner = find([dict(c, kind="c", metadata={"name": c["name"]})
+                  for c in spec["initContainers"]], "c", "cache-owner")
+    assert owner["command"][-2:] == ["%d:%d" % (sc["runAsUser"], sc["runAsGroup"]),
+                                     conf["server"]["cache_dir"]]
+
+    # containerd-config: host paths mounted at the same paths, so that
+    # config_path in the node's config.toml matches --hosts-dir.
+    init = find([dict(c, kind="c", metadata={"name": c["name"]})
+                 for c in spec["initContainers"]], "c", "containerd-config")
+    cmd = init["command"]
+    assert cmd[:2] == ["/usr/local/bin/pullproxy", "containerd-config"]
+    opt = {cmd[i]: cmd[i + 1] for i in range(2, len(cmd) - 1, 2)}
+    imounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    assert vols[imounts[opt["--hosts-dir"]]]["hostPath"] == \
+        {"path": opt["--hosts-dir"], "type": "Directory"}
+    assert vols[imounts[opt["--containerd-config"]]]["hostPath"] == \
+        {"path": opt["--containerd-config"], "type": "File"}
+    assert opt["--config"] == cfg_arg
+
+    # The ConfigMap's config is one pullproxy accepts, and the init
+    # container's command works with it (--dry-run, against a containerd
+    # config like AKS's).
+    conf_file = tmp_path / "pullproxy.conf"
+    conf_file.write_text(cm["data"]["pullproxy.conf"])
+    hosts = tmp_path / "certs.d"
+    hosts.mkdir()
+    cp = containerd_config_cmd("--config", conf_file, "--hosts-dir", hosts,
+                               "--containerd-config", containerd_config(tmp_path, hosts),
+                               "--dry-run")
+    assert cp.returncode == 0, cp.stderr
+    regs = [s.split(" ", 1)[1] for s in conf.sections() if s.startswith("registry ")]
+    assert regs and all("would write %s/%s/hosts.toml" % (hosts, r) in cp.stdout for r in regs)
+    assert list(hosts.iterdir()) == []
+
+
+def test_uninstall_manifest_removes_hosts(manifests):
+    k, objs = kustomize_objects(K8S / "uninstall")
+    spec = find(objs, "DaemonSet", "pullproxy-remove")["spec"]["template"]["spec"]
+    cmd = spec["initContainers"][0]["command"]
+    assert cmd[1:3] == ["containerd-config", "--remove"]
+    hosts = cmd[cmd.index("--hosts-dir") + 1]
+    _, _, ds, _, _ = manifests
+    init = [c for c in ds["spec"]["template"]["spec"]["initContainers"]
+            if c["name"] == "containerd-config"][0]
+    assert hosts == init["command"][init["command"].index("--hosts-dir") + 1]
+
+
+def test_manifests_schema(manifests):
+    """Kubernetes' OpenAPI schemas, offline (kubernetes-models from npm,
+    installed by scripts/install-deps.sh --test)."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None or not (SCHEMA / "node_modules" / "kubernetes-models").is_dir():
+        pytest.skip("no node or tests/kubernetes/node_modules (scripts/install-deps.sh "
+                    "--test installs them): schema validation not run")
+    objs = manifests[1] + kustomize_objects(K8S / "uninstall")[1]
+    cp = subprocess.run([node, str(SCHEMA / "validate.js")], input=json.dumps(objs),
+                        capture_output=True, text=True, cwd=SCHEMA, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cp.stdout.count(": ok\n") == len(objs), cp.stdout
+    # The validator does reject a broken object.
+    bad = json.loads(json.dumps(manifests[2]))
+    bad["spec"]["template"]["spec"]["hostNetwork"] = "yes"
+    cp = subprocess.run([node, str(SCHEMA / "validate.js")], input=json.dumps([bad]),
+                        capture_output=True, text=True, cwd=SCHEMA, timeout=60)
+    assert cp.returncode == 1 and "hostNetwork must be boolean" in cp.stdout, cp.stdout
+
+
+def test_image_has_the_runtime_libraries():
+    """The Dockerfile's runtime stage installs the package of every
+    library the binary is linked against (libc6 is in the base image)."""
+    text = (K8S / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)
+    assert len(stages) == 3 and stages[1].startswith("debian:12 AS build")
+    runtime = stages[2]
+    assert runtime.startswith("debian:12-slim")
+    m = re.search(r"apt-get install -y --no-install-recommends((?:[^&]|\\\n)*)", runtime)
+    assert m, runtime
+    pkgs = set(m.group(1).replace("\\", " ").split())
+    assert "ca-certificates" in pkgs
+    out = run(["readelf", "-d", PULLPROXY_BIN]).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+    assert "libcurl.so.4" in needed
+    owners = set()
+    for lib in needed:
+        lib = re.sub(r"^lib(asan|ubsan)\.so.*", "", lib)
+        if not lib:
+            continue
+        cp = run(["dpkg", "-S", "*/" + lib])
+        owners.add(cp.stdout.split(":", 1)[0])
+    missing = owners - pkgs - {"libc6", "libgcc-s1", "libasan8", "libubsan1"}
+    assert not missing, "runtime stage lacks %s" % sorted(missing)
+    assert re.search(r"^USER 65532:65532$", runtime, re.M)
+
+
+# ------------------------------------------------------------------ systemd
+
+UNIT = DEPLOY / "systemd" / "pullproxy.service"
+
+
+def unit_for_test(tmp_path):
+    """The unit with ExecStart pointing at the binary under test
+    (verify checks that the programs it names exist)."""
+    p = tmp_path / "pullproxy.service"
+    p.write_text(UNIT.read_text().replace("/usr/local/bin/pullproxy", PULLPROXY_BIN))
+    return p
+
+
+def test_systemd_unit_verifies(tmp_path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not installed (Debian's systemd package)")
+    unit = unit_for_test(tmp_path)
+    cp = run([tool, "verify", str(unit)], check=False)
+    assert cp.returncode == 0 and cp.stderr.strip() == "", cp.stderr
+    # The sandbox: systemd's own exposure score (0 best, 10 worst).
+    cp = run([tool, "security", "--offline=yes", str(unit)], check=False)
+    m = re.search(r"Overall exposure level for pullproxy.service: ([0-9.]+)", cp.stdout)
+    assert m, cp.stdout + cp.stderr
+    assert float(m.group(1)) <= 2.0, cp.stdout
+    # What the unit promises the operator.
+    text = UNIT.read_text()
+    for line in ("ProtectSystem=strict", "NoNewPrivileges=yes", "StateDirectory=pullproxy",
+                 "DynamicUser=yes", "ProtectHome=yes", "PrivateTmp=yes",
+                 "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK"):
+        assert re.search("^%s$" % re.escape(line), text, re.M), line
+    # The cache is the state directory, and stop waits out the drain.
+    assert "--cache-dir ${STATE_DIRECTORY}" in text
+    assert int(re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M).group(1)) > 30
+
+
+def test_systemd_install_staged(tmp_path):
+    """install.sh into a staging root, then --uninstall: every file placed
+    with its mode, and gone again (config and cache kept, then purged)."""
+    script = DEPLOY / "systemd" / "install.sh"
+    root = tmp_path / "root"
+    conf = pullproxy_conf(tmp_path / "pullproxy.conf", 5000, [("r.example", "https://r.example")])
+    run(["sh", str(script), "--root", str(root), "--binary", PULLPROXY_BIN,
+         "--config", str(conf)])
+    placed = {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777)
+              for p in root.rglob("*") if p.is_file()}
+    assert placed == {"usr/local/bin/pullproxy": "0o755",
+                      "etc/pullproxy/pullproxy.conf": "0o644",
+                      "etc/systemd/system/pullproxy.service": "0o644",
+                      "usr/local/share/doc/pullproxy/operator-guide.md": "0o644"}
+    assert (root / "etc/systemd/system/pullproxy.service").read_bytes() == UNIT.read_bytes()
+    # A second install without --config keeps the installed config.
+    run(["sh", str(script), "--root", str(root), "--binary", PULLPROXY_BIN])
+    assert (root / "etc/pullproxy/pullproxy.conf").read_text() == conf.read_text()
+    run(["sh", str(script), "--root", str(root), "--uninstall"])
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert left == ["etc/pullproxy/pullproxy.conf"]
+    run(["sh", str(script), "--root", str(root), "--uninstall", "--purge"])
+    assert not [p for p in root.rglob("*") if p.is_file()]
+    # Refusals: an unknown flag, no binary.
+    cp = run(["sh", str(script), "--bogus"], check=False)
+    assert cp.returncode == 1 and "--bogus" in cp.stderr
+    cp = run(["sh", str(script), "--root", str(root), "--binary", str(tmp_path / "none"),
+              "--config", str(conf)], check=False)
+    assert cp.returncode == 1 and "no pullproxy binary" in cp.stderr

@@ -873,16 +873,12 @@ hostsconf_usage(FILE *f)
 	    "  --remove             take back every file pullproxy wrote\n");
 }
 
-static int __attribute__((format(printf, 1, 2)))
-hostsconf_usage_err(const char *fmt, ...)
+/* "ARG: what is wrong", as config's flag errors read. */
+static int
+hostsconf_usage_err(const char *arg, const char *what)
 {
-	va_list ap;
-
-	fprintf(stderr, "pullproxy containerd-config: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, " (try --help)\n");
+	fprintf(stderr, "pullproxy containerd-config: %s: %s (try --help)\n",
+	    arg, what);
 	return 2;
 }
 
@@ -931,18 +927,18 @@ hostsconf_main(int argc, char **argv)
 			hostsconf_usage(stdout);
 			return 0;
 		case ':':
-			return hostsconf_usage_err("%s needs a value",
-			    argv[optind - 1]);
+			return hostsconf_usage_err(argv[optind - 1],
+			    "needs a value");
 		default:
-			return hostsconf_usage_err("unknown option '%s'",
-			    argv[optind - 1]);
+			return hostsconf_usage_err(argv[optind - 1],
+			    "unknown option");
 		}
 	}
 	if (optind < argc)
-		return hostsconf_usage_err("unexpected argument '%s'",
-		    argv[optind]);
+		return hostsconf_usage_err(argv[optind],
+		    "unexpected argument");
 	if (*o.hosts_dir == '\0')
-		return hostsconf_usage_err("--hosts-dir must not be empty");
+		return hostsconf_usage_err("--hosts-dir", "must not be empty");
 
 	/* Taking files back works whatever the configs say now. */
 	if (remove) {

@@ -61,6 +61,8 @@ struct classify_input {
 	int		 headers;	/* the final response's headers came */
 	int		 redirected;	/* the failing hop was a redirect target */
 	int		 throttled;	/* never sent: pullproxy's own pace */
+	/* Never sent: the circuit opened after this cause (upstream.h). */
+	enum classify_cause circuit;
 	long		 status;	/* HTTP status, 0 if none */
 	const char	*acr_code;	/* errors[0].code (or OAuth "error") */
 	const char	*acr_message;

@@ -13,6 +13,7 @@
 #define CONFIG_IMDS_URL		"http://169.254.169.254"
 
 struct auth;
+struct circuit;
 struct ratelimit;
 
 /* Who pullproxy is to a registry (auth.h does the work). */
@@ -47,9 +48,18 @@ struct config_registry {
 	double	 rate;		/* 10: requests per second */
 	long	 burst;		/* 20: requests at once after a quiet spell */
 	long	 max_wait_s;	/* 30: longest wait for a token, then 503 */
+	/*
+	 * Failing fast (circuit.h): after circuit_failures transfers in a row
+	 * fail in transport or with a 5xx, refuse for circuit_open_s, then
+	 * probe. retries: sends after a transient failure (upstream.h).
+	 */
+	long	 circuit_failures;	/* 5; 0: never open */
+	long	 circuit_open_s;	/* 10 */
+	long	 retries;		/* 2 */
 	/* Run time: made by the server at start-up, NULL in a parsed config. */
 	struct auth *auth;
 	struct ratelimit *ratelimit;
+	struct circuit *circuit;
 };
 
 struct config {

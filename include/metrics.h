@@ -23,6 +23,15 @@ enum metrics_cache {
 	METRICS_CACHE_NKIND,
 };
 
+/* The cache's size, read by the server before rendering. */
+struct metrics_usage {
+	unsigned long long	 bytes;
+	unsigned long long	 budget;
+	unsigned long long	 blobs;
+	unsigned long long	 manifests;
+	unsigned long long	 evictions;
+};
+
 /* Forget everything (a new server); registry names are not copied. */
 void metrics_reset(void);
 /* The slot of a registry, added when new; -1 when the table is full. */
@@ -34,8 +43,18 @@ void metrics_request(const char *uri, int status);
 void metrics_cache(enum metrics_cache kind, int hit);
 /* Body bytes sent to clients from the cache. */
 void metrics_cache_bytes(enum metrics_cache kind, uint64_t bytes);
+/* A miss that joined a fetch in flight. */
+void metrics_coalesced(enum metrics_cache kind);
+void metrics_cache_usage(const struct metrics_usage *u);
 /* The final status of a request to a registry. */
 void metrics_upstream(int reg, long status);
+/* An upstream failure of a classified cause (enum classify_cause). */
+void metrics_failure(int reg, int cause);
+/* circuit.h's state (enum circuit_state), and each time it opens. */
+void metrics_circuit(int reg, int state);
+void metrics_circuit_opened(int reg);
+/* A transfer sent again after a transient failure, or resumed. */
+void metrics_retry(int reg);
 
 /* ratelimit's state (see ratelimit.h); cls is enum ratelimit_class. */
 void metrics_rl_tokens(int reg, double tokens);

@@ -1,7 +1,8 @@
 /*
- * platform: the node's os/arch, and whether an image index offers it
- * (containerd's "no match for platform in manifest", cause 5 of the AKS
- * pull troubleshooting). Pure functions but platform_node (uname).
+ * platform: the node's os/arch, and whether an image index or an image's
+ * config offers it (containerd's "no match for platform in manifest",
+ * cause 5 of the AKS pull troubleshooting). Pure functions but
+ * platform_node (uname) and platform_log_mismatch.
  */
 #ifndef PP_PLATFORM_H
 #define PP_PLATFORM_H
@@ -22,6 +23,8 @@ int platform_parse(const char *s, struct platform *p);
 void platform_format(const struct platform *p, char *buf, size_t len);
 /* This machine, in OCI's terms: Linux x86_64 is linux/amd64. */
 void platform_node(struct platform *p);
+/* s ([server] platform, already checked) or, when NULL, the node's. */
+void platform_configured(const char *s, struct platform *p);
 
 /*
  * Whether the image index (OCI or Docker manifest list) in body lists p:
@@ -30,5 +33,23 @@ void platform_node(struct platform *p);
  */
 int platform_index_match(const void *body, size_t len,
     const struct platform *p, char *have, size_t havelen);
+/*
+ * The same for an image config blob (a single-platform image names its
+ * platform there): -1 when body is not one.
+ */
+int platform_config_match(const void *body, size_t len,
+    const struct platform *p, char *have, size_t havelen);
+
+/* The "platform mismatch" line (cause platform_mismatch, with its hint). */
+struct platform_mismatch {
+	unsigned long		 id;
+	const char		*registry;
+	const char		*repository;
+	const char		*reference;
+	const char		*digest;	/* the index's, or the config's */
+	const struct platform	*node;
+	const char		*have;		/* what the image offers */
+};
+void platform_log_mismatch(const struct platform_mismatch *m);
 
 #endif

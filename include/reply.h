@@ -57,6 +57,14 @@ int reply_upstream_status(enum oci_route_kind kind, long status,
     const void *body, size_t len, enum oci_err *err);
 
 /*
+ * The client's status and OCI error when no upstream answer came: 503 when
+ * pullproxy did not send (its own pace, or the circuit open), 504 on a
+ * timeout, else 502.
+ */
+int reply_transport_status(const struct upstream_result *res,
+    enum oci_err *err);
+
+/*
  * What the "upstream failure" log line says. The line carries the cause,
  * hint and phase classify.h makes of the rest.
  */
@@ -74,10 +82,13 @@ struct reply_failure {
 	const struct upstream_result *res;	/* the transfer's end, or NULL */
 	const void	*body;		/* upstream's error body, or NULL */
 	size_t		 bodylen;
+	/* What clients got instead of an error, or NULL: "stale", "resumed". */
+	const char	*served;
 };
 
 /*
- * Logs one line per failure. A failure with the same registry, cause and
+ * Logs one line per failure, and counts it in the registry's metrics
+ * by cause (repeats included). A failure with the same registry, cause and
  * repository as one logged less than REPLY_REPEAT_MS ago is counted
  * instead; each count is logged as one "upstream failure repeated" line
  * when its window closes (on the loop's timer, or at the next failure

@@ -17,6 +17,15 @@
  * its class before each send; a wait past the limit ends the transfer
  * with "throttled" set and no exchange. Its final status goes back to
  * the handle, so a 429 pauses the registry.
+ *
+ * A transfer with a circuit (circuit.h) is refused at once while the
+ * circuit is open ("circuit" set to the cause that opened it), and its
+ * end counts for or against the registry.
+ *
+ * A transfer allowed retries is sent again, after a jittered backoff,
+ * when it fails before anything reached the caller in a way that may not
+ * happen twice (connection refused or reset, 500, 502, 503, 504): the
+ * caller sees only the last attempt. Only for idempotent requests.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
@@ -24,9 +33,11 @@
 #include <stddef.h>
 #include <curl/curl.h>
 
+#include "classify.h"
 #include "ratelimit.h"
 
 struct auth;
+struct circuit;
 struct event_base;
 struct upstream;
 struct upstream_xfer;
@@ -43,6 +54,9 @@ struct upstream_result {
 	int		 connected;	/* a connection to the last host was up */
 	int		 headers;	/* the final response's headers came */
 	long		 redirects;	/* hops followed: >0, the last one failed */
+	int		 attempts;	/* sends, retries and 401 replays included */
+	/* Never sent: the registry's circuit is open after this cause. */
+	enum classify_cause circuit;
 };
 
 struct upstream_cbs {
@@ -67,6 +81,9 @@ struct upstream_req {
 	struct auth	*auth;		/* the registry's identity, or NULL */
 	struct ratelimit *ratelimit;	/* the registry's pace, or NULL */
 	enum ratelimit_class rlclass;
+	struct circuit	*circuit;	/* the registry's breaker, or NULL */
+	int		 retries;	/* sends after the first; 0 unless idempotent */
+	const char	*registry;	/* its name, for metrics and logs */
 	const char	*ca_file;	/* extra CA bundle, or NULL */
 	int		 tls_verify;
 	long		 connect_timeout_ms;

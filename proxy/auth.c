@@ -34,6 +34,7 @@
 #include "classify.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "upstream.h"
 
 #define AUTH_DEFAULT_LIFETIME	60	/* s, when a token says nothing */
@@ -555,6 +556,7 @@ auth_classify(const struct auth *a, const struct auth_report *r, json_t *o)
 	classify(&in, &c);
 	if (c.cause == CLASSIFY_NONE)
 		return;
+	metrics_failure(metrics_registry(a->a_reg->name), c.cause);
 	json_object_set_new(o, "cause", json_string(
 	    classify_cause_name(c.cause)));
 	json_object_set_new(o, "hint", json_string(c.hint));

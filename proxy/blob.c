@@ -10,6 +10,11 @@
  * queued a few chunks at a time as references into the LMDB map, each
  * pinned by a read transaction until the socket has taken (copied) it.
  *
+ * A fetch cut off in the body resumes with a Range from the last byte it
+ * received (the digest state and the chunk in memory carry on), at most
+ * BLOB_RESUMES times; a registry that ignores the Range and sends the
+ * whole blob again has the bytes already received skipped.
+ *
  * Lifetimes: a reader belongs to its client request and, while the blob is
  * being fetched, to that fetch's list; breader_close() is its one teardown
  * path. A fetch ends in bfetch_close(), which detaches its readers first
@@ -34,6 +39,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "oci.h"
+#include "platform.h"
 #include "relay.h"
 #include "reply.h"
 #include "upstream.h"
@@ -42,6 +48,7 @@
 #define BLOB_AHEAD		(4 * CACHE_CHUNK)
 #define BLOB_ERRBODY_MAX	(16 * 1024)
 #define BLOB_TYPE_DEFAULT	"application/octet-stream"
+#define BLOB_RESUMES		3
 
 struct bfetch;
 
@@ -83,6 +90,9 @@ struct bfetch {
 	struct digest		*f_digest;
 	char			 f_media[CACHE_MEDIA_MAX];
 	long			 f_status;	/* upstream status */
+	int			 f_resumes;	/* Range requests sent so far */
+	int			 f_resuming;	/* the transfer is one of them */
+	uint64_t		 f_skip;	/* resent bytes to drop */
 	struct evbuffer		*f_errbody;
 	TAILQ_HEAD(, breader)	 f_readers;
 };
@@ -92,6 +102,7 @@ struct blob_ctx {
 	struct cache		*bc_cache;
 	const struct config	*bc_cfg;
 	struct relay_ctx	*bc_relays;
+	struct platform		 bc_platform;	/* for image configs */
 	TAILQ_HEAD(, bfetch)	 bc_fetches;
 	TAILQ_HEAD(, breader)	 bc_readers;	/* of complete blobs */
 	int			 bc_nreaders;
@@ -111,6 +122,7 @@ blob_ctx_new(struct upstream *up, struct cache *cache,
 	ctx->bc_cache = cache;
 	ctx->bc_cfg = cfg;
 	ctx->bc_relays = relays;
+	platform_configured(cfg->platform, &ctx->bc_platform);
 	TAILQ_INIT(&ctx->bc_fetches);
 	TAILQ_INIT(&ctx->bc_readers);
 	return ctx;
@@ -337,23 +349,27 @@ breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
 	return r;
 }
 
+/*
+ * client_status is what readers still waiting for a status line get (0
+ * when none does: a resume); served says what happened instead.
+ */
 static void
 bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
-    enum classify_phase phase, long status, const char *error)
+    enum classify_phase phase, long status, const char *error,
+    int client_status, const char *served)
 {
 	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
 	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
 	    status, error, 0, log_ms_since(&f->f_t0), phase,
 	    x != NULL ? upstream_xfer_result(x) : NULL,
 	    status >= 400 ? evbuffer_pullup(f->f_errbody, -1) : NULL,
-	    status >= 400 ? evbuffer_get_length(f->f_errbody) : 0 };
+	    status >= 400 ? evbuffer_get_length(f->f_errbody) : 0, served };
 	struct breader *r;
 
 	/* What the first waiting client gets tells the operator the impact. */
 	TAILQ_FOREACH(r, &f->f_readers, r_entry)
 		if (!r->r_started) {
-			rf.client_status = status == 0 ? 502 :
-			    status == 404 ? 404 : 502;
+			rf.client_status = client_status;
 			break;
 		}
 	reply_log_failure(&rf);
@@ -413,6 +429,30 @@ bfetch_pass_through(struct bfetch *f, const char *why)
 	bfetch_close(f, 0, 0, OCI_OK, NULL);
 }
 
+/*
+ * The answer to a resume: the rest of the blob (206 from where it was
+ * cut), or all of it again (200: skip what came before). Anything else
+ * is an error status for bfetch_on_done.
+ */
+static void
+bfetch_resume_headers(struct bfetch *f, struct upstream_xfer *x)
+{
+	const char *cr = upstream_xfer_header(x, "Content-Range");
+	const char *cl = upstream_xfer_header(x, "Content-Length");
+	char want[96];
+
+	snprintf(want, sizeof(want), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
+	    f->f_received, f->f_size - 1, f->f_size);
+	if (f->f_status == 206 && cr != NULL && strcmp(cr, want) == 0)
+		f->f_status = 200;
+	else if (f->f_status == 200 && cl != NULL &&
+	    strtoull(cl, NULL, 10) == f->f_size) {
+		f->f_skip = f->f_received;
+		f->f_status = 200;
+	} else if (f->f_status < 300)
+		f->f_status = 502;	/* not the bytes asked for */
+}
+
 static void
 bfetch_on_headers(struct upstream_xfer *x, void *arg)
 {
@@ -425,6 +465,10 @@ bfetch_on_headers(struct upstream_xfer *x, void *arg)
 	char *end;
 
 	f->f_status = upstream_xfer_status(x);
+	if (f->f_resuming) {
+		bfetch_resume_headers(f, x);
+		return;
+	}
 	if (f->f_status != 200)
 		return;		/* the error body is read, then mapped */
 	if (cl == NULL || *cl == '\0' ||
@@ -464,9 +508,13 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 			evbuffer_add(f->f_errbody, buf, len);
 		return;
 	}
+	n = f->f_skip < len ? (size_t)f->f_skip : len;
+	f->f_skip -= n;
+	buf += n;
+	len -= n;
 	if (f->f_received + len > f->f_size) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, 200,
-		    "body longer than Content-Length");
+		    "body longer than Content-Length", 502, NULL);
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
 		    "upstream sent more than it announced");
 		return;
@@ -487,7 +535,7 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 		if (cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
 		    f->f_chunk, f->f_chunklen) != CACHE_OK) {
 			bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 200,
-			    cache_strerror(cache));
+			    cache_strerror(cache), 502, NULL);
 			bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
 			    "cache write failed");
 			return;
@@ -503,6 +551,70 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 	}
 }
 
+static void bfetch_on_done(struct upstream_xfer *,
+    const struct upstream_result *, void *);
+
+/*
+ * A single-platform image names its platform in its config, a small JSON
+ * blob fetched once: a mismatch is logged when it is (the blob is still
+ * served). Configs fit in one chunk, still in memory here.
+ */
+static void
+bfetch_check_platform(struct bfetch *f, const char *digest)
+{
+	struct platform_mismatch m = { f->f_id, f->f_reg->name,
+	    f->f_route.name, f->f_route.reference, digest,
+	    &f->f_ctx->bc_platform, NULL };
+	char have[128];
+
+	if (f->f_chunks != 0 || platform_config_match(f->f_chunk,
+	    f->f_chunklen, &f->f_ctx->bc_platform, have, sizeof(have)) != 0)
+		return;
+	m.have = have;
+	platform_log_mismatch(&m);
+}
+
+/* The GET of the blob, or of its rest from range ("bytes=N-"). */
+static int
+bfetch_send(struct bfetch *f, const char *range)
+{
+	struct upstream_cbs cbs = { bfetch_on_headers, bfetch_on_data,
+	    bfetch_on_done };
+	struct upstream_req ureq;
+	char *url;
+
+	if ((url = relay_url(f->f_reg, &f->f_route, NULL)) == NULL)
+		return -1;
+	relay_req_init(&ureq, f->f_ctx->bc_cfg, f->f_reg, url);
+	ureq.range = range;
+	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &ureq, &cbs, f);
+	free(url);
+	return f->f_xfer != NULL ? 0 : -1;
+}
+
+/* A body cut off: ask for the rest. 1 when a resume is under way. */
+static int
+bfetch_resume(struct bfetch *f, struct upstream_xfer *x,
+    const struct upstream_result *res)
+{
+	char range[48];
+
+	if (!f->f_sized || f->f_status != 200 || f->f_received >= f->f_size ||
+	    f->f_resumes >= BLOB_RESUMES || res->throttled ||
+	    res->circuit != CLASSIFY_NONE)
+		return 0;
+	snprintf(range, sizeof(range), "bytes=%" PRIu64 "-", f->f_received);
+	if (bfetch_send(f, range) == -1)
+		return 0;
+	f->f_resumes++;
+	f->f_resuming = 1;
+	f->f_skip = 0;
+	metrics_retry(metrics_registry(f->f_reg->name));
+	bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, res->status, res->error,
+	    0, "resumed");
+	return 1;
+}
+
 static void
 bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
     void *arg)
@@ -512,20 +624,17 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	struct cache_blob_info info;
 	char dgst[DIGEST_STR_LEN + 1];
 	enum oci_err err;
-	int status, timeout;
+	int status;
 
 	f->f_xfer = NULL;
-	if (res->throttled) {
-		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 0, res->error);
-		bfetch_close(f, 0, 503, OCI_ERR_TOOMANYREQUESTS, res->error);
+	if (res->curl != CURLE_OK && bfetch_resume(f, x, res))
 		return;
-	}
 	if (res->curl != CURLE_OK) {
-		timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
+		status = reply_transport_status(res, &err);
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, res->status,
-		    res->error);
-		bfetch_close(f, 0, timeout ? 504 : 502, timeout ?
-		    OCI_ERR_TIMEOUT : OCI_ERR_UPSTREAM,
+		    res->error, status, NULL);
+		bfetch_close(f, 0, status, err, res->throttled ||
+		    res->circuit != CLASSIFY_NONE ? res->error :
 		    "upstream registry unreachable");
 		return;
 	}
@@ -534,20 +643,20 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		    evbuffer_pullup(f->f_errbody, -1),
 		    evbuffer_get_length(f->f_errbody), &err);
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, f->f_status,
-		    NULL);
+		    NULL, status, NULL);
 		bfetch_close(f, 0, status, err, "upstream registry refused");
 		return;
 	}
 	if (f->f_received != f->f_size) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, 200,
-		    "body shorter than Content-Length");
+		    "body shorter than Content-Length", 502, NULL);
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "short body");
 		return;
 	}
 	digest_final(f->f_digest, dgst);
 	if (strcmp(dgst, f->f_route.reference) != 0) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_DIGEST, 200,
-		    "digest mismatch");
+		    "digest mismatch", 502, NULL);
 		bfetch_close(f, 0, 502, OCI_ERR_DIGEST_INVALID,
 		    "upstream blob does not match its digest");
 		return;
@@ -560,10 +669,11 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	if (cache_blob_commit(cache, &info, f->f_chunks, f->f_chunk,
 	    f->f_chunklen) != CACHE_OK) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 200,
-		    cache_strerror(cache));
+		    cache_strerror(cache), 502, NULL);
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "cache write failed");
 		return;
 	}
+	bfetch_check_platform(f, dgst);
 	log_event(LOG_LEVEL_DEBUG, "blob cached", json_pack("{s:I,s:s,s:s,"
 	    "s:I,s:I}", "id", (json_int_t)f->f_id, "registry", f->f_reg->name,
 	    "digest", dgst, "size", (json_int_t)f->f_size, "ms",
@@ -575,11 +685,7 @@ static struct bfetch *
 bfetch_start(struct blob_ctx *ctx, const struct oci_route *route,
     const struct config_registry *reg, unsigned long reqid)
 {
-	struct upstream_cbs cbs = { bfetch_on_headers, bfetch_on_data,
-	    bfetch_on_done };
-	struct upstream_req ureq;
 	struct bfetch *f;
-	char *url;
 
 	if ((f = calloc(1, sizeof(*f))) == NULL)
 		return NULL;
@@ -594,17 +700,8 @@ bfetch_start(struct blob_ctx *ctx, const struct oci_route *route,
 	f->f_chunk = malloc(CACHE_CHUNK);
 	f->f_digest = digest_new();
 	f->f_errbody = evbuffer_new();
-	url = relay_url(reg, route, NULL);
 	if (f->f_chunk == NULL || f->f_digest == NULL ||
-	    f->f_errbody == NULL || url == NULL) {
-		free(url);
-		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
-		return NULL;
-	}
-	relay_req_init(&ureq, ctx->bc_cfg, reg, url);
-	f->f_xfer = upstream_xfer_start(ctx->bc_up, &ureq, &cbs, f);
-	free(url);
-	if (f->f_xfer == NULL) {
+	    f->f_errbody == NULL || bfetch_send(f, NULL) == -1) {
 		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return NULL;
 	}
@@ -635,8 +732,9 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 	 * Single flight by digest alone: content is addressed by digest, so
 	 * a download started for one registry serves the same layer for any.
 	 */
-	f = bfetch_find(ctx, route->reference);
-	if (f == NULL && cache_blob_lookup(ctx->bc_cache, route->reference,
+	if ((f = bfetch_find(ctx, route->reference)) != NULL)
+		metrics_coalesced(METRICS_CACHE_BLOB);
+	else if (cache_blob_lookup(ctx->bc_cache, route->reference,
 	    &info) != CACHE_OK) {
 		/* A HEAD on a miss is not worth a download. */
 		if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {

@@ -159,6 +159,11 @@ static const char *classify_hints[CLASSIFY_NCAUSES] = {
 	"pullproxy's own pace for this registry held the request past " \
 	"max_wait_s (after 429s, or rate too low for the load): raise the " \
 	"[registry] rate and burst if the ACR SKU allows, or spread pulls"
+#define CLASSIFY_HINT_REDIRECT_REFUSED \
+	"the registry redirected where pullproxy does not follow (from " \
+	"https to plain http, or to a loopback or link-local address such " \
+	"as IMDS): check the registry's storage settings and any proxy " \
+	"in the path that rewrites its answers"
 #define CLASSIFY_HINT_REDIRECT_DNS \
 	"the registry's storage host does not resolve: resolve and allow " \
 	"*.blob.core.windows.net and ACR.REGION.data.azurecr.io (their " \
@@ -402,6 +407,12 @@ classify_redirect(const struct classify_input *in,
 		    CLASSIFY_PHASE_REDIRECT, CLASSIFY_HINT_REDIRECT_DNS);
 		return 1;
 	}
+	/* upstream.c's rules: https stays https, no hop into the node. */
+	if (in->curl == CURLE_ABORTED_BY_CALLBACK) {
+		classify_set(out, CLASSIFY_REDIRECT_FAILED,
+		    CLASSIFY_PHASE_REDIRECT, CLASSIFY_HINT_REDIRECT_REFUSED);
+		return 1;
+	}
 	if ((in->curl == CURLE_COULDNT_CONNECT || (in->curl ==
 	    CURLE_OPERATION_TIMEDOUT && !in->headers) ||
 	    (in->curl == CURLE_OK && in->status >= 400 && in->status < 500 &&
@@ -425,6 +436,7 @@ classify_input_result(struct classify_input *in,
 	in->headers = res->headers;
 	in->redirected = res->redirects > 0;
 	in->throttled = res->throttled;
+	in->circuit = res->circuit;
 }
 
 void
@@ -449,6 +461,11 @@ classify(const struct classify_input *in, struct classify_result *out)
 	if (in->throttled) {
 		classify_set(out, CLASSIFY_THROTTLED, in->phase,
 		    CLASSIFY_HINT_LOCAL_PACE);
+		return;
+	}
+	/* Refused without trying: what kept failing is the cause. */
+	if (in->circuit != CLASSIFY_NONE) {
+		classify_set(out, in->circuit, in->phase, NULL);
 		return;
 	}
 	/* A name that is a typo explains a failure to reach it or find it. */

@@ -279,6 +279,9 @@ config_registry_get(struct config *cfg, const char *name)
 	r->rate = 10;
 	r->burst = 20;
 	r->max_wait_s = 30;
+	r->circuit_failures = 5;
+	r->circuit_open_s = 10;
+	r->retries = 2;
 	return r;
 }
 
@@ -358,6 +361,12 @@ config_set_registry(struct config_registry *r, const char *key,
 		return config_set_long(&r->burst, value, 1, 100000);
 	if (strcmp(key, "max_wait_s") == 0)
 		return config_set_long(&r->max_wait_s, value, 0, 3600);
+	if (strcmp(key, "circuit_failures") == 0)
+		return config_set_long(&r->circuit_failures, value, 0, 1000);
+	if (strcmp(key, "circuit_open_s") == 0)
+		return config_set_long(&r->circuit_open_s, value, 1, 3600);
+	if (strcmp(key, "retries") == 0)
+		return config_set_long(&r->retries, value, 0, 5);
 	return "unknown key";
 }
 

@@ -97,10 +97,7 @@ manifest_ctx_new(struct upstream *up, struct cache *cache,
 	ctx->mc_cache = cache;
 	ctx->mc_cfg = cfg;
 	TAILQ_INIT(&ctx->mc_fetches);
-	/* config.c checked the configured one. */
-	if (cfg->platform == NULL ||
-	    platform_parse(cfg->platform, &ctx->mc_platform) == -1)
-		platform_node(&ctx->mc_platform);
+	platform_configured(cfg->platform, &ctx->mc_platform);
 	return ctx;
 }
 
@@ -233,14 +230,14 @@ mfetch_close(struct mfetch *f)
 static void
 mfetch_log_failure(struct mfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
-    int client_status)
+    int client_status, const char *served)
 {
 	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
 	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
 	    status, error, client_status, log_ms_since(&f->f_t0), phase,
 	    x != NULL ? upstream_xfer_result(x) : NULL,
 	    status >= 400 ? evbuffer_pullup(f->f_body, -1) : NULL,
-	    status >= 400 ? evbuffer_get_length(f->f_body) : 0 };
+	    status >= 400 ? evbuffer_get_length(f->f_body) : 0, served };
 
 	reply_log_failure(&rf);
 }
@@ -302,8 +299,7 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 	if (f->f_known[0] != '\0' && status != 404 &&
 	    !TAILQ_EMPTY(&f->f_waiters) &&
 	    mfetch_answer_cached(f, f->f_known, 1) == 0) {
-		mfetch_log_failure(f, x, phase, status, error != NULL ?
-		    error : "served stale", 200);
+		mfetch_log_failure(f, x, phase, status, error, 200, "stale");
 		mfetch_close(f);
 		return;
 	}
@@ -317,7 +313,7 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 		snprintf(msg, sizeof(msg), "upstream registry %s: %s",
 		    f->f_reg->name, error);
 	mfetch_log_failure(f, x, phase, status, error,
-	    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus);
+	    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus, NULL);
 	mfetch_fail_all(f, cstatus, err, msg);
 	mfetch_close(f);
 }
@@ -326,15 +322,17 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
  * An index without the node's platform: containerd will fail to pull it
  * ("no match for platform in manifest"). Logged once per index digest;
  * the index is still served (another node may use it). A single-platform
- * manifest names its platform in the config blob only, which would cost
- * another fetch: not checked.
+ * manifest names its platform in its config blob: blob.c checks that.
  */
 static void
 mfetch_check_platform(struct mfetch *f, const char *digest,
     const void *body, size_t len)
 {
 	struct manifest_ctx *ctx = f->f_ctx;
-	char have[512], node[3 * PLATFORM_PART_MAX];
+	struct platform_mismatch m = { f->f_id, f->f_reg->name,
+	    f->f_route.name, f->f_route.reference, digest, &ctx->mc_platform,
+	    NULL };
+	char have[512];
 	size_t i;
 
 	if (platform_index_match(body, len, &ctx->mc_platform, have,
@@ -345,15 +343,8 @@ mfetch_check_platform(struct mfetch *f, const char *digest,
 			return;
 	snprintf(ctx->mc_seen[ctx->mc_nseen++ % MANIFEST_PLATFORM_SEEN],
 	    CACHE_DIGEST_MAX, "%s", digest);
-	platform_format(&ctx->mc_platform, node, sizeof(node));
-	log_event(LOG_LEVEL_WARN, "platform mismatch", json_pack(
-	    "{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "id",
-	    (json_int_t)f->f_id, "registry", f->f_reg->name, "repository",
-	    f->f_route.name, "reference", f->f_route.reference, "digest",
-	    digest, "phase", classify_phase_name(CLASSIFY_PHASE_PLATFORM),
-	    "node_platform", node, "platforms", have, "cause",
-	    classify_cause_name(CLASSIFY_PLATFORM_MISMATCH), "hint",
-	    classify_hint(CLASSIFY_PLATFORM_MISMATCH)));
+	m.have = have;
+	platform_log_mismatch(&m);
 }
 
 /* A whole manifest arrived: verify, store, answer everyone. */
@@ -365,6 +356,7 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 	const char *ctype = upstream_xfer_header(x, "Content-Type");
 	size_t len = evbuffer_get_length(f->f_body);
 	const void *body = evbuffer_pullup(f->f_body, -1);
+	const char *dcd;
 	struct mwaiter *w;
 	struct digest *d;
 
@@ -378,6 +370,18 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 	digest_free(d);
 	if (f->f_route.by_digest && strcmp(dgst, f->f_route.reference) != 0) {
 		f->f_known[0] = '\0';
+		mfetch_failed(f, x, 200, "digest mismatch",
+		    OCI_ERR_DIGEST_INVALID, 502);
+		return;
+	}
+	/*
+	 * By tag only the registry's Docker-Content-Digest vouches for the
+	 * bytes: a body cut to a lying Content-Length, or changed on the way,
+	 * would otherwise be stored and served as the tag's manifest.
+	 */
+	if (!f->f_route.by_digest && (dcd = upstream_xfer_header(x,
+	    "Docker-Content-Digest")) != NULL && strncmp(dcd, "sha256:", 7) ==
+	    0 && strcmp(dgst, dcd) != 0) {
 		mfetch_failed(f, x, 200, "digest mismatch",
 		    OCI_ERR_DIGEST_INVALID, 502);
 		return;
@@ -442,19 +446,13 @@ mfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 {
 	struct mfetch *f = arg;
 	const char *dcd;
+	enum oci_err err;
+	int status;
 
 	f->f_xfer = NULL;
-	if (res->throttled) {
-		mfetch_failed(f, x, 0, res->error, OCI_ERR_TOOMANYREQUESTS,
-		    503);
-		return;
-	}
 	if (res->curl != CURLE_OK) {
-		int timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
-
-		mfetch_failed(f, x, res->status, res->error,
-		    timeout ? OCI_ERR_TIMEOUT : OCI_ERR_UPSTREAM,
-		    timeout ? 504 : 502);
+		status = reply_transport_status(res, &err);
+		mfetch_failed(f, x, res->status, res->error, err, status);
 		return;
 	}
 	if (res->status != 200) {
@@ -556,8 +554,9 @@ manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
 	struct mwaiter *w;
 
 	metrics_cache(METRICS_CACHE_MANIFEST, 0);
-	if ((f = mfetch_find(ctx, reg, route)) == NULL &&
-	    (f = mfetch_new(ctx, req, route, reg, known, reqid)) == NULL) {
+	if ((f = mfetch_find(ctx, reg, route)) != NULL)
+		metrics_coalesced(METRICS_CACHE_MANIFEST);
+	else if ((f = mfetch_new(ctx, req, route, reg, known, reqid)) == NULL) {
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "cannot start transfer");
 		return;
 	}

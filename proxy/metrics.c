@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "classify.h"
 #include "metrics.h"
 #include "oci.h"
 
@@ -40,6 +41,9 @@ enum metrics_scalar {
 	METRICS_REJECTED,
 	METRICS_THROTTLED,	/* 429s received */
 	METRICS_PAUSED,
+	METRICS_CIRCUIT,
+	METRICS_CIRCUIT_OPENED,
+	METRICS_RETRIES,
 	METRICS_NSCALAR,
 };
 
@@ -57,11 +61,20 @@ static const struct {
 	    "counter", "429 answers received from the registry." },
 	[METRICS_PAUSED] = { "pullproxy_ratelimit_paused", "gauge",
 	    "1 while requests to the registry are paused after a 429." },
+	[METRICS_CIRCUIT] = { "pullproxy_circuit_state", "gauge",
+	    "The registry's circuit: 0 closed, 1 open (requests refused at "
+	    "once), 2 half-open (one probe out)." },
+	[METRICS_CIRCUIT_OPENED] = { "pullproxy_circuit_opened_total",
+	    "counter", "Times the circuit opened after failures in a row." },
+	[METRICS_RETRIES] = { "pullproxy_upstream_retries_total", "counter",
+	    "Requests sent again after a transient failure (backoff), or "
+	    "downloads resumed with a Range." },
 };
 
 struct metrics_reg {
 	const char		*name;
 	unsigned long long	 upstream[METRICS_NCODE + 1];
+	unsigned long long	 failures[CLASSIFY_NCAUSES];
 	double			 scalar[METRICS_NSCALAR];
 	int			 queue[METRICS_NCLASS];
 	unsigned long long	 wait[METRICS_NWAIT + 1];	/* not cumulative */
@@ -73,6 +86,8 @@ static struct {
 	unsigned long long	 hits[METRICS_CACHE_NKIND];
 	unsigned long long	 misses[METRICS_CACHE_NKIND];
 	unsigned long long	 bytes[METRICS_CACHE_NKIND];
+	unsigned long long	 coalesced[METRICS_CACHE_NKIND];
+	struct metrics_usage	 usage;
 	struct metrics_reg	 regs[METRICS_REGISTRY_MAX];
 	int			 nregs;
 } metrics;
@@ -156,6 +171,27 @@ metrics_upstream(int reg, long status)
 		r->upstream[metrics_code(status)]++;
 }
 
+void
+metrics_failure(int reg, int cause)
+{
+	struct metrics_reg *r = metrics_reg(reg);
+
+	if (r != NULL && cause > CLASSIFY_NONE && cause < CLASSIFY_NCAUSES)
+		r->failures[cause]++;
+}
+
+void
+metrics_coalesced(enum metrics_cache kind)
+{
+	metrics.coalesced[kind]++;
+}
+
+void
+metrics_cache_usage(const struct metrics_usage *u)
+{
+	metrics.usage = *u;
+}
+
 static void
 metrics_scalar_set(int reg, enum metrics_scalar m, double v, int add)
 {
@@ -212,6 +248,24 @@ metrics_rl_paused(int reg, int paused)
 	metrics_scalar_set(reg, METRICS_PAUSED, paused, 0);
 }
 
+void
+metrics_circuit(int reg, int state)
+{
+	metrics_scalar_set(reg, METRICS_CIRCUIT, state, 0);
+}
+
+void
+metrics_circuit_opened(int reg)
+{
+	metrics_scalar_set(reg, METRICS_CIRCUIT_OPENED, 1, 1);
+}
+
+void
+metrics_retry(int reg)
+{
+	metrics_scalar_set(reg, METRICS_RETRIES, 1, 1);
+}
+
 /* ------------------------------------------------------------ rendering */
 
 static void
@@ -234,8 +288,42 @@ metrics_code_label(char *buf, size_t len, size_t code)
 static void
 metrics_render_client(struct evbuffer *out)
 {
+	const struct {
+		const char			*name;
+		const char			*help;
+		const unsigned long long	*v;
+	} kinded[] = {
+		{ "pullproxy_cache_hits_total",
+		    "Requests answered from the cache.", metrics.hits },
+		{ "pullproxy_cache_misses_total", "Requests that needed the "
+		    "registry (or a download in flight).", metrics.misses },
+		{ "pullproxy_cache_served_bytes_total",
+		    "Body bytes sent to clients from the cache.",
+		    metrics.bytes },
+		{ "pullproxy_coalesced_total", "Misses that waited for a "
+		    "download or revalidation already in flight instead of "
+		    "starting their own.", metrics.coalesced },
+	};
+	const struct {
+		const char		*name;
+		const char		*type;
+		const char		*help;
+		unsigned long long	 v;
+	} usage[] = {
+		{ "pullproxy_cache_bytes", "gauge", "Bytes of blobs and "
+		    "manifests in the cache.", metrics.usage.bytes },
+		{ "pullproxy_cache_budget_bytes", "gauge", "The cache budget "
+		    "(cache_max_size).", metrics.usage.budget },
+		{ "pullproxy_cache_blobs", "gauge", "Blobs in the cache.",
+		    metrics.usage.blobs },
+		{ "pullproxy_cache_manifests", "gauge", "Manifests in the "
+		    "cache.", metrics.usage.manifests },
+		{ "pullproxy_cache_evictions_total", "counter", "Blobs "
+		    "evicted to stay within the budget.",
+		    metrics.usage.evictions },
+	};
 	char code[16];
-	size_t k, c;
+	size_t k, c, f;
 
 	metrics_head(out, "pullproxy_requests_total", "counter",
 	    "Client requests answered, by route kind and status.");
@@ -248,22 +336,17 @@ metrics_render_client(struct evbuffer *out)
 			    "{route=\"%s\",status=\"%s\"} %llu\n",
 			    metrics_routes[k], code, metrics.requests[k][c]);
 		}
-	metrics_head(out, "pullproxy_cache_hits_total", "counter",
-	    "Requests answered from the cache.");
-	for (k = 0; k < METRICS_CACHE_NKIND; k++)
-		evbuffer_add_printf(out, "pullproxy_cache_hits_total"
-		    "{kind=\"%s\"} %llu\n", metrics_kinds[k], metrics.hits[k]);
-	metrics_head(out, "pullproxy_cache_misses_total", "counter",
-	    "Requests that needed the registry (or a download in flight).");
-	for (k = 0; k < METRICS_CACHE_NKIND; k++)
-		evbuffer_add_printf(out, "pullproxy_cache_misses_total"
-		    "{kind=\"%s\"} %llu\n", metrics_kinds[k],
-		    metrics.misses[k]);
-	metrics_head(out, "pullproxy_cache_served_bytes_total", "counter",
-	    "Body bytes sent to clients from the cache.");
-	for (k = 0; k < METRICS_CACHE_NKIND; k++)
-		evbuffer_add_printf(out, "pullproxy_cache_served_bytes_total"
-		    "{kind=\"%s\"} %llu\n", metrics_kinds[k], metrics.bytes[k]);
+	for (f = 0; f < sizeof(kinded) / sizeof(kinded[0]); f++) {
+		metrics_head(out, kinded[f].name, "counter", kinded[f].help);
+		for (k = 0; k < METRICS_CACHE_NKIND; k++)
+			evbuffer_add_printf(out, "%s{kind=\"%s\"} %llu\n",
+			    kinded[f].name, metrics_kinds[k], kinded[f].v[k]);
+	}
+	for (f = 0; f < sizeof(usage) / sizeof(usage[0]); f++) {
+		metrics_head(out, usage[f].name, usage[f].type, usage[f].help);
+		evbuffer_add_printf(out, "%s %llu\n", usage[f].name,
+		    usage[f].v);
+	}
 }
 
 static void
@@ -312,6 +395,17 @@ metrics_render_registries(struct evbuffer *out)
 			    "{registry=\"%s\",status=\"%s\"} %llu\n", r->name,
 			    code, r->upstream[c]);
 		}
+	metrics_head(out, "pullproxy_upstream_failures_total", "counter",
+	    "Upstream failures by classified cause (see pullproxy logs for "
+	    "hints); repeats folded in the log are counted here.");
+	for (i = 0; i < metrics.nregs; i++)
+		for (r = &metrics.regs[i], c = 1; c < CLASSIFY_NCAUSES; c++)
+			if (r->failures[c] != 0)
+				evbuffer_add_printf(out,
+				    "pullproxy_upstream_failures_total"
+				    "{registry=\"%s\",cause=\"%s\"} %llu\n",
+				    r->name, classify_cause_name(
+				    (enum classify_cause)c), r->failures[c]);
 	for (c = 0; c < METRICS_NSCALAR; c++) {
 		metrics_head(out, metrics_scalars[c].name,
 		    metrics_scalars[c].type, metrics_scalars[c].help);

@@ -1,5 +1,5 @@
 /*
- * platform: os/arch of the node and of image indexes.
+ * platform: os/arch of the node, of image indexes and of image configs.
  */
 #include <sys/utsname.h>
 
@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "classify.h"
+#include "log.h"
+#include "metrics.h"
 #include "platform.h"
 
 /* One part of "os/arch/variant": [a-z0-9._-]+ */
@@ -71,12 +74,43 @@ platform_node(struct platform *p)
 			snprintf(p->arch, sizeof(p->arch), "%s", arches[i][1]);
 }
 
+void
+platform_configured(const char *s, struct platform *p)
+{
+	if (s == NULL || platform_parse(s, p) == -1)
+		platform_node(p);
+}
+
+/*
+ * An object with os, architecture and variant (an index entry's platform,
+ * or an image config): 1 when it is p. Appends it to have.
+ */
+static int
+platform_entry(json_t *o, const struct platform *p, char *have,
+    size_t havelen, size_t *used)
+{
+	const char *os = json_string_value(json_object_get(o, "os"));
+	const char *arch = json_string_value(json_object_get(o,
+	    "architecture"));
+	const char *variant = json_string_value(json_object_get(o, "variant"));
+
+	/* Attestations and other artifacts say unknown/unknown. */
+	if (os == NULL || arch == NULL || strcmp(os, "unknown") == 0)
+		return 0;
+	if (*used < havelen)
+		*used += (size_t)snprintf(have + *used, havelen - *used,
+		    "%s%s/%s%s%s", *used > 0 ? ", " : "", os, arch,
+		    variant != NULL ? "/" : "", variant != NULL ? variant : "");
+	return strcmp(os, p->os) == 0 && strcmp(arch, p->arch) == 0 &&
+	    (variant == NULL || p->variant[0] == '\0' ||
+	    strcmp(variant, p->variant) == 0);
+}
+
 int
 platform_index_match(const void *body, size_t len, const struct platform *p,
     char *have, size_t havelen)
 {
-	const char *os, *arch, *variant;
-	json_t *doc, *list, *e, *pl;
+	json_t *doc, *list, *e;
 	size_t i, used = 0;
 	int match = 0;
 
@@ -87,24 +121,48 @@ platform_index_match(const void *body, size_t len, const struct platform *p,
 		json_decref(doc);
 		return -1;
 	}
-	json_array_foreach(list, i, e) {
-		pl = json_object_get(e, "platform");
-		os = json_string_value(json_object_get(pl, "os"));
-		arch = json_string_value(json_object_get(pl, "architecture"));
-		variant = json_string_value(json_object_get(pl, "variant"));
-		/* Attestations and other artifacts say unknown/unknown. */
-		if (os == NULL || arch == NULL || strcmp(os, "unknown") == 0)
-			continue;
-		if (strcmp(os, p->os) == 0 && strcmp(arch, p->arch) == 0 &&
-		    (variant == NULL || p->variant[0] == '\0' ||
-		    strcmp(variant, p->variant) == 0))
+	json_array_foreach(list, i, e)
+		if (platform_entry(json_object_get(e, "platform"), p, have,
+		    havelen, &used))
 			match = 1;
-		if (used < havelen)
-			used += (size_t)snprintf(have + used, havelen - used,
-			    "%s%s/%s%s%s", used > 0 ? ", " : "", os, arch,
-			    variant != NULL ? "/" : "",
-			    variant != NULL ? variant : "");
-	}
 	json_decref(doc);
 	return match;
+}
+
+int
+platform_config_match(const void *body, size_t len, const struct platform *p,
+    char *have, size_t havelen)
+{
+	size_t used = 0;
+	json_t *doc;
+	int match = -1;
+
+	have[0] = '\0';
+	/* Most blobs are layers: gzip or zstd, not worth a JSON parse. */
+	if (len == 0 || *(const char *)body != '{')
+		return -1;
+	doc = json_loadb(body, len, 0, NULL);
+	if (json_is_object(json_object_get(doc, "rootfs")) &&
+	    json_is_string(json_object_get(doc, "architecture")))
+		match = platform_entry(doc, p, have, havelen, &used);
+	json_decref(doc);
+	return match;
+}
+
+void
+platform_log_mismatch(const struct platform_mismatch *m)
+{
+	char node[3 * PLATFORM_PART_MAX];
+
+	platform_format(m->node, node, sizeof(node));
+	metrics_failure(metrics_registry(m->registry),
+	    CLASSIFY_PLATFORM_MISMATCH);
+	log_event(LOG_LEVEL_WARN, "platform mismatch", json_pack(
+	    "{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "id",
+	    (json_int_t)m->id, "registry", m->registry, "repository",
+	    m->repository, "reference", m->reference, "digest", m->digest,
+	    "phase", classify_phase_name(CLASSIFY_PHASE_PLATFORM),
+	    "node_platform", node, "platforms", m->have, "cause",
+	    classify_cause_name(CLASSIFY_PLATFORM_MISMATCH), "hint",
+	    classify_hint(CLASSIFY_PLATFORM_MISMATCH)));
 }

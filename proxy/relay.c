@@ -160,7 +160,7 @@ relay_log_failure(struct relay *r, const struct upstream_xfer *x,
 	    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST,
 	    upstream_xfer_result(x),
 	    upstatus >= 400 ? evbuffer_pullup(r->r_buf, -1) : NULL,
-	    upstatus >= 400 ? evbuffer_get_length(r->r_buf) : 0 };
+	    upstatus >= 400 ? evbuffer_get_length(r->r_buf) : 0, NULL };
 
 	reply_log_failure(&f);
 }
@@ -278,25 +278,20 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 {
 	struct relay *r = arg;
 
-	if (res->throttled) {
-		relay_log_failure(r, x, 0, res->error, 503);
-		r->r_xfer = NULL;
-		relay_fail(r, 503, OCI_ERR_TOOMANYREQUESTS, res->error);
-		return;
-	}
 	/*
 	 * An error status whose body was cut short (distribution answers 416
 	 * with the blob's Content-Length) is still that status.
 	 */
 	if (res->curl != CURLE_OK &&
 	    !(r->r_mode == RELAY_ERROR && res->status >= 400)) {
-		int timeout = res->curl == CURLE_OPERATION_TIMEDOUT;
+		enum oci_err err;
+		int status = reply_transport_status(res, &err);
 
 		relay_log_failure(r, x, res->status, res->error,
-		    r->r_started ? r->r_status : timeout ? 504 : 502);
+		    r->r_started ? r->r_status : status);
 		r->r_xfer = NULL;
-		relay_fail(r, timeout ? 504 : 502,
-		    timeout ? OCI_ERR_TIMEOUT : OCI_ERR_UPSTREAM,
+		relay_fail(r, status, err, res->throttled ||
+		    res->circuit != CLASSIFY_NONE ? res->error :
 		    "upstream registry unreachable");
 		return;
 	}
@@ -362,6 +357,9 @@ relay_req_init(struct upstream_req *ureq, const struct config *cfg,
 	ureq->auth = reg->auth;
 	ureq->ratelimit = reg->ratelimit;
 	ureq->rlclass = relay_url_class(url);
+	ureq->circuit = reg->circuit;
+	ureq->retries = (int)reg->retries;	/* GET and HEAD only */
+	ureq->registry = reg->name;
 	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
 	ureq->stall_timeout_s = cfg->stall_timeout_s;
 }

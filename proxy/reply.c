@@ -15,6 +15,7 @@
 
 #include "classify.h"
 #include "log.h"
+#include "metrics.h"
 #include "oci.h"
 #include "reply.h"
 #include "upstream.h"
@@ -175,6 +176,25 @@ reply_upstream_status(enum oci_route_kind kind, long status,
 	}
 }
 
+int
+reply_transport_status(const struct upstream_result *res, enum oci_err *err)
+{
+	if (res->throttled) {
+		*err = OCI_ERR_TOOMANYREQUESTS;
+		return 503;
+	}
+	if (res->circuit != CLASSIFY_NONE) {
+		*err = OCI_ERR_UPSTREAM;
+		return 503;
+	}
+	if (res->curl == CURLE_OPERATION_TIMEDOUT) {
+		*err = OCI_ERR_TIMEOUT;
+		return 504;
+	}
+	*err = OCI_ERR_UPSTREAM;
+	return 502;
+}
+
 /* ------------------------------------------------ repeated failures */
 
 /* A failure logged within the window, and how often it came again. */
@@ -183,6 +203,7 @@ struct reply_repeat {
 	char			*rr_registry;
 	char			*rr_repository;
 	enum classify_cause	 rr_cause;
+	const char		*rr_served;	/* static, or NULL */
 	struct timeval		 rr_t0;		/* when it was logged */
 	unsigned long		 rr_first_id;
 	unsigned long		 rr_last_id;
@@ -199,13 +220,13 @@ reply_repeat_close(struct reply_repeat *rr)
 {
 	if (rr->rr_count > 0)
 		log_event(LOG_LEVEL_WARN, "upstream failure repeated",
-		    json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I}", "registry",
+		    json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:s*}", "registry",
 		    rr->rr_registry, "repository", rr->rr_repository, "cause",
 		    classify_cause_name(rr->rr_cause), "count",
 		    (json_int_t)rr->rr_count, "first_id",
 		    (json_int_t)rr->rr_first_id, "last_id",
 		    (json_int_t)rr->rr_last_id, "window_ms",
-		    (json_int_t)REPLY_REPEAT_MS));
+		    (json_int_t)REPLY_REPEAT_MS, "served", rr->rr_served));
 	TAILQ_REMOVE(&reply_repeats, rr, rr_entry);
 	free(rr->rr_registry);
 	free(rr->rr_repository);
@@ -239,7 +260,16 @@ reply_repeat_timer_cb(evutil_socket_t fd, short what, void *arg)
 	reply_repeat_expire(0);
 }
 
-/* 1 when the failure repeats one in its window (and was counted). */
+static int
+reply_same(const char *a, const char *b)
+{
+	return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/*
+ * 1 when the failure repeats one in its window (and was counted). What
+ * clients got is part of the key: a resumed download is not a failed one.
+ */
 static int
 reply_repeat_count(const struct reply_failure *f, enum classify_cause cause)
 {
@@ -248,8 +278,8 @@ reply_repeat_count(const struct reply_failure *f, enum classify_cause cause)
 
 	reply_repeat_expire(0);
 	TAILQ_FOREACH(rr, &reply_repeats, rr_entry)
-		if (rr->rr_cause == cause &&
-		    strcmp(rr->rr_registry, f->registry) == 0 &&
+		if (rr->rr_cause == cause && reply_same(rr->rr_served,
+		    f->served) && strcmp(rr->rr_registry, f->registry) == 0 &&
 		    strcmp(rr->rr_repository, f->repository) == 0) {
 			rr->rr_count++;
 			rr->rr_last_id = f->id;
@@ -267,6 +297,7 @@ reply_repeat_count(const struct reply_failure *f, enum classify_cause cause)
 		return 0;
 	}
 	rr->rr_cause = cause;
+	rr->rr_served = f->served;
 	rr->rr_first_id = rr->rr_last_id = f->id;
 	gettimeofday(&rr->rr_t0, NULL);
 	first = TAILQ_EMPTY(&reply_repeats);
@@ -320,6 +351,7 @@ reply_log_failure(const struct reply_failure *f)
 
 	reply_body_error(f->body, f->bodylen, &doc, &code, &msg);
 	reply_classify(f, code, msg, &c);
+	metrics_failure(metrics_registry(f->registry), c.cause);
 	if (c.cause != CLASSIFY_NONE && reply_repeat_count(f, c.cause)) {
 		json_decref(doc);
 		return;
@@ -348,6 +380,13 @@ reply_log_failure(const struct reply_failure *f)
 	if (f->client_status != 0)
 		json_object_set_new(o, "client_status",
 		    json_integer(f->client_status));
+	if (f->served != NULL)
+		json_object_set_new(o, "served", json_string(f->served));
+	if (f->res != NULL && f->res->attempts > 0)
+		json_object_set_new(o, "attempt", json_integer(
+		    f->res->attempts));
+	if (f->res != NULL && f->res->circuit != CLASSIFY_NONE)
+		json_object_set_new(o, "circuit", json_string("open"));
 	json_decref(doc);
 	/* A 404 is an answer, not a failure: containerd tries the next host. */
 	if (f->status == 404 && c.cause == CLASSIFY_NOT_FOUND)

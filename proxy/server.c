@@ -17,6 +17,7 @@
 #include "auth.h"
 #include "blob.h"
 #include "cache.h"
+#include "circuit.h"
 #include "classify.h"
 #include "config.h"
 #include "log.h"
@@ -80,6 +81,23 @@ server_reply_error(struct evhttp_request *req, unsigned long id,
 	free(uri);
 }
 
+/* The cache's size for /metrics, read when asked (in memory but a stat). */
+static void
+server_cache_usage(struct server *srv)
+{
+	struct metrics_usage u;
+	struct cache_stats st;
+
+	if (srv->s_cache == NULL || cache_stats(srv->s_cache, &st) != CACHE_OK)
+		return;
+	u.bytes = st.blob_bytes + st.manifest_bytes;
+	u.budget = st.budget;
+	u.blobs = st.blobs;
+	u.manifests = st.manifests;
+	u.evictions = st.evictions;
+	metrics_cache_usage(&u);
+}
+
 /*
  * What an operator or kubelet probe asks, outside the registry API:
  * /metrics, /healthz (the loop answers) and /readyz (the cache is open
@@ -101,6 +119,7 @@ server_ops(struct server *srv, struct evhttp_request *req, const char *path)
 	}
 	if (strcmp(path, "/metrics") == 0) {
 		type = "text/plain; version=0.0.4; charset=utf-8";
+		server_cache_usage(srv);
 		metrics_render(body);
 	} else if (strcmp(path, "/readyz") == 0 &&
 	    (srv->s_sock == NULL || srv->s_cache == NULL)) {
@@ -260,7 +279,9 @@ server_registries_new(struct server *srv)
 	for (i = 0; i < cfg->nregistries; i++) {
 		reg = &cfg->registries[i];
 		if ((reg->ratelimit = ratelimit_new(srv->s_base, reg->name,
-		    reg->rate, (double)reg->burst, reg->max_wait_s)) == NULL)
+		    reg->rate, (double)reg->burst, reg->max_wait_s)) == NULL ||
+		    (reg->circuit = circuit_new(reg->name,
+		    reg->circuit_failures, reg->circuit_open_s)) == NULL)
 			return -1;
 		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
 		    sizeof(err))) == NULL) {
@@ -296,6 +317,8 @@ server_ratelimit_free(struct server *srv)
 	for (i = 0; i < cfg->nregistries; i++) {
 		ratelimit_free(cfg->registries[i].ratelimit);
 		cfg->registries[i].ratelimit = NULL;
+		circuit_free(cfg->registries[i].circuit);
+		cfg->registries[i].circuit = NULL;
 	}
 }
 

@@ -16,6 +16,12 @@
  * With a ratelimit handle the kick asks for a token before each send; a
  * transfer without one waits on the limited queue (XFER_LIMITED) and
  * comes back to the pending queue admitted, or throttled to be reported.
+ * Then the circuit is asked, and an open one ends the transfer unsent.
+ *
+ * A transient 5xx is held like a 401; it, or a transport failure before
+ * any header reached the caller, sends the transfer to the backoff queue
+ * (XFER_BACKOFF), whose timer puts it back on the pending queue: the
+ * same easy handle added again is a new request.
  */
 #include <sys/queue.h>
 #include <sys/time.h>
@@ -27,19 +33,30 @@
 #include <strings.h>
 
 #include "auth.h"
+#include "circuit.h"
 #include "log.h"
+#include "metrics.h"
 #include "upstream.h"
 
 #define UPSTREAM_BUFFER_SIZE	(128 * 1024)
 #define UPSTREAM_MAX_REDIRS	5
 /* Of a held 401's body: enough for the caller to read its error code. */
 #define UPSTREAM_HELD_MAX	(16 * 1024)
+/* Before the first retry; doubled for each next one, with jitter. */
+#define UPSTREAM_BACKOFF_MS	200
+
+enum xfer_hold {
+	HOLD_NONE,
+	HOLD_AUTH,	/* a 401 auth can answer */
+	HOLD_RETRY,	/* a transient 5xx, to be sent again */
+};
 
 enum xfer_state {
 	XFER_PENDING,	/* waiting for upstream_kick to add it (or replay) */
 	XFER_RUNNING,	/* in the multi handle */
 	XFER_AUTH,	/* a held 401 waiting for a token */
 	XFER_LIMITED,	/* waiting for the registry's rate limit */
+	XFER_BACKOFF,	/* waiting to be sent again after a failure */
 	XFER_DEAD,	/* finishing, or cancelled and waiting for the kick */
 };
 
@@ -63,7 +80,7 @@ struct upstream_xfer {
 	char			*x_sent;	/* Authorization value sent */
 	struct auth_wait	*x_wait;	/* XFER_AUTH */
 	int			 x_retried;	/* held a 401 once already */
-	int			 x_held;	/* a 401 kept from the caller */
+	enum xfer_hold		 x_held;	/* an answer kept from the caller */
 	int			 x_replay;	/* no token: report the kept 401 */
 	char			*x_heldbody;
 	size_t			 x_heldlen;
@@ -76,6 +93,14 @@ struct upstream_xfer {
 	int			 x_admitted;	/* took a token for the next send */
 	int			 x_throttled;	/* waited too long: report it */
 	struct timeval		 x_queued;	/* when it began to wait */
+	/* With a circuit, and retries: */
+	struct circuit		*x_circuit;
+	int			 x_probe;	/* the half-open probe */
+	enum classify_cause	 x_refused;	/* the open circuit's cause */
+	int			 x_attempts;
+	int			 x_retries;	/* left */
+	struct event		*x_backoff;
+	const char		*x_registry;
 };
 TAILQ_HEAD(xferq, upstream_xfer);
 
@@ -88,6 +113,7 @@ struct upstream {
 	struct xferq		 u_running;
 	struct xferq		 u_waiting;	/* XFER_AUTH */
 	struct xferq		 u_limited;	/* XFER_LIMITED */
+	struct xferq		 u_backoff;	/* XFER_BACKOFF */
 	struct xferq		 u_dead;
 	int			 u_active;
 };
@@ -99,6 +125,7 @@ struct upstream_sock {
 
 static void upstream_check_done(struct upstream *);
 static void upstream_note_url(struct upstream_xfer *);
+static enum classify_cause upstream_cause(const struct upstream_result *);
 
 static void
 upstream_schedule_kick(struct upstream *up)
@@ -119,6 +146,8 @@ upstream_queue(struct upstream *up, const struct upstream_xfer *x)
 		return &up->u_waiting;
 	case XFER_LIMITED:
 		return &up->u_limited;
+	case XFER_BACKOFF:
+		return &up->u_backoff;
 	default:
 		return &up->u_dead;
 	}
@@ -139,6 +168,8 @@ upstream_xfer_free(struct upstream_xfer *x)
 	if (x->x_in_multi)
 		curl_multi_remove_handle(x->x_up->u_multi, x->x_easy);
 	curl_easy_cleanup(x->x_easy);
+	if (x->x_backoff != NULL)
+		event_free(x->x_backoff);
 	curl_slist_free_all(x->x_reqheaders);
 	curl_slist_free_all(x->x_authheaders);
 	free(x->x_url);
@@ -217,12 +248,35 @@ upstream_end_unsent(struct upstream_xfer *x, CURLcode code)
 
 	x->x_state = XFER_DEAD;
 	x->x_up->u_active--;
+	/* A probe answered 401 went out; one refused by the pace did not. */
+	if (x->x_probe && x->x_replay)
+		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres));
+	else
+		circuit_abandon(x->x_circuit, x->x_probe);
+	x->x_probe = 0;
 	if (x->x_replay) {
 		upstream_finish(x, &x->x_heldres);
 		return;
 	}
 	res.throttled = x->x_throttled;
+	res.circuit = x->x_refused;
+	res.attempts = x->x_attempts;
 	upstream_finish(x, &res);
+}
+
+/* May x go out, as far as the registry's circuit is concerned? */
+static int
+upstream_circuit_allow(struct upstream_xfer *x)
+{
+	/* A probe sent again is still the probe. */
+	if (x->x_probe || circuit_allow(x->x_circuit, &x->x_probe))
+		return 1;
+	x->x_refused = circuit_cause(x->x_circuit);
+	snprintf(x->x_errbuf, sizeof(x->x_errbuf), "circuit open after "
+	    "%ld failures in a row (%s): not sent, next probe in %.1f s",
+	    circuit_failures(x->x_circuit), classify_cause_name(x->x_refused),
+	    circuit_retry_in(x->x_circuit));
+	return 0;
 }
 
 static void
@@ -246,6 +300,10 @@ upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 			upstream_end_unsent(x, CURLE_ABORTED_BY_CALLBACK);
 			continue;
 		}
+		if (!upstream_circuit_allow(x)) {
+			upstream_end_unsent(x, CURLE_COULDNT_CONNECT);
+			continue;
+		}
 		rc = curl_multi_add_handle(up->u_multi, x->x_easy);
 		if (rc != CURLM_OK) {
 			snprintf(x->x_errbuf, sizeof(x->x_errbuf), "%s",
@@ -254,6 +312,7 @@ upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 			continue;
 		}
 		x->x_admitted = 0;	/* a resend after a 401 takes another */
+		x->x_attempts++;
 		x->x_in_multi = 1;
 		x->x_state = XFER_RUNNING;
 		TAILQ_INSERT_TAIL(&up->u_running, x, x_entry);
@@ -380,7 +439,7 @@ upstream_auth_resume(struct upstream_xfer *x, const char *authorization)
 		upstream_requeue(x);
 		return;
 	}
-	x->x_held = 0;
+	x->x_held = HOLD_NONE;
 	x->x_heldlen = 0;
 	x->x_headers_done = 0;
 	x->x_errbuf[0] = '\0';
@@ -437,7 +496,95 @@ upstream_auth_hold(struct upstream_xfer *x)
 	    auth_challenge(x->x_auth, x->x_requrl, challenge, x->x_sent) == -1)
 		return 0;
 	x->x_retried = 1;
-	x->x_held = 1;
+	x->x_held = HOLD_AUTH;
+	return 1;
+}
+
+/* Statuses that a second try may not get (the registry's own hiccups). */
+static int
+upstream_status_transient(long status)
+{
+	return status == 500 || status == 502 || status == 503 ||
+	    status == 504;
+}
+
+/* Hold a transient 5xx when a retry is left: the caller never sees it. */
+static int
+upstream_retry_hold(struct upstream_xfer *x, long status)
+{
+	if (x->x_retries == 0 || !upstream_status_transient(status) ||
+	    (x->x_heldbody == NULL &&
+	    (x->x_heldbody = malloc(UPSTREAM_HELD_MAX)) == NULL))
+		return 0;
+	x->x_held = HOLD_RETRY;
+	return 1;
+}
+
+/* How this attempt failed, in classify.h's terms (NONE: it did not). */
+static enum classify_cause
+upstream_cause(const struct upstream_result *res)
+{
+	struct classify_input in;
+	struct classify_result c;
+
+	memset(&in, 0, sizeof(in));
+	classify_input_result(&in, res);
+	in.status = res->status;
+	classify(&in, &c);
+	return c.cause;
+}
+
+static void
+upstream_backoff_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream_xfer *x = arg;
+
+	(void)fd;
+	(void)what;
+	TAILQ_REMOVE(&x->x_up->u_backoff, x, x_entry);
+	upstream_requeue(x);
+}
+
+/*
+ * Send x again later when this attempt failed in a way worth one more
+ * (see upstream.h) and nothing of it reached the caller.
+ */
+static int
+upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
+{
+	enum classify_cause cause;
+	struct timeval tv;
+	long ms;
+
+	if (x->x_retries == 0 || x->x_headers_done)
+		return 0;
+	cause = upstream_cause(res);
+	if (x->x_held != HOLD_RETRY && cause != CLASSIFY_CONNECTION_RESET &&
+	    cause != CLASSIFY_CONNECTION_REFUSED)
+		return 0;
+	if (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
+	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL)
+		return 0;
+	/* Full jitter over the doubled delay: clients of one registry spread. */
+	ms = UPSTREAM_BACKOFF_MS << (x->x_attempts - 1 < 4 ? x->x_attempts - 1 : 4);
+	ms = ms / 2 + (long)arc4random_uniform((uint32_t)ms);
+	x->x_retries--;
+	if (x->x_registry != NULL)
+		metrics_retry(metrics_registry(x->x_registry));
+	log_event(LOG_LEVEL_INFO, "upstream retry", json_pack(
+	    "{s:s,s:s,s:s,s:I,s:s,s:I,s:I}", "registry", x->x_registry != NULL ?
+	    x->x_registry : "", "url", upstream_xfer_url(x), "cause",
+	    classify_cause_name(cause), "status", (json_int_t)res->status,
+	    "error", res->error, "attempt", (json_int_t)x->x_attempts,
+	    "delay_ms", (json_int_t)ms));
+	x->x_held = HOLD_NONE;
+	x->x_heldlen = 0;
+	x->x_errbuf[0] = '\0';
+	x->x_state = XFER_BACKOFF;
+	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(x->x_backoff, &tv);
 	return 1;
 }
 
@@ -491,11 +638,18 @@ upstream_check_done(struct upstream *up)
 		if (x->x_rl != NULL && res.curl == CURLE_OK)
 			ratelimit_observe(x->x_rl, status,
 			    upstream_xfer_header(x, "Retry-After"));
-		if (x->x_held && res.curl == CURLE_OK) {
+		res.attempts = x->x_attempts;
+		if (x->x_held == HOLD_AUTH && res.curl == CURLE_OK) {
 			x->x_heldres = res;
 			upstream_auth_retry(x);
 			continue;
 		}
+		if (upstream_retry(x, &res))
+			continue;
+		if (x->x_circuit != NULL)
+			circuit_observe(x->x_circuit, x->x_probe,
+			    upstream_cause(&res));
+		x->x_probe = 0;
 		x->x_state = XFER_DEAD;
 		up->u_active--;
 		upstream_finish(x, &res);
@@ -541,6 +695,8 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 	upstream_note_url(x);
 	if (status == 401 && upstream_auth_hold(x))
 		return len;
+	if (upstream_retry_hold(x, status))
+		return len;
 	x->x_headers_done = 1;
 	x->x_cbs.on_headers(x, x->x_arg);
 	return len;
@@ -579,6 +735,7 @@ upstream_new(struct event_base *base)
 	TAILQ_INIT(&up->u_running);
 	TAILQ_INIT(&up->u_waiting);
 	TAILQ_INIT(&up->u_limited);
+	TAILQ_INIT(&up->u_backoff);
 	TAILQ_INIT(&up->u_dead);
 	up->u_multi = curl_multi_init();
 	up->u_timer = evtimer_new(base, upstream_timer_cb, up);
@@ -620,6 +777,10 @@ upstream_free(struct upstream *up)
 	while ((x = TAILQ_FIRST(&up->u_limited)) != NULL) {
 		TAILQ_REMOVE(&up->u_limited, x, x_entry);
 		ratelimit_leave(&x->x_rlwait);
+		upstream_xfer_free(x);
+	}
+	while ((x = TAILQ_FIRST(&up->u_backoff)) != NULL) {
+		TAILQ_REMOVE(&up->u_backoff, x, x_entry);
 		upstream_xfer_free(x);
 	}
 	while ((x = TAILQ_FIRST(&up->u_dead)) != NULL) {
@@ -713,6 +874,9 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_state = XFER_PENDING;
 	x->x_rl = req->ratelimit;
 	x->x_rlclass = req->rlclass;
+	x->x_circuit = req->circuit;
+	x->x_retries = req->body == NULL ? req->retries : 0;
+	x->x_registry = req->registry;
 	if ((x->x_url = strdup(req->url)) != NULL &&
 	    strchr(x->x_url, '?') != NULL)
 		*strchr(x->x_url, '?') = '\0';
@@ -779,6 +943,9 @@ upstream_xfer_cancel(struct upstream_xfer *x)
 	auth_wait_cancel(x->x_wait);
 	x->x_wait = NULL;
 	ratelimit_leave(&x->x_rlwait);
+	if (x->x_backoff != NULL)
+		evtimer_del(x->x_backoff);
+	circuit_abandon(x->x_circuit, x->x_probe);
 	TAILQ_REMOVE(upstream_queue(up, x), x, x_entry);
 	x->x_state = XFER_DEAD;
 	up->u_active--;

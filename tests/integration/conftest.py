@@ -71,6 +71,20 @@ def closed_port():
     return s.getsockname()[1], s
 
 
+def metrics(pp):
+    """pullproxy's /metrics as {series: value}."""
+    r = pp.get("/metrics")
+    assert r.status == 200
+    assert r.header("Content-Type").startswith("text/plain; version=0.0.4")
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
 def wait_for(predicate, timeout, what, interval=0.05):
     deadline = time.monotonic() + timeout
     while True:

@@ -324,6 +324,8 @@ def test_known_tag_served_stale_when_registry_fails(registry, images, pullproxy_
     assert r.status == 200 and r.body == img.manifest
     assert r.header("Docker-Content-Digest") == img.digest
     assert "Response is Stale" in (r.header("Warning") or "")
-    assert upstream.count("HEAD", "/manifests/" + img.tag) == 1
+    # One revalidation, sent again twice after its 503s (retries = 2).
+    assert upstream.count("HEAD", "/manifests/" + img.tag) == 3
     stale = [l for l in pp.logs("upstream failure") if l.get("client_status") == 200]
     assert stale and stale[0]["reference"] == img.tag and stale[0]["status"] == 503
+    assert stale[0]["served"] == "stale" and stale[0]["attempt"] == 3

@@ -14,7 +14,8 @@ import pytest
 pytest.register_assert_rewrite("acr")
 from acr import CLIENT_ID, TENANT, get, ns_path  # noqa: E402
 from conftest import (LOCALHOST, MT_OCI_INDEX, PULLPROXY_BIN, build_index,  # noqa: E402
-                      closed_port, http_request, run, sha256_digest, wait_for)
+                      closed_port, http_request, metrics, run, sha256_digest,
+                      wait_for)
 
 pytest_plugins = ["acr"]
 
@@ -36,11 +37,16 @@ def failure(pp, msg="upstream failure"):
     return lines[0]
 
 
-def assert_cause(line, cause, phase=None):
+def assert_cause(pp, line, cause, phase=None, counted=True):
+    """The line's cause and hint, and (counted: an upstream failure) the
+    failure counted in /metrics."""
     assert line.get("cause") == cause, line
     assert isinstance(line.get("hint"), str) and len(line["hint"]) > 20, line
     if phase is not None:
         assert line.get("phase") == phase, line
+    key = 'pullproxy_upstream_failures_total{registry="%s",cause="%s"}' % (
+        line.get("registry"), cause)
+    assert (metrics(pp).get(key, 0) >= 1) == counted, key
 
 
 @pytest.mark.parametrize("rule,cause,phase,client", [
@@ -58,7 +64,7 @@ def test_registry_faults(fake, acr_proxy, rule, cause, phase, client):
     r = get(pp, fake, MANIFEST)
     assert r.status == client, (r.status, r.body)
     line = failure(pp)
-    assert_cause(line, cause, phase)
+    assert_cause(pp, line, cause, phase)
     assert line["client_status"] == client
     assert line["registry"] == fake.registry and line["repository"] == "id/small"
     if "status" in rule:
@@ -72,7 +78,7 @@ def test_throttled(fake, acr_proxy):
     assert r.status in (200, 503), r.status
     if r.status == 503:
         line = failure(pp)
-        assert_cause(line, "throttled")
+        assert_cause(pp, line, "throttled")
         assert "SKU" in line["hint"]
     else:   # the rate limiter waited the 429 out and asked again
         assert [l for l in pp.logs("upstream failure") if l.get("cause")] == []
@@ -84,7 +90,7 @@ def test_not_found_is_logged_as_an_answer(fake, acr_proxy):
     assert r.status == 404 and r.error_code() == "MANIFEST_UNKNOWN"
     line = failure(pp, "upstream not found")
     assert line["level"] == "info"
-    assert_cause(line, "not_found")
+    assert_cause(pp, line, "not_found")
     assert "tag" in line["hint"] and line.get("code") == "MANIFEST_UNKNOWN"
     assert not pp.logs("upstream failure")
 
@@ -94,7 +100,7 @@ def test_forbidden_carries_acr_code(fake, acr_proxy):
     fake.add_fault(endpoint="manifests", status=403)
     assert get(pp, fake, MANIFEST).status == 502
     line = failure(pp)
-    assert_cause(line, "forbidden_network")
+    assert_cause(pp, line, "forbidden_network")
     assert line.get("code") == "DENIED"
     assert "network-rule" in line["hint"]
 
@@ -106,7 +112,7 @@ def test_digest_mismatch(fake, acr_images, acr_proxy):
     # The body was under way: the client is cut off, never given bad bytes.
     with pytest.raises(http.client.HTTPException):
         get(pp, fake, "/v2/id/small/blobs/" + img.layers[1])
-    assert_cause(failure(pp), "digest_mismatch", "digest")
+    assert_cause(pp, failure(pp), "digest_mismatch", "digest")
 
 
 def test_redirect_to_a_name_that_does_not_resolve(fake, acr_images, acr_proxy):
@@ -116,7 +122,7 @@ def test_redirect_to_a_name_that_does_not_resolve(fake, acr_images, acr_proxy):
     r = get(pp, fake, "/v2/id/small/blobs/" + img.layers[1], timeout=20)
     assert r.status == 502
     line = failure(pp)
-    assert_cause(line, "redirect_failed", "redirect")
+    assert_cause(pp, line, "redirect_failed", "redirect")
     assert "blob.core.windows.net" in line["hint"]
     # The hop that failed, without its SAS query.
     assert line["url"].startswith("https://no-such-host.invalid") and "?" not in line["url"]
@@ -129,7 +135,7 @@ def test_storage_refuses_the_signature(fake, acr_images, acr_proxy):
     r = get(pp, fake, "/v2/id/small/blobs/" + img.layers[1])
     assert r.status == 502
     line = failure(pp)
-    assert_cause(line, "redirect_failed", "redirect")
+    assert_cause(pp, line, "redirect_failed", "redirect")
     assert line["status"] == 403 and "no-such" not in line["url"]
 
 
@@ -139,7 +145,7 @@ def test_tls_error_without_the_ca(fake, acr_proxy):
     pp.start()
     assert get(pp, fake, MANIFEST).status == 502
     line = failure(pp)
-    assert_cause(line, "tls_error", "tls")
+    assert_cause(pp, line, "tls_error", "tls")
     assert "ca_file" in line["hint"]
 
 
@@ -153,7 +159,7 @@ def test_identity_unavailable(fake, acr_proxy):
     finally:
         sock.close()
     assert line["phase"] == "imds"
-    assert_cause(line, "auth_identity_unavailable")
+    assert_cause(pp, line, "auth_identity_unavailable")
 
 
 def test_token_refused(fake, acr_proxy):
@@ -163,7 +169,7 @@ def test_token_refused(fake, acr_proxy):
     assert get(pp, fake, MANIFEST).status == 502
     line = failure(pp, "auth failure")
     assert line["phase"] == "token"
-    assert_cause(line, "auth_unauthorized")
+    assert_cause(pp, line, "auth_unauthorized")
     assert "AcrPull" in line["hint"]
 
 
@@ -186,7 +192,7 @@ def test_connection_refused(pullproxy_factory, server_conf):
     finally:
         sock.close()
     assert r.status == 502
-    assert_cause(line, "connection_refused", "connect")
+    assert_cause(pp, line, "connection_refused", "connect")
 
 
 def test_dns_failure(pullproxy_factory, server_conf):
@@ -195,7 +201,7 @@ def test_dns_failure(pullproxy_factory, server_conf):
     r = pp.get(MANIFEST, timeout=20)
     assert r.status == 502
     line = failure(pp)
-    assert_cause(line, "dns_failure", "dns")
+    assert_cause(pp, line, "dns_failure", "dns")
     assert "privatelink.azurecr.io" in line["hint"]
 
 
@@ -227,7 +233,7 @@ def test_connect_timeout(pullproxy_factory, server_conf):
             c.close()
         ls.close()
     assert r.status == 504
-    assert_cause(line, "connect_timeout", "connect")
+    assert_cause(pp, line, "connect_timeout", "connect")
 
 
 def test_name_typo(pullproxy_factory, server_conf):
@@ -237,14 +243,14 @@ def test_name_typo(pullproxy_factory, server_conf):
                                args=["--config", str(server_conf)])
         start = failure(pp, "registry name looks wrong")
         assert start["registry"] == "myacr.azureacr.io"
-        assert_cause(start, "name_typo")
+        assert_cause(pp, start, "name_typo", counted=False)
         assert pp.get(MANIFEST).status == 502
-        assert_cause(failure(pp), "name_typo")
+        assert_cause(pp, failure(pp), "name_typo")
         # A requested ns that is a typo, refused before any lookup.
         r = pp.get(MANIFEST + "?ns=other.azurcr.io")
         assert r.status == 404
         refused = failure(pp, "ns refused")
-        assert_cause(refused, "name_typo")
+        assert_cause(pp, refused, "name_typo", counted=False)
         assert "azureacr.io" in refused["hint"]
     finally:
         sock.close()
@@ -257,7 +263,8 @@ def test_name_typo(pullproxy_factory, server_conf):
 # ------------------------------------------------------------- repetition
 
 def test_repeated_failures_are_counted(fake, acr_proxy):
-    pp = proxy(acr_proxy, fake)
+    # Without the circuit, which would answer the sixth without asking.
+    pp = proxy(acr_proxy, fake, circuit_failures=0)
     fake.add_fault(endpoint="manifests", status=503)
     for _ in range(5):
         assert get(pp, fake, MANIFEST).status == 502
@@ -292,7 +299,7 @@ def test_platform_mismatch(fake, acr_images, acr_proxy):
                          headers=index)
         assert r.status == 200 and r.header("Content-Type") == MT_OCI_INDEX
     line = failure(pp, "platform mismatch")
-    assert_cause(line, "platform_mismatch", "platform")
+    assert_cause(pp, line, "platform_mismatch", "platform")
     assert line["platforms"] == "linux/arm64" and line["node_platform"] == "linux/" + node
     assert line["repository"] == "id/armonly"
     assert line["digest"] == sha256_digest(r.body)

@@ -12,7 +12,7 @@ import pytest
 
 pytest.register_assert_rewrite("acr")
 from acr import get, ns_path  # noqa: E402
-from conftest import SANITIZED, http_request  # noqa: E402
+from conftest import SANITIZED, http_request, metrics  # noqa: E402
 
 from fakeacr import write_image  # noqa: E402  (acr.py put it on sys.path)
 
@@ -86,19 +86,6 @@ def worst_excess(times, rate, burst):
         for j in range(i, len(times)):
             worst = max(worst, (j - i + 1) - burst - rate * (times[j] - times[i]))
     return worst
-
-
-def metrics(pp):
-    r = pp.get("/metrics")
-    assert r.status == 200
-    assert r.header("Content-Type").startswith("text/plain; version=0.0.4")
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line.startswith("#") or not line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
 
 
 def test_burst_is_paced_and_excess_fails_fast(acr_proxy, anon, many_tags):

@@ -1,0 +1,61 @@
+/*
+ * circuit: a breaker per registry, so that a registry that is down costs
+ * each client one fast answer rather than a timeout (containerd then
+ * tries the next host in hosts.toml: the registry itself).
+ *
+ * Closed, it counts transfers in a row that failed in the registry's
+ * transport or got a 5xx (answers such as 401, 403 or 404 come fast and
+ * are not counted; a 429 pauses the rate limiter instead). At the
+ * threshold it opens: upstream.c refuses transfers at once with the cause
+ * that opened it. After the open time, one transfer goes as a probe
+ * (half-open) while the others are still refused: success closes the
+ * circuit, failure opens it again for twice as long (up to
+ * CIRCUIT_BACKOFF_MAX times the configured time).
+ *
+ * Time is read when asked: no timer, nothing runs while nobody asks.
+ */
+#ifndef PP_CIRCUIT_H
+#define PP_CIRCUIT_H
+
+#include "classify.h"
+
+#define CIRCUIT_BACKOFF_MAX	8
+
+enum circuit_state {
+	CIRCUIT_CLOSED = 0,
+	CIRCUIT_OPEN,
+	CIRCUIT_HALF_OPEN,
+};
+
+struct circuit;
+
+/* failures 0: never opens. name is kept (the registry's, for logs). */
+struct circuit *circuit_new(const char *name, long failures, long open_s);
+void circuit_free(struct circuit *c);
+
+/*
+ * May a transfer go out now? 1 yes, with *probe set when it is the
+ * half-open probe (its outcome must be reported, or circuit_abandon'd);
+ * 0 no: refuse it with circuit_cause().
+ */
+int circuit_allow(struct circuit *c, int *probe);
+
+/*
+ * A transfer that went out ended: failed with cause (CLASSIFY_NONE: it
+ * succeeded as far as the circuit cares).
+ */
+void circuit_observe(struct circuit *c, int probe, enum classify_cause cause);
+/* A probe that ended without an answer (cancelled): let another probe. */
+void circuit_abandon(struct circuit *c, int probe);
+
+enum circuit_state circuit_state(const struct circuit *c);
+/* What opened it (CLASSIFY_NONE while closed). */
+enum classify_cause circuit_cause(const struct circuit *c);
+/* Failures in a row so far. */
+long circuit_failures(const struct circuit *c);
+/* Seconds until the next probe may go; 0 when not open. */
+double circuit_retry_in(const struct circuit *c);
+/* Whether a transfer that failed this way counts against the registry. */
+int circuit_counts(enum classify_cause cause);
+
+#endif

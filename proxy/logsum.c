@@ -54,6 +54,8 @@ struct logsum {
 	struct logsum_tally ls_served;	/* status of "request" lines */
 	unsigned long	 ls_requests;
 	struct logsum_tally ls_other;	/* other warnings, by msg */
+	struct logsum_tally ls_retries;	/* requests sent again, by cause */
+	struct logsum_tally ls_degraded;	/* failures answered anyway */
 };
 
 /* ---------------------------------------------------------------- parsing */
@@ -230,6 +232,8 @@ logsum_free(struct logsum *ls)
 	logsum_tally_free(&ls->ls_clients);
 	logsum_tally_free(&ls->ls_served);
 	logsum_tally_free(&ls->ls_other);
+	logsum_tally_free(&ls->ls_retries);
+	logsum_tally_free(&ls->ls_degraded);
 	free(ls);
 }
 
@@ -283,7 +287,7 @@ logsum_failure(struct logsum *ls, json_t *o, const char *cause,
 static void
 logsum_object(struct logsum *ls, json_t *o)
 {
-	const char *msg, *level, *cause;
+	const char *msg, *level, *cause, *served;
 	json_t *cnt, *st;
 	long long t = 0;
 	unsigned long n = 1;
@@ -314,12 +318,23 @@ logsum_object(struct logsum *ls, json_t *o)
 			    json_integer_value(st), 1);
 		return;
 	}
-	if (cause != NULL && strcmp(cause, "none") != 0) {
+	/* Transient: the request went again, and its end is logged apart. */
+	if (strcmp(msg, "upstream retry") == 0) {
+		if (cause != NULL)
+			logsum_tally_add(&ls->ls_retries, cause, 1);
+		return;
+	}
+	if (cause != NULL && strcmp(cause, "none") != 0 &&
+	    strncmp(msg, "circuit ", 8) != 0) {
 		cnt = json_object_get(o, "count");
 		if (strcmp(msg, "upstream failure repeated") == 0 &&
 		    json_is_integer(cnt) && json_integer_value(cnt) > 0)
 			n = (unsigned long)json_integer_value(cnt);
 		logsum_failure(ls, o, cause, n, t);
+		/* Served stale, or a download resumed: clients saw no error. */
+		if ((served = json_string_value(json_object_get(o,
+		    "served"))) != NULL)
+			logsum_tally_add(&ls->ls_degraded, served, n);
 		st = json_object_get(o, "client_status");
 		if (json_is_integer(st))
 			logsum_tally_int(&ls->ls_clients,
@@ -376,6 +391,8 @@ logsum_sort(const struct logsum *ls)
 	logsum_tally_sort(&ls->ls_clients);
 	logsum_tally_sort(&ls->ls_served);
 	logsum_tally_sort(&ls->ls_other);
+	logsum_tally_sort(&ls->ls_retries);
+	logsum_tally_sort(&ls->ls_degraded);
 }
 
 /* The log's hint, else the cause's general one. */
@@ -451,7 +468,8 @@ logsum_json(const struct logsum *ls)
 		    json_string(hint) : json_null(), "repositories", repos);
 		json_array_append_new(causes, co);
 	}
-	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o},s:o}",
+	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o},s:o,s:o,"
+	    "s:o}",
 	    "first", logsum_time_json(ls->ls_first),
 	    "last", logsum_time_json(ls->ls_last),
 	    "lines", (json_int_t)ls->ls_lines,
@@ -462,7 +480,9 @@ logsum_json(const struct logsum *ls)
 	    "requests", "total", (json_int_t)ls->ls_requests,
 	    "ok", (json_int_t)logsum_tally_get(&ls->ls_served, "200"),
 	    "status", logsum_tally_json(&ls->ls_served),
-	    "other", logsum_tally_json(&ls->ls_other));
+	    "other", logsum_tally_json(&ls->ls_other),
+	    "retries", logsum_tally_json(&ls->ls_retries),
+	    "degraded", logsum_tally_json(&ls->ls_degraded));
 	return o;
 }
 
@@ -517,6 +537,14 @@ logsum_print(const struct logsum *ls, FILE *f)
 		/* "repeated" lines say how many, not what clients got. */
 		fprintf(f, "\nclients got (repeats not itemised): ");
 		logsum_print_tally(f, &ls->ls_clients, SIZE_MAX);
+	}
+	if (ls->ls_degraded.t_n > 0) {
+		fprintf(f, "\nanswered despite the failure: ");
+		logsum_print_tally(f, &ls->ls_degraded, SIZE_MAX);
+	}
+	if (ls->ls_retries.t_n > 0) {
+		fprintf(f, "\nsent again after a transient failure: ");
+		logsum_print_tally(f, &ls->ls_retries, SIZE_MAX);
 	}
 	if (ls->ls_requests > 0) {
 		fprintf(f, "\nserved: %lu requests, %lu with 200; by status: ",

@@ -52,6 +52,8 @@ def test_summary(pullproxy_factory, registry):
     assert out["requests"]["ok"] >= 2
     assert out["requests"]["status"]["502"] == 4
     assert out["not_json"] == 0
+    # Each refused request was sent twice more first (retries = 2).
+    assert out["retries"] == {"connection_refused": 8}
 
     text = logs(str(pp.log_path)).stdout
     assert "connection_refused: 4, " in text
@@ -59,6 +61,7 @@ def test_summary(pullproxy_factory, registry):
     assert "repositories: team/api 3, team/web 1" in text
     assert "clients got (repeats not itemised): 502 2, 404 1" in text
     assert "served: " in text
+    assert "sent again after a transient failure: connection_refused 8" in text
 
     # stdin, by default and as "-".
     with open(pp.log_path) as f:

@@ -249,8 +249,9 @@ hostsconf_ctd_scan(const char *text, struct hostsconf_ctd *ctd, int *bad_line)
 			/* [table] or [[array of tables]] */
 			brackets = p[1] == '[' ? 2 : 1;
 			q = p + brackets;
+			/* A table it cannot read matches nothing. */
 			if (hostsconf_toml_keys(&q, &table) == -1 || *q != ']')
-				table.n = HOSTSCONF_KEYS_MAX;	/* matches nothing */
+				table.n = HOSTSCONF_KEYS_MAX;
 		} else if (*p != '#' && p < eol) {
 			q = p;
 			if (hostsconf_toml_keys(&q, &key) == 0 && *q == '=') {
@@ -352,8 +353,8 @@ hostsconf_render(const struct config_registry *r, const char *listen_host,
 	n = snprintf(buf, len,
 	    "%s%s"
 	    "#\n"
-	    "# containerd pulls %s through this node's pullproxy; the registry\n"
-	    "# itself (server) is the fallback when pullproxy is down or fails.\n"
+	    "# containerd pulls %s through this node's pullproxy;\n"
+	    "# the registry (server) is the fallback when pullproxy fails.\n"
 	    "server = \"%s\"\n"
 	    "\n"
 	    "[host.\"http://%s:%d\"]\n"
@@ -705,6 +706,9 @@ hostsconf_put(const struct hostsconf_opts *o, struct hostsconf_file *f,
 		fprintf(out, "set %s aside as %s\n", f->path, HOSTSCONF_SAVED);
 	}
 	if (hostsconf_write(f, text, err, errlen) == -1) {
+		/* Leave things as they were found. */
+		if (f->state == HOSTSCONF_FOREIGN)
+			rename(f->saved, f->path);
 		if (!f->dir_exists)
 			rmdir(f->dir);
 		return -1;

@@ -68,7 +68,8 @@ test_scan_tables(void **state)
 	    "config_path = \"/no\"\n"
 	    "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n"
 	    "# config_path = \"/etc/containerd/certs.d\"\n"
-	    "  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n"
+	    "  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors."
+	    "\"docker.io\"]\n"
 	    "    endpoint = [\"https://registry-1.docker.io\"]\n"
 	    "[plugins.\"io.containerd.other\".registry]\n"
 	    "config_path = \"/no\"\n", &ctd, &bad), 0);
@@ -493,8 +494,8 @@ test_remove_keeps_others(void **state)
 	assert_true(hostsconf_is_ours(read_text(path_of(fx,
 	    "127.0.0.1:5001/hosts.toml")), NULL));
 	/* A file pullproxy made in a directory it did not make: no mark. */
-	assert_null(strstr(read_text(path_of(fx, "myacr.azurecr.io/hosts.toml")),
-	    HOSTSCONF_MARK_DIR));
+	assert_null(strstr(read_text(path_of(fx,
+	    "myacr.azurecr.io/hosts.toml")), HOSTSCONF_MARK_DIR));
 
 	/* Someone adds a file to a directory pullproxy made: it stays. */
 	write_text(path_of(fx, "127.0.0.1:5001/ca.crt"), "cert\n");
@@ -554,7 +555,8 @@ test_check_containerd(void **state)
 	assert_non_null(strstr(err, ":3: config_path = "));
 	assert_null(strchr(err, '\n'));
 
-	write_text(cfgpath, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n");
+	write_text(cfgpath,
+	    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n");
 	assert_int_equal(hostsconf_check_containerd(cfgpath,
 	    "/etc/containerd/certs.d", out_reset(fx), err, sizeof(err)), -1);
 	assert_int_equal(strncmp(err, cfgpath, strlen(cfgpath)), 0);

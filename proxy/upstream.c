@@ -24,9 +24,12 @@
  * same easy handle added again is a new request.
  */
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
+#include <arpa/inet.h>
 #include <event2/event.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +63,13 @@ enum xfer_state {
 	XFER_DEAD,	/* finishing, or cancelled and waiting for the kick */
 };
 
+/* How far into the node an address reaches, for the redirect rule. */
+enum upstream_reach {
+	REACH_REMOTE,		/* off this node */
+	REACH_LOOPBACK,		/* this host: 127/8, 0/8, ::1, :: */
+	REACH_LINKLOCAL,	/* 169.254/16, fe80::/10, Azure's wireserver */
+};
+
 struct upstream_xfer {
 	struct upstream		*x_up;
 	CURL			*x_easy;
@@ -86,6 +96,10 @@ struct upstream_xfer {
 	size_t			 x_heldlen;
 	struct upstream_result	 x_heldres;
 	const struct upstream_result *x_res;	/* during on_done */
+	/* The redirect rule (upstream_hop_allowed): */
+	int			 x_https;	/* asked over https: stays https */
+	enum upstream_reach	 x_reach;	/* where the last hop went */
+	char			 x_refusal[128];	/* a hop it refused */
 	/* With a ratelimit handle: */
 	struct ratelimit	*x_rl;
 	enum ratelimit_class	 x_rlclass;
@@ -605,6 +619,15 @@ upstream_note_failure(struct upstream_xfer *x, struct upstream_result *res)
 	/* The hop that failed, for the log: a redirect's target. */
 	if (res->curl != CURLE_OK)
 		upstream_note_url(x);
+	/*
+	 * A hop the redirect rules refused: one code for it (curl says
+	 * "couldn't connect" or "unsupported protocol", which other faults
+	 * give too) and the reason, for classify.h and the log.
+	 */
+	if (res->curl != CURLE_OK && x->x_refusal[0] != '\0') {
+		res->curl = CURLE_ABORTED_BY_CALLBACK;
+		res->error = x->x_refusal;
+	}
 }
 
 static void
@@ -690,8 +713,13 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 	 * tell: it stays NULL while CURLOPT_FOLLOWLOCATION is on.)
 	 */
 	if (status >= 300 && status < 400 && curl_easy_header(x->x_easy,
-	    "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK)
+	    "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK) {
+		/* curl refuses it (REDIR_PROTOCOLS): say why in the log. */
+		if (x->x_https && strncasecmp(loc->value, "http:", 5) == 0)
+			snprintf(x->x_refusal, sizeof(x->x_refusal),
+			    "redirect from https to plain http refused");
 		return len;
+	}
 	upstream_note_url(x);
 	if (status == 401 && upstream_auth_hold(x))
 		return len;
@@ -721,6 +749,104 @@ upstream_curl_write(char *buf, size_t size, size_t n, void *arg)
 		return len;
 	x->x_cbs.on_data(x, buf, len, x->x_arg);
 	return len;
+}
+
+/* addr: an in_addr or in6_addr. IPv4-mapped IPv6 is its IPv4 address. */
+static enum upstream_reach
+upstream_reach(int family, const void *addr)
+{
+	static const unsigned char mapped[12] = { [10] = 0xff, [11] = 0xff };
+	const unsigned char *b = addr;
+	int i;
+
+	if (family == AF_INET6 && memcmp(b, mapped, sizeof(mapped)) != 0) {
+		if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
+			return REACH_LINKLOCAL;
+		for (i = 0; i < 15 && b[i] == 0; i++)
+			;
+		return i == 15 && b[15] <= 1 ? REACH_LOOPBACK : REACH_REMOTE;
+	}
+	if (family == AF_INET6)
+		b += sizeof(mapped);
+	else if (family != AF_INET)
+		return REACH_REMOTE;
+	/* connect() to 0.0.0.0 reaches this host's listeners too. */
+	if (b[0] == 127 || b[0] == 0)
+		return REACH_LOOPBACK;
+	/* 168.63.129.16: reachable from Azure VMs only, like IMDS. */
+	if ((b[0] == 169 && b[1] == 254) ||
+	    (b[0] == 168 && b[1] == 63 && b[2] == 129 && b[3] == 16))
+		return REACH_LINKLOCAL;
+	return REACH_REMOTE;
+}
+
+/*
+ * The redirect rule. A registry may send pullproxy elsewhere (ACR: to
+ * blob storage) but never further into the node than the request went: a
+ * hop after a redirect may reach a loopback or link-local address only
+ * when the hop before it reached the same kind. A registry on the
+ * internet cannot point pullproxy at 127.0.0.1, IMDS or the wireserver;
+ * a lab registry on 127.0.0.1 can still redirect to storage there. By
+ * address, not name: what a name resolves to is what gets contacted.
+ * Called for every new connection and every request sent on one.
+ */
+static int
+upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr)
+{
+	enum upstream_reach to = upstream_reach(family, addr);
+	long redirects = 0;
+	char ip[INET6_ADDRSTRLEN];
+
+	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_COUNT, &redirects);
+	if (redirects == 0 || to == REACH_REMOTE || to == x->x_reach)
+		return 1;
+	inet_ntop(family, addr, ip, sizeof(ip));
+	snprintf(x->x_refusal, sizeof(x->x_refusal), "redirect to %s "
+	    "address %s refused: the registry is not there", to ==
+	    REACH_LOOPBACK ? "loopback" : "link-local", ip);
+	return 0;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: a refused hop is never contacted. */
+static curl_socket_t
+upstream_curl_open(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	const void *ip = a->family == AF_INET6 ?
+	    (const void *)&((const struct sockaddr_in6 *)&a->addr)->sin6_addr :
+	    (const void *)&((const struct sockaddr_in *)&a->addr)->sin_addr;
+
+	if (purpose == CURLSOCKTYPE_IPCXN &&
+	    (a->family == AF_INET || a->family == AF_INET6) &&
+	    !upstream_hop_allowed(arg, a->family, ip))
+		return CURL_SOCKET_BAD;
+	return socket(a->family, a->socktype, a->protocol);
+}
+
+/*
+ * CURLOPT_PREREQFUNCTION: before each request, on a new connection or a
+ * reused one (which the socket check never sees), and the hop it makes.
+ */
+static int
+upstream_curl_prereq(void *arg, char *primary_ip, char *local_ip,
+    int primary_port, int local_port)
+{
+	struct upstream_xfer *x = arg;
+	unsigned char addr[sizeof(struct in6_addr)];
+	int family = strchr(primary_ip, ':') != NULL ? AF_INET6 : AF_INET;
+	char ip[INET6_ADDRSTRLEN];
+
+	(void)local_ip;
+	(void)primary_port;
+	(void)local_port;
+	/* Without a zone ("fe80::1%eth0"), which inet_pton refuses. */
+	snprintf(ip, sizeof(ip), "%.*s", (int)strcspn(primary_ip, "%"),
+	    primary_ip);
+	if (inet_pton(family, ip, addr) != 1)
+		return CURL_PREREQFUNC_OK;	/* not IP: a unix socket */
+	if (!upstream_hop_allowed(x, family, addr))
+		return CURL_PREREQFUNC_ABORT;
+	x->x_reach = upstream_reach(family, addr);
+	return CURL_PREREQFUNC_OK;
 }
 
 struct upstream *
@@ -895,7 +1021,10 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 		curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body);
 	}
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	/* From https, never on to plain http, where anyone could answer. */
+	x->x_https = strncasecmp(req->url, "https:", 6) == 0;
+	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR,
+	    x->x_https ? "https" : "http,https");
 	/*
 	 * ACR answers blob GETs with 307 to blob storage. Since curl 7.83 a
 	 * custom Authorization header goes to the original host and port
@@ -922,6 +1051,10 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, upstream_curl_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, upstream_curl_open);
+	curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
+	curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, upstream_curl_prereq);
+	curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
 
 	TAILQ_INSERT_TAIL(&up->u_pending, x, x_entry);
 	up->u_active++;

@@ -108,6 +108,9 @@ static const struct sample samples[] = {
 	    CLASSIFY_PHASE_REDIRECT },
 	{ "redirect loop", { .curl = CURLE_TOO_MANY_REDIRECTS, .host = HOST },
 	    CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
+	{ "redirect refused", { .curl = CURLE_ABORTED_BY_CALLBACK,
+	    .redirected = 1, .connected = 1, .status = 307, .host = HOST },
+	    CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
 	{ "a cache write, not upstream", { .status = 200, .host = HOST },
 	    CLASSIFY_NONE, CLASSIFY_PHASE_REQUEST },
 };

@@ -7,6 +7,7 @@
 #define PP_REPLY_H
 
 #include <stddef.h>
+#include <jansson.h>
 
 #include "classify.h"
 #include "oci.h"
@@ -55,6 +56,14 @@ size_t reply_error(struct evhttp_request *req, int status, enum oci_err err,
  */
 int reply_upstream_status(enum oci_route_kind kind, long status,
     const void *body, size_t len, enum oci_err *err);
+
+/*
+ * The code and message of an upstream error body: OCI's errors[0], or
+ * OAuth's error and error_description (NULL when absent). Valid while
+ * *doc lives: json_decref it.
+ */
+void reply_body_error(const void *body, size_t len, json_t **doc,
+    const char **code, const char **msg);
 
 /*
  * The client's status and OCI error when no upstream answer came: 503 when

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cachecmd.h"
+#include "check.h"
 #include "config.h"
 #include "hostsconf.h"
 #include "log.h"
@@ -27,6 +28,8 @@ usage(FILE *f)
 	    "       pullproxy containerd-config [--config FILE] [--hosts-dir DIR]\n"
 	    "                       [--containerd-config FILE] [--force]\n"
 	    "                       [--dry-run] [--remove]\n"
+	    "       pullproxy check [--config FILE] [--registry HOST[=URL]]\n"
+	    "                       [--json] [IMAGE]\n"
 	    "       pullproxy --version | --help\n"
 	    "\n"
 	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
@@ -48,7 +51,12 @@ usage(FILE *f)
 	    "                with hints, what clients got, what was served\n"
 	    "  containerd-config  write containerd's hosts.toml for each\n"
 	    "                registry (pullproxy first, the registry as\n"
-	    "                fallback); --remove takes back what it wrote\n");
+	    "                fallback); --remove takes back what it wrote\n"
+	    "  check         can this node pull? config, name, DNS, TCP, TLS,\n"
+	    "                /v2/, identity, manifest and platform, each with\n"
+	    "                the cause and hint of a failure; exit 0 only when\n"
+	    "                a pull would work (default config\n"
+	    "                " CHECK_DEFAULT_CONFIG ")\n");
 }
 
 static int
@@ -113,6 +121,8 @@ main(int argc, char **argv)
 		return logsum_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "containerd-config") == 0)
 		return hostsconf_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "check") == 0)
+		return check_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
 	    argv[1]);
 	return 2;

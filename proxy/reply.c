@@ -106,11 +106,7 @@ reply_client_release(struct reply_client *c, int abort_client, int started)
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "internal error");
 }
 
-/*
- * The code and message of an upstream error body: OCI's errors[0], or
- * OAuth's error and error_description. Valid while *doc lives.
- */
-static void
+void
 reply_body_error(const void *body, size_t len, json_t **doc,
     const char **code, const char **msg)
 {

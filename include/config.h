@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #define CONFIG_REGISTRY_MAX	32
+#define CONFIG_MIRROR_MAX	4
 #define CONFIG_ERR_MAX		512
 #define CONFIG_IMDS_URL		"http://169.254.169.254"
 
@@ -22,6 +23,15 @@ enum config_auth {
 	CONFIG_AUTH_BASIC,		/* username and password files */
 	CONFIG_AUTH_ACR_REFRESH_TOKEN,	/* an ACR refresh token file */
 	CONFIG_AUTH_MANAGED_IDENTITY,	/* IMDS, then ACR's token exchange */
+};
+
+/*
+ * A mirror of a registry (an in-cluster pullproxy, a distribution or
+ * Harbor proxy, an ACR connected registry), asked before it.
+ */
+struct config_mirror {
+	char		*url;		/* base URL, as the registry's */
+	struct circuit	*circuit;	/* run time: its own breaker */
 };
 
 struct config_registry {
@@ -56,6 +66,13 @@ struct config_registry {
 	long	 circuit_failures;	/* 5; 0: never open */
 	long	 circuit_open_s;	/* 10 */
 	long	 retries;		/* 2 */
+	/*
+	 * mirrors = URL, URL: tried in order before url, each with its own
+	 * circuit. Asked without the registry's credentials, with
+	 * ?ns=<name> as containerd asks a mirror.
+	 */
+	struct config_mirror mirrors[CONFIG_MIRROR_MAX];
+	size_t	 nmirrors;
 	/* Run time: made by the server at start-up, NULL in a parsed config. */
 	struct auth *auth;
 	struct ratelimit *ratelimit;

@@ -26,6 +26,12 @@
  * when it fails before anything reached the caller in a way that may not
  * happen twice (connection refused or reset, 500, 502, 503, 504): the
  * caller sees only the last attempt. Only for idempotent requests.
+ *
+ * A transfer with mirrors asks them first, in order, skipping those whose
+ * circuit is open: the URL's part after base goes under the mirror's
+ * URL, with ?ns=<registry> (as containerd asks a mirror), and no
+ * credentials. A mirror's transport failure or error status (but 416)
+ * is not reported: the next one is asked, then the registry.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
@@ -38,6 +44,7 @@
 
 struct auth;
 struct circuit;
+struct config_mirror;
 struct event_base;
 struct upstream;
 struct upstream_xfer;
@@ -83,7 +90,10 @@ struct upstream_req {
 	enum ratelimit_class rlclass;
 	struct circuit	*circuit;	/* the registry's breaker, or NULL */
 	int		 retries;	/* sends after the first; 0 unless idempotent */
-	const char	*registry;	/* its name, for metrics and logs */
+	const char	*registry;	/* its name, for metrics, logs and ns */
+	const char	*base;		/* the registry's URL, a prefix of url */
+	const struct config_mirror *mirrors;	/* asked first, or NULL */
+	size_t		 nmirrors;
 	const char	*ca_file;	/* extra CA bundle, or NULL */
 	int		 tls_verify;
 	long		 connect_timeout_ms;

@@ -58,6 +58,8 @@ config_registry_clear(struct config_registry *r)
 	free(r->client_id);
 	free(r->tenant);
 	free(r->imds_url);
+	while (r->nmirrors > 0)
+		free(r->mirrors[--r->nmirrors].url);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -329,6 +331,31 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 	return "unknown key";
 }
 
+/* "URL, URL ...": comma or space separated; the key again replaces. */
+static const char *
+config_set_mirrors(struct config_registry *r, const char *value)
+{
+	char *copy, *url, *last;
+	const char *msg = NULL;
+
+	while (r->nmirrors > 0)
+		free(r->mirrors[--r->nmirrors].url);
+	if ((copy = strdup(value)) == NULL)
+		return "out of memory";
+	for (url = strtok_r(copy, ", \t", &last); url != NULL && msg == NULL;
+	    url = strtok_r(NULL, ", \t", &last)) {
+		if (r->nmirrors == CONFIG_MIRROR_MAX)
+			msg = "at most 4 mirrors";
+		else if ((msg = config_set_url(&r->mirrors[r->nmirrors].url,
+		    url)) == NULL)
+			r->nmirrors++;
+	}
+	free(copy);
+	if (msg == NULL && r->nmirrors == 0)
+		msg = "needs at least one URL";
+	return msg;
+}
+
 static const char *
 config_set_registry(struct config_registry *r, const char *key,
     const char *value)
@@ -367,6 +394,8 @@ config_set_registry(struct config_registry *r, const char *key,
 		return config_set_long(&r->circuit_open_s, value, 1, 3600);
 	if (strcmp(key, "retries") == 0)
 		return config_set_long(&r->retries, value, 0, 5);
+	if (strcmp(key, "mirrors") == 0)
+		return config_set_mirrors(r, value);
 	return "unknown key";
 }
 

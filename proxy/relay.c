@@ -360,6 +360,9 @@ relay_req_init(struct upstream_req *ureq, const struct config *cfg,
 	ureq->circuit = reg->circuit;
 	ureq->retries = (int)reg->retries;	/* GET and HEAD only */
 	ureq->registry = reg->name;
+	ureq->base = reg->url;
+	ureq->mirrors = reg->mirrors;
+	ureq->nmirrors = reg->nmirrors;
 	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
 	ureq->stall_timeout_s = cfg->stall_timeout_s;
 }

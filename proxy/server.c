@@ -273,11 +273,17 @@ server_registries_new(struct server *srv)
 	struct config *cfg = srv->s_cfg;
 	struct config_registry *reg;
 	char err[CONFIG_ERR_MAX];
-	size_t i;
+	size_t i, m;
 
 	metrics_reset();
 	for (i = 0; i < cfg->nregistries; i++) {
 		reg = &cfg->registries[i];
+		/* A mirror's metrics go by its URL. */
+		for (m = 0; m < reg->nmirrors; m++)
+			if ((reg->mirrors[m].circuit = circuit_new(
+			    reg->mirrors[m].url, reg->circuit_failures,
+			    reg->circuit_open_s)) == NULL)
+				return -1;
 		if ((reg->ratelimit = ratelimit_new(srv->s_base, reg->name,
 		    reg->rate, (double)reg->burst, reg->max_wait_s)) == NULL ||
 		    (reg->circuit = circuit_new(reg->name,
@@ -312,13 +318,17 @@ static void
 server_ratelimit_free(struct server *srv)
 {
 	struct config *cfg = srv->s_cfg;
-	size_t i;
+	size_t i, m;
 
 	for (i = 0; i < cfg->nregistries; i++) {
 		ratelimit_free(cfg->registries[i].ratelimit);
 		cfg->registries[i].ratelimit = NULL;
 		circuit_free(cfg->registries[i].circuit);
 		cfg->registries[i].circuit = NULL;
+		for (m = 0; m < cfg->registries[i].nmirrors; m++) {
+			circuit_free(cfg->registries[i].mirrors[m].circuit);
+			cfg->registries[i].mirrors[m].circuit = NULL;
+		}
 	}
 }
 

@@ -37,6 +37,7 @@
 
 #include "auth.h"
 #include "circuit.h"
+#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "upstream.h"
@@ -48,10 +49,14 @@
 /* Before the first retry; doubled for each next one, with jitter. */
 #define UPSTREAM_BACKOFF_MS	200
 
+/* x_mirror before the kick picks where the next send goes. */
+#define UPSTREAM_CHOOSE		(-2)
+
 enum xfer_hold {
 	HOLD_NONE,
 	HOLD_AUTH,	/* a 401 auth can answer */
 	HOLD_RETRY,	/* a transient 5xx, to be sent again */
+	HOLD_FALLBACK,	/* a mirror's error: the next origin is asked */
 };
 
 enum xfer_state {
@@ -115,6 +120,14 @@ struct upstream_xfer {
 	int			 x_retries;	/* left */
 	struct event		*x_backoff;
 	const char		*x_registry;
+	/* With mirrors (origins: the mirrors in order, then the registry): */
+	const struct config_mirror *x_mirrors;
+	size_t			 x_nmirrors;
+	size_t			 x_next;	/* the next mirror to ask */
+	int			 x_mirror;	/* asked: index; -1 the registry */
+	int			 x_mprobe;	/* the mirror's half-open probe */
+	const char		*x_base;	/* the registry's URL */
+	char			*x_regurl;	/* the URL at the registry */
 };
 TAILQ_HEAD(xferq, upstream_xfer);
 
@@ -187,6 +200,7 @@ upstream_xfer_free(struct upstream_xfer *x)
 	curl_slist_free_all(x->x_reqheaders);
 	curl_slist_free_all(x->x_authheaders);
 	free(x->x_url);
+	free(x->x_regurl);
 	free(x->x_requrl);
 	free(x->x_sent);
 	free(x->x_heldbody);
@@ -293,6 +307,64 @@ upstream_circuit_allow(struct upstream_xfer *x)
 	return 0;
 }
 
+/* Where the next send goes; the URL without its query, for logs. */
+static int
+upstream_set_url(struct upstream_xfer *x, const char *url)
+{
+	char *copy;
+
+	if ((copy = strdup(url)) == NULL)
+		return -1;
+	copy[strcspn(copy, "?")] = '\0';
+	free(x->x_url);
+	x->x_url = copy;
+	curl_easy_setopt(x->x_easy, CURLOPT_URL, url);
+	/* From https, never on to plain http, where anyone could answer. */
+	x->x_https = strncasecmp(url, "https:", 6) == 0;
+	curl_easy_setopt(x->x_easy, CURLOPT_REDIR_PROTOCOLS_STR,
+	    x->x_https ? "https" : "http,https");
+	x->x_refusal[0] = '\0';
+	return 0;
+}
+
+/*
+ * Pick the origin of the next send, once per fallback: the first mirror
+ * from x_next whose circuit lets a request go (asked as containerd asks
+ * a mirror: ?ns=, no credentials), else the registry.
+ */
+static int
+upstream_origin(struct upstream_xfer *x)
+{
+	const struct config_mirror *m;
+	char *url;
+	int rc;
+
+	if (x->x_mirror != UPSTREAM_CHOOSE)
+		return 0;
+	for (; x->x_next < x->x_nmirrors; x->x_next++) {
+		m = &x->x_mirrors[x->x_next];
+		if (!circuit_allow(m->circuit, &x->x_mprobe))
+			continue;
+		if (asprintf(&url, "%s%s%cns=%s", m->url, x->x_regurl +
+		    strlen(x->x_base), strchr(x->x_regurl, '?') != NULL ? '&' :
+		    '?', x->x_registry) == -1) {
+			circuit_abandon(m->circuit, x->x_mprobe);
+			x->x_mprobe = 0;
+			return -1;
+		}
+		x->x_mirror = (int)x->x_next++;
+		rc = upstream_set_url(x, url);
+		free(url);
+		curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
+		    x->x_reqheaders);
+		return rc;
+	}
+	x->x_mirror = -1;
+	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
+	    x->x_authheaders != NULL ? x->x_authheaders : x->x_reqheaders);
+	return upstream_set_url(x, x->x_regurl);
+}
+
 static void
 upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -314,7 +386,13 @@ upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 			upstream_end_unsent(x, CURLE_ABORTED_BY_CALLBACK);
 			continue;
 		}
-		if (!upstream_circuit_allow(x)) {
+		if (upstream_origin(x) == -1) {
+			snprintf(x->x_errbuf, sizeof(x->x_errbuf),
+			    "out of memory");
+			upstream_end_unsent(x, CURLE_OUT_OF_MEMORY);
+			continue;
+		}
+		if (x->x_mirror < 0 && !upstream_circuit_allow(x)) {
 			upstream_end_unsent(x, CURLE_COULDNT_CONNECT);
 			continue;
 		}
@@ -522,16 +600,29 @@ upstream_status_transient(long status)
 	    status == 504;
 }
 
-/* Hold a transient 5xx when a retry is left: the caller never sees it. */
+/* Keep this answer from the caller: 1 when it is held. */
 static int
-upstream_retry_hold(struct upstream_xfer *x, long status)
+upstream_hold(struct upstream_xfer *x, enum xfer_hold kind)
 {
-	if (x->x_retries == 0 || !upstream_status_transient(status) ||
-	    (x->x_heldbody == NULL &&
-	    (x->x_heldbody = malloc(UPSTREAM_HELD_MAX)) == NULL))
+	if (x->x_heldbody == NULL &&
+	    (x->x_heldbody = malloc(UPSTREAM_HELD_MAX)) == NULL)
 		return 0;
-	x->x_held = HOLD_RETRY;
+	x->x_held = kind;
 	return 1;
+}
+
+/*
+ * A mirror's error status goes no further (the next origin is asked),
+ * nor does a transient 5xx when a retry is left.
+ */
+static int
+upstream_status_hold(struct upstream_xfer *x, long status)
+{
+	if (x->x_mirror >= 0 && status >= 400 && status != 416)
+		return upstream_hold(x, HOLD_FALLBACK);
+	if (x->x_retries > 0 && upstream_status_transient(status))
+		return upstream_hold(x, HOLD_RETRY);
+	return 0;
 }
 
 /* How this attempt failed, in classify.h's terms (NONE: it did not). */
@@ -546,6 +637,35 @@ upstream_cause(const struct upstream_result *res)
 	in.status = res->status;
 	classify(&in, &c);
 	return c.cause;
+}
+
+/*
+ * A mirror's answer counts for its circuit. When it failed and nothing
+ * reached the caller, the next origin is asked at once: 1.
+ */
+static int
+upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
+{
+	const struct config_mirror *m = &x->x_mirrors[x->x_mirror];
+	enum classify_cause cause = upstream_cause(res);
+
+	circuit_observe(m->circuit, x->x_mprobe, cause);
+	x->x_mprobe = 0;
+	if (x->x_headers_done ||
+	    (res->curl == CURLE_OK && x->x_held != HOLD_FALLBACK))
+		return 0;
+	metrics_failure(metrics_registry(m->url), cause);
+	log_event(LOG_LEVEL_INFO, "mirror failed", json_pack(
+	    "{s:s,s:s,s:s,s:s,s:I,s:s}", "registry", x->x_registry, "mirror",
+	    m->url, "url", upstream_xfer_url(x), "cause",
+	    classify_cause_name(cause), "status", (json_int_t)res->status,
+	    "error", res->error));
+	x->x_held = HOLD_NONE;
+	x->x_heldlen = 0;
+	x->x_errbuf[0] = '\0';
+	x->x_mirror = UPSTREAM_CHOOSE;
+	upstream_requeue(x);
+	return 1;
 }
 
 static void
@@ -658,7 +778,8 @@ upstream_check_done(struct upstream *up)
 		    x->x_errbuf : curl_easy_strerror(res.curl));
 		curl_easy_getinfo(x->x_easy, CURLINFO_TOTAL_TIME, &res.seconds);
 		upstream_note_failure(x, &res);
-		if (x->x_rl != NULL && res.curl == CURLE_OK)
+		/* A mirror's 429 is the mirror's: the registry's pace stays. */
+		if (x->x_rl != NULL && res.curl == CURLE_OK && x->x_mirror < 0)
 			ratelimit_observe(x->x_rl, status,
 			    upstream_xfer_header(x, "Retry-After"));
 		res.attempts = x->x_attempts;
@@ -667,9 +788,11 @@ upstream_check_done(struct upstream *up)
 			upstream_auth_retry(x);
 			continue;
 		}
+		if (x->x_mirror >= 0 && upstream_fallback(x, &res))
+			continue;
 		if (upstream_retry(x, &res))
 			continue;
-		if (x->x_circuit != NULL)
+		if (x->x_circuit != NULL && x->x_mirror < 0)
 			circuit_observe(x->x_circuit, x->x_probe,
 			    upstream_cause(&res));
 		x->x_probe = 0;
@@ -721,9 +844,9 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 		return len;
 	}
 	upstream_note_url(x);
-	if (status == 401 && upstream_auth_hold(x))
+	if (upstream_status_hold(x, status))
 		return len;
-	if (upstream_retry_hold(x, status))
+	if (status == 401 && upstream_auth_hold(x))
 		return len;
 	x->x_headers_done = 1;
 	x->x_cbs.on_headers(x, x->x_arg);
@@ -1003,14 +1126,20 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_circuit = req->circuit;
 	x->x_retries = req->body == NULL ? req->retries : 0;
 	x->x_registry = req->registry;
-	if ((x->x_url = strdup(req->url)) != NULL &&
-	    strchr(x->x_url, '?') != NULL)
-		*strchr(x->x_url, '?') = '\0';
-	if (upstream_set_headers(x, req) == -1) {
+	x->x_mirror = -1;
+	if (req->nmirrors > 0 && req->base != NULL && req->registry != NULL &&
+	    strncmp(req->url, req->base, strlen(req->base)) == 0) {
+		x->x_mirrors = req->mirrors;
+		x->x_nmirrors = req->nmirrors;
+		x->x_base = req->base;
+		x->x_mirror = UPSTREAM_CHOOSE;
+	}
+	if ((x->x_regurl = strdup(req->url)) == NULL ||
+	    upstream_set_url(x, req->url) == -1 ||
+	    upstream_set_headers(x, req) == -1) {
 		upstream_xfer_free(x);
 		return NULL;
 	}
-	curl_easy_setopt(e, CURLOPT_URL, req->url);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "pullproxy/" PULLPROXY_VERSION);
 	curl_easy_setopt(e, CURLOPT_NOBODY, req->head ? 1L : 0L);
@@ -1021,10 +1150,6 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 		curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, req->body);
 	}
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	/* From https, never on to plain http, where anyone could answer. */
-	x->x_https = strncasecmp(req->url, "https:", 6) == 0;
-	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR,
-	    x->x_https ? "https" : "http,https");
 	/*
 	 * ACR answers blob GETs with 307 to blob storage. Since curl 7.83 a
 	 * custom Authorization header goes to the original host and port
@@ -1079,6 +1204,9 @@ upstream_xfer_cancel(struct upstream_xfer *x)
 	if (x->x_backoff != NULL)
 		evtimer_del(x->x_backoff);
 	circuit_abandon(x->x_circuit, x->x_probe);
+	if (x->x_mirror >= 0)
+		circuit_abandon(x->x_mirrors[x->x_mirror].circuit,
+		    x->x_mprobe);
 	TAILQ_REMOVE(upstream_queue(up, x), x, x_entry);
 	x->x_state = XFER_DEAD;
 	up->u_active--;

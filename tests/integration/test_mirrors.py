@@ -1,0 +1,119 @@
+"""Registry chaining: `mirrors = URL, ...` in a [registry] section. The
+mirror here is a second pullproxy in front of the same docker-registry
+(the shared tier of a big cluster); the node's pullproxy asks it first,
+falls back to the registry when it fails or lacks the content, and stops
+asking a mirror whose circuit opened."""
+
+import hashlib
+
+from conftest import LOCALHOST, PULLPROXY_BIN, closed_port, run, wait_for
+from test_pull import write_hosts_dir
+
+ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+
+
+def node_proxy(pullproxy_factory, tmp_path, registry, mirrors, extra=""):
+    conf = tmp_path / ("node-%d.conf" % len(list(tmp_path.glob("node-*.conf"))))
+    conf.write_text("[registry %s]\nurl = %s\nmirrors = %s\n%s" % (
+        registry.host, registry.url, ", ".join(mirrors), extra))
+    return pullproxy_factory(registries=[], args=["--config", str(conf)])
+
+
+def get(pp, registry, path):
+    return pp.request("GET", "%s?ns=%s" % (path, registry.host), headers=ACCEPT)
+
+
+def test_pulls_go_through_the_mirror(tmp_path, registry, images, pullproxy_factory):
+    img = images["small"]
+    mirror = pullproxy_factory(registries=[(registry.host, registry.url)])
+    node = node_proxy(pullproxy_factory, tmp_path, registry,
+                      ["http://%s:%d" % (LOCALHOST, mirror.port)])
+    mark = registry.mark()
+    r = get(node, registry, "/v2/%s/manifests/%s" % (img.repo, img.tag))
+    assert r.status == 200 and r.body == img.manifest
+    for digest, blob in img.blobs.items():
+        r = get(node, registry, "/v2/%s/blobs/%s" % (img.repo, digest))
+        assert r.status == 200 and "sha256:" + hashlib.sha256(r.body).hexdigest() == digest
+    # The mirror served every one, with the registry named in ns.
+    routes = {l["route"] for l in mirror.requests() if l["status"] == 200}
+    assert "/v2/%s/manifests/%s" % (img.repo, img.tag) in routes
+    for digest in img.blobs:
+        assert "/v2/%s/blobs/%s" % (img.repo, digest) in routes
+    assert all(l["registry"] == registry.host for l in mirror.requests())
+    # The registry saw each blob once: from the mirror, not the node.
+    blob_gets = [q for q in registry.requests_since(mark)
+                 if q.method == "GET" and "/blobs/" in q.uri]
+    assert len(blob_gets) == len(img.blobs), blob_gets
+    assert not node.logs("mirror failed")
+
+
+def test_a_dead_mirror_is_skipped_once_its_circuit_opens(tmp_path, registry, images,
+                                                         pullproxy_factory):
+    img = images["small"]
+    port, sock = closed_port()
+    dead = "http://%s:%d" % (LOCALHOST, port)
+    try:
+        node = node_proxy(pullproxy_factory, tmp_path, registry, [dead],
+                          "circuit_failures = 2\ncircuit_open_s = 60\n")
+        for digest in list(img.blobs)[:2] + [img.digest]:
+            kind = "manifests" if digest == img.digest else "blobs"
+            r = get(node, registry, "/v2/%s/%s/%s" % (img.repo, kind, digest))
+            assert r.status == 200
+    finally:
+        sock.close()
+    failed = node.logs("mirror failed")
+    assert len(failed) == 2, failed
+    assert failed[0]["mirror"] == dead and failed[0]["cause"] == "connection_refused"
+    opened = wait_for(lambda: node.logs("circuit open"), 5, "circuit open")
+    assert opened[0]["registry"] == dead and opened[0]["failures"] == 2
+    # The registry's own circuit is untouched; the mirror's is in /metrics.
+    metrics = node.get("/metrics").body.decode()
+    assert 'pullproxy_circuit_state{registry="%s"} 1' % dead in metrics
+    assert 'pullproxy_circuit_state{registry="%s"} 0' % registry.host in metrics
+
+
+def test_a_mirror_without_the_content_is_not_a_broken_one(tmp_path, registry, images,
+                                                          pullproxy_factory):
+    """A mirror that answers 404 (here a pullproxy that does not serve this
+    registry) sends each request on to the registry without opening its
+    circuit: it answered."""
+    img = images["small"]
+    other = pullproxy_factory(registries=[("other.example", registry.url)])
+    mirror = "http://%s:%d" % (LOCALHOST, other.port)
+    node = node_proxy(pullproxy_factory, tmp_path, registry, [mirror],
+                      "circuit_failures = 2\n")
+    for digest in img.blobs:
+        assert get(node, registry, "/v2/%s/blobs/%s" % (img.repo, digest)).status == 200
+    failed = node.logs("mirror failed")
+    assert len(failed) == len(img.blobs) and failed[0]["status"] == 404
+    assert failed[0]["cause"] == "not_found"
+    assert not node.logs("circuit open")
+
+
+def test_ctr_pull_through_the_chain(tmp_path, registry, images, pullproxy_factory,
+                                    containerd):
+    img = images["small"]
+    mirror = pullproxy_factory(registries=[(registry.host, registry.url)])
+    node = node_proxy(pullproxy_factory, tmp_path, registry,
+                      ["http://%s:%d" % (LOCALHOST, mirror.port)])
+    hosts = write_hosts_dir(tmp_path / "hosts", registry, node)
+    ref = "%s/%s" % (registry.host, img.ref)
+    cp = containerd.ctr("images", "pull", "--plain-http", "--hosts-dir", str(hosts),
+                        "--snapshotter", "native", ref, check=False)
+    assert cp.returncode == 0, cp.stderr
+    assert img.digest in containerd.ctr("images", "ls").stdout
+    for digest in img.blobs:
+        assert any(l["route"].endswith(digest) and l["status"] == 200
+                   for l in mirror.requests()), digest
+
+
+def test_mirrors_setting_is_checked(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[registry r.azurecr.io]\nurl = https://r.azurecr.io\n"
+                    "mirrors = ftp://cache.local\n")
+    cp = run([PULLPROXY_BIN, "serve", "--config", str(conf)], check=False, timeout=10)
+    assert cp.returncode == 2 and "bad.conf:3" in cp.stderr and "http" in cp.stderr, cp.stderr
+    conf.write_text("[registry r.azurecr.io]\nurl = https://r.azurecr.io\n"
+                    "mirrors = " + ", ".join("http://m%d.local" % i for i in range(5)) + "\n")
+    cp = run([PULLPROXY_BIN, "serve", "--config", str(conf)], check=False, timeout=10)
+    assert cp.returncode == 2 and "at most 4" in cp.stderr, cp.stderr

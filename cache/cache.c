@@ -705,7 +705,10 @@ cache_unpin(struct cache_pin *pin)
 
 	if (pin == NULL)
 		return;
-	c = pin->cp_cache;
+	if ((c = pin->cp_cache) == NULL) {	/* outlived cache_close */
+		free(pin);
+		return;
+	}
 	LIST_REMOVE(pin, cp_entry);
 	mdb_txn_reset(pin->cp_txn);
 	LIST_INSERT_HEAD(&c->c_idle, pin, cp_entry);
@@ -1212,6 +1215,7 @@ cache_open(struct cache **cp, const struct cache_opts *opts, char *err,
 void
 cache_close(struct cache *c)
 {
+	struct cache_pin *pin;
 	struct cache_ent *e;
 
 	if (c == NULL)
@@ -1221,8 +1225,17 @@ cache_close(struct cache *c)
 		cache_lru_flush(c);
 		(void)mdb_env_sync(c->c_env, 1);
 	}
-	/* Pins still out are the caller's bug; their memory is not. */
-	cache_pins_free(&c->c_busy);
+	/*
+	 * Pins still out belong to bytes a cut connection's buffer still
+	 * references until libevent frees it, after this: their transactions
+	 * end here, cache_unpin frees them.
+	 */
+	while ((pin = LIST_FIRST(&c->c_busy)) != NULL) {
+		LIST_REMOVE(pin, cp_entry);
+		mdb_txn_abort(pin->cp_txn);
+		pin->cp_txn = NULL;
+		pin->cp_cache = NULL;
+	}
 	cache_pins_free(&c->c_idle);
 	if (c->c_env != NULL)
 		mdb_env_close(c->c_env);

@@ -17,6 +17,8 @@
  * transfer without one waits on the limited queue (XFER_LIMITED) and
  * comes back to the pending queue admitted, or throttled to be reported.
  * Then the circuit is asked, and an open one ends the transfer unsent.
+ * A send to a mirror is neither paced nor asked the registry's circuit:
+ * the mirror has its own.
  *
  * A transient 5xx is held like a 401; it, or a transport failure before
  * any header reached the caller, sends the transfer to the backoff queue
@@ -380,16 +382,18 @@ upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	while ((x = TAILQ_FIRST(&up->u_pending)) != NULL) {
 		TAILQ_REMOVE(&up->u_pending, x, x_entry);
-		if (!x->x_replay && !upstream_admit(x))
-			continue;
-		if (x->x_replay || x->x_throttled) {
-			upstream_end_unsent(x, CURLE_ABORTED_BY_CALLBACK);
-			continue;
-		}
-		if (upstream_origin(x) == -1) {
+		if (!x->x_replay && !x->x_throttled &&
+		    upstream_origin(x) == -1) {
 			snprintf(x->x_errbuf, sizeof(x->x_errbuf),
 			    "out of memory");
 			upstream_end_unsent(x, CURLE_OUT_OF_MEMORY);
+			continue;
+		}
+		/* The registry's pace is the registry's: mirrors go at once. */
+		if (!x->x_replay && x->x_mirror < 0 && !upstream_admit(x))
+			continue;
+		if (x->x_replay || x->x_throttled) {
+			upstream_end_unsent(x, CURLE_ABORTED_BY_CALLBACK);
 			continue;
 		}
 		if (x->x_mirror < 0 && !upstream_circuit_allow(x)) {

@@ -117,3 +117,18 @@ def test_mirrors_setting_is_checked(tmp_path):
                     "mirrors = " + ", ".join("http://m%d.local" % i for i in range(5)) + "\n")
     cp = run([PULLPROXY_BIN, "serve", "--config", str(conf)], check=False, timeout=10)
     assert cp.returncode == 2 and "at most 4" in cp.stderr, cp.stderr
+
+
+def test_the_registry_pace_does_not_hold_back_the_mirror(tmp_path, registry, images,
+                                                         pullproxy_factory):
+    """rate paces what goes to the registry; a mirror is asked at once."""
+    img = images["small"]
+    mirror = pullproxy_factory(registries=[(registry.host, registry.url)])
+    node = node_proxy(pullproxy_factory, tmp_path, registry,
+                      ["http://%s:%d" % (LOCALHOST, mirror.port)],
+                      "rate = 0.1\nburst = 1\nmax_wait_s = 1\n")
+    paths = ["/v2/%s/blobs/%s" % (img.repo, d) for d in img.blobs]
+    paths.append("/v2/%s/manifests/%s" % (img.repo, img.tag))
+    for path in paths:
+        assert get(node, registry, path).status == 200, path
+    assert not node.logs("upstream failure")

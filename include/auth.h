@@ -74,6 +74,14 @@ struct auth_wait *auth_wait(struct auth *a, const char *url, auth_cb cb,
 /* cb will not run. */
 void auth_wait_cancel(struct auth_wait *w);
 
+/*
+ * A secret file's contents without a trailing newline (64K at most);
+ * NULL with err set ("cannot read PATH: why", "PATH is empty"). Free it
+ * with auth_secret_free, which wipes it first.
+ */
+char *auth_read_secret(const char *path, char *err, size_t errlen);
+void auth_secret_free(char *s);
+
 /* The pieces below are pure, for the unit tests. */
 
 #define AUTH_PARAM_MAX	1024
@@ -98,12 +106,22 @@ struct auth_challenge {
  */
 int auth_challenge_parse(const char *value, struct auth_challenge *c);
 
+/*
+ * The token in a JSON answer: the string under key, else under alt
+ * (token endpoints: "token" or "access_token"; the exchange:
+ * "refresh_token"; IMDS: "access_token"), with expires_in (-1 when
+ * absent). NULL when there is none; the caller frees it.
+ */
+char *auth_token_parse(const void *body, size_t len, const char *key,
+    const char *alt, long *expires_in);
+
 /* The "exp" claim of a JWT (unverified: only its lifetime is wanted). */
 int auth_jwt_exp(const char *jwt, long long *exp);
 
 /*
  * Seconds a token lasts from now: its JWT exp, else expires_in (when
- * >= 0), else 60. May be 0 or less for a token already expired.
+ * >= 0), else 60; a day at most. May be 0 or less for a token already
+ * expired.
  */
 long auth_lifetime(const char *token, long expires_in, time_t now);
 

@@ -38,6 +38,11 @@
 #include "upstream.h"
 
 #define AUTH_DEFAULT_LIFETIME	60	/* s, when a token says nothing */
+/*
+ * Whatever a token claims, it is kept a day at most: a registry cannot
+ * pin one for ever, and now + lifetime stays far from overflowing.
+ */
+#define AUTH_LIFETIME_MAX	86400
 #define AUTH_MARGIN_MIN		30
 #define AUTH_MARGIN_MAX		300
 #define AUTH_BODY_MAX		(64 * 1024)	/* a token endpoint's answer */
@@ -281,7 +286,8 @@ auth_jwt_exp(const char *jwt, long long *exp)
 	if (json_is_integer(v)) {
 		*exp = json_integer_value(v);
 		rc = 0;
-	} else if (json_is_real(v)) {
+	} else if (json_is_real(v) && json_real_value(v) > -1e18 &&
+	    json_real_value(v) < 1e18) {	/* else no long long */
 		*exp = (long long)json_real_value(v);
 		rc = 0;
 	}
@@ -292,11 +298,14 @@ auth_jwt_exp(const char *jwt, long long *exp)
 long
 auth_lifetime(const char *token, long expires_in, time_t now)
 {
-	long long exp;
+	long long exp, left;
 
 	if (auth_jwt_exp(token, &exp) == 0)
-		return (long)(exp - (long long)now);
-	return expires_in >= 0 ? expires_in : AUTH_DEFAULT_LIFETIME;
+		left = exp < (long long)now - AUTH_LIFETIME_MAX ?
+		    -AUTH_LIFETIME_MAX : exp - (long long)now;
+	else
+		left = expires_in >= 0 ? expires_in : AUTH_DEFAULT_LIFETIME;
+	return left < AUTH_LIFETIME_MAX ? (long)left : AUTH_LIFETIME_MAX;
 }
 
 long
@@ -364,7 +373,7 @@ auth_printf(const char *fmt, ...)
 	return n == -1 ? NULL : s;
 }
 
-static void
+void
 auth_secret_free(char *s)
 {
 	if (s == NULL)
@@ -396,8 +405,7 @@ auth_cred_fresh(const struct auth_cred *c, time_t now)
 	return c->c_value != NULL && now < c->c_refresh;
 }
 
-/* The file's contents without a trailing newline; NULL with err set. */
-static char *
+char *
 auth_read_secret(const char *path, char *err, size_t errlen)
 {
 	FILE *f;
@@ -977,18 +985,25 @@ auth_fetch_token(struct auth_fetch *f)
 	auth_secret_free(secret);
 }
 
-/* A string field of a token answer; expires_in may be a number or not. */
-static char *
-auth_json_token(json_t *doc, const char *key, const char *alt, long *expires)
+/* expires_in may be a number or a string. */
+char *
+auth_token_parse(const void *body, size_t len, const char *key,
+    const char *alt, long *expires)
 {
-	const char *v = json_string_value(json_object_get(doc, key));
-	json_t *e = json_object_get(doc, "expires_in");
+	json_t *doc, *e;
+	const char *v;
+	char *tok;
 
+	doc = json_loadb(body, len, 0, NULL);
+	v = json_string_value(json_object_get(doc, key));
+	e = json_object_get(doc, "expires_in");
 	if (v == NULL && alt != NULL)
 		v = json_string_value(json_object_get(doc, alt));
 	*expires = json_is_integer(e) ? (long)json_integer_value(e) :
 	    json_is_string(e) ? strtol(json_string_value(e), NULL, 10) : -1;
-	return v != NULL && *v != '\0' ? strdup(v) : NULL;
+	tok = v != NULL && *v != '\0' ? strdup(v) : NULL;
+	json_decref(doc);
+	return tok;
 }
 
 static void
@@ -1014,19 +1029,16 @@ auth_fetch_answer(struct auth_fetch *f)
 {
 	struct auth_scope *s = f->f_scope;
 	struct auth_cred *c;
-	json_t *doc;
 	time_t now = time(NULL);
 	char *tok, *value;
 	long expires, lifetime;
 	int refresh;
 
-	doc = json_loadb((const char *)evbuffer_pullup(f->f_body, -1),
-	    evbuffer_get_length(f->f_body), 0, NULL);
-	tok = auth_json_token(doc, f->f_phase == AUTH_PHASE_TOKEN ? "token" :
-	    f->f_phase == AUTH_PHASE_EXCHANGE ? "refresh_token" :
+	tok = auth_token_parse(evbuffer_pullup(f->f_body, -1),
+	    evbuffer_get_length(f->f_body), f->f_phase == AUTH_PHASE_TOKEN ?
+	    "token" : f->f_phase == AUTH_PHASE_EXCHANGE ? "refresh_token" :
 	    "access_token", f->f_phase == AUTH_PHASE_TOKEN ? "access_token" :
 	    NULL, &expires);
-	json_decref(doc);
 	if (tok == NULL) {
 		auth_fetch_fail(f, "no token in the answer");
 		return;

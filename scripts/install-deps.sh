@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what pullproxy needs from Debian 12's archive.
 #   install-deps.sh          build and run (demo: a local registry and skopeo)
-#   install-deps.sh --test   also what the test suite drives (containerd, ctr, pytest, sanitizers)
+#   install-deps.sh --test   also what the test suite drives (containerd, ctr, pytest, sanitizers,
+#                            clang and libFuzzer for the fuzz stage)
 #   install-deps.sh --bench  also what bench/ drives (nginx peers, wrk)
 # Idempotent: apt-get skips what is already there.
 set -eu
@@ -9,7 +10,7 @@ build="meson ninja-build pkg-config gcc libevent-dev libcurl4-openssl-dev libssl
        liblmdb-dev libjansson-dev libinih-dev ca-certificates curl"
 demo="docker-registry skopeo umoci"
 test="libcmocka-dev python3 python3-pytest python3-yaml containerd runc openssl lmdb-utils
-      nodejs"
+      nodejs clang libclang-rt-14-dev llvm"
 pkgs="$build $demo"
 bench="nginx wrk openssl python3 procps coreutils"
 [ "${1:-}" = "--test" ] && pkgs="$pkgs $test"

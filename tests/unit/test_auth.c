@@ -139,6 +139,14 @@ test_lifetime(void **state)
 	assert_int_equal(auth_lifetime("opaque", 300, 0), 300);
 	assert_int_equal(auth_lifetime("opaque", 0, 0), 0);
 	assert_int_equal(auth_lifetime("opaque", -1, 0), 60);
+	/* A day at most, and no overflow: expires_in LONG_MAX (fuzzing
+	 * found it), exp {"exp":-9223372036854775808} and {"exp":1e300}. */
+	assert_int_equal(auth_lifetime("opaque", 0x7fffffffffffffffL,
+	    1700000000), 86400);
+	assert_int_equal(auth_lifetime(jwt("eyJleHAiOi05MjIzMzcyMDM2ODU0Nzc1"
+	    "ODA4fQ"), -1, 1700000000), -86400);
+	assert_int_equal(auth_lifetime(jwt("eyJleHAiOjFlMzAwfQ"), 7,
+	    1700000000), 7);
 
 	/* 10%, at least 30 s, at most 5 min, never over half the life. */
 	assert_int_equal(auth_margin(10800), 300);

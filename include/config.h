@@ -93,6 +93,13 @@ struct config {
 	long	 stall_timeout_s;	/* 30: no byte from upstream for this long */
 	long	 shutdown_timeout_s;	/* 30: in-flight transfers on SIGTERM */
 	char	*platform;	/* "os/arch[/variant]"; NULL: the node's (uname) */
+	/*
+	 * Clients (guard.h): the token every request but the health probes
+	 * must carry (required to listen off loopback), and how long a
+	 * request's head (request line and headers) may take to arrive.
+	 */
+	char	*client_token_file;	/* NULL: none asked */
+	long	 header_timeout_s;	/* 10 */
 	size_t	 nregistries;
 	struct config_registry registries[CONFIG_REGISTRY_MAX];
 };
@@ -119,7 +126,8 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err,
 
 /*
  * Whole-config checks: at least one registry, each with a URL and with
- * the files its auth needs (and no settings another auth would use).
+ * the files its auth needs (and no settings another auth would use); a
+ * listen address off loopback only with a client_token_file.
  */
 int config_check(const struct config *cfg, char *err, size_t errlen);
 

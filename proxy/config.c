@@ -2,6 +2,9 @@
  * config: the INI file (inih) and the serve flags. Values are checked as
  * they are read, so every error can name the file line or the flag.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -31,6 +34,7 @@ config_init(struct config *cfg)
 	cfg->connect_timeout_ms = 10000;
 	cfg->stall_timeout_s = 30;
 	cfg->shutdown_timeout_s = 30;
+	cfg->header_timeout_s = 10;
 }
 
 static const char *config_auth_names[] = {
@@ -72,6 +76,7 @@ config_free(struct config *cfg)
 	free(cfg->cache_dir);
 	free(cfg->log_file);
 	free(cfg->platform);
+	free(cfg->client_token_file);
 	for (i = 0; i < cfg->nregistries; i++)
 		config_registry_clear(&cfg->registries[i]);
 	memset(cfg, 0, sizeof(*cfg));
@@ -328,6 +333,10 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 	if (strcmp(key, "shutdown_timeout_s") == 0)
 		return config_set_long(&cfg->shutdown_timeout_s, value, 0,
 		    3600);
+	if (strcmp(key, "client_token_file") == 0)
+		return config_set_nonempty(&cfg->client_token_file, value);
+	if (strcmp(key, "header_timeout_s") == 0)
+		return config_set_long(&cfg->header_timeout_s, value, 1, 300);
 	return "unknown key";
 }
 
@@ -609,10 +618,34 @@ config_check_auth(const struct config_registry *r, char *err, size_t errlen)
 	return 0;
 }
 
+/* Only this node can connect: 127.0.0.0/8, ::1 (or v4-mapped), localhost. */
+static int
+config_loopback(const char *host)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+
+	if (strcasecmp(host, "localhost") == 0)
+		return 1;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return ntohl(a4.s_addr) >> 24 == 127;
+	if (inet_pton(AF_INET6, host, &a6) == 1)
+		return IN6_IS_ADDR_LOOPBACK(&a6) ||
+		    (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+	return 0;
+}
+
 int
 config_check(const struct config *cfg, char *err, size_t errlen)
 {
 	size_t i;
+
+	/* Off loopback, any host on the network could pull as the node. */
+	if (!config_loopback(cfg->listen_host) &&
+	    cfg->client_token_file == NULL)
+		return config_err(err, errlen, "[server] listen: %s is not a "
+		    "loopback address: set [server] client_token_file too "
+		    "(clients then send the token)", cfg->listen_host);
 
 	if (cfg->cache_low_pct >= cfg->cache_high_pct)
 		return config_err(err, errlen, "[server] cache_low_pct: must be "

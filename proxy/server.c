@@ -20,6 +20,7 @@
 #include "circuit.h"
 #include "classify.h"
 #include "config.h"
+#include "guard.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
@@ -30,7 +31,12 @@
 #include "server.h"
 #include "upstream.h"
 
-#define SERVER_MAX_HEADERS	(16 * 1024)	/* request line and headers */
+/*
+ * Request line and headers: what a connection may hold while its head
+ * arrives. Beyond, evhttp answers 400 and closes; below, guard.h answers
+ * 414 and 431 at its own, smaller limits.
+ */
+#define SERVER_MAX_HEADERS	(32 * 1024)
 #define SERVER_MAX_BODY		4096		/* the pull API takes none */
 #define SERVER_IDLE_TIMEOUT	120		/* seconds, keep-alive or slow */
 /*
@@ -49,6 +55,7 @@ struct server {
 	struct relay_ctx	*s_relays;
 	struct blob_ctx		*s_blobs;
 	struct manifest_ctx	*s_manifests;
+	struct guard		*s_guard;
 	unsigned long		 s_nextid;
 };
 
@@ -170,6 +177,40 @@ server_check_names(const struct config *cfg)
 	}
 }
 
+/*
+ * Framing a proxy in front could read differently, or too large: refused
+ * and the connection closed. Then the client token, when one is set:
+ * kubelet's probes (/healthz, /readyz) need none. Returns 1 when answered.
+ */
+static int
+server_guard(struct server *srv, struct evhttp_request *req,
+    const char *path, unsigned long id, const struct timeval *t0)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	const char *method = server_method_name(evhttp_request_get_command(req));
+	const char *why;
+	char *uri;
+	size_t n;
+	int status;
+
+	if ((status = guard_request(req, &why)) != 0) {
+		evhttp_add_header(h, "Connection", "close");
+		uri = strndup(evhttp_request_get_uri(req), 256);
+		n = reply_error(req, status, OCI_ERR_UNSUPPORTED, why);
+		log_request(id, method, uri != NULL ? uri : "-", NULL, status,
+		    n, t0);
+		free(uri);
+		return 1;
+	}
+	if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+	    guard_authorized(srv->s_guard, req))
+		return 0;
+	evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"pullproxy\"");
+	server_reply_error(req, id, OCI_ERR_UNAUTHORIZED,
+	    "this mirror needs its client token", t0);
+	return 1;
+}
+
 static void
 server_request_cb(struct evhttp_request *req, void *arg)
 {
@@ -188,6 +229,8 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	gettimeofday(&t0, NULL);
 	if (path == NULL || *path == '\0')
 		path = "/";
+	if (server_guard(srv, req, path, id, &t0))
+		return;
 	if (server_ops(srv, req, path))
 		return;
 	err = oci_route_parse(path, &route);
@@ -332,14 +375,18 @@ server_ratelimit_free(struct server *srv)
 	}
 }
 
-/* Every client connection's bufferevent, made here to raise its write size. */
+/*
+ * Every client connection's bufferevent: the guard's (it times request
+ * heads), with a larger write size.
+ */
 static struct bufferevent *
 server_bev_cb(struct event_base *base, void *arg)
 {
+	struct server *srv = arg;
 	struct bufferevent *bev;
 
-	(void)arg;
-	bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+	(void)base;
+	bev = guard_bev_new(srv->s_guard);
 	if (bev != NULL)
 		bufferevent_set_max_single_write(bev, SERVER_MAX_WRITE);
 	return bev;
@@ -349,11 +396,19 @@ struct server *
 server_new(struct event_base *base, struct config *cfg)
 {
 	struct server *srv;
+	char err[CONFIG_ERR_MAX];
 
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return NULL;
 	srv->s_base = base;
 	srv->s_cfg = cfg;
+	if ((srv->s_guard = guard_new(base, cfg, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "pullproxy: %s\n", err);
+		log_event(LOG_LEVEL_ERROR, "cannot set up the server",
+		    json_pack("{s:s}", "error", err));
+		free(srv);
+		return NULL;
+	}
 	srv->s_up = upstream_new(base);
 	srv->s_http = evhttp_new(base);
 	if (server_open_cache(srv) == -1) {
@@ -379,7 +434,7 @@ server_new(struct event_base *base, struct config *cfg)
 	evhttp_set_max_body_size(srv->s_http, SERVER_MAX_BODY);
 	evhttp_set_timeout(srv->s_http, SERVER_IDLE_TIMEOUT);
 	evhttp_set_gencb(srv->s_http, server_request_cb, srv);
-	evhttp_set_bevcb(srv->s_http, server_bev_cb, NULL);
+	evhttp_set_bevcb(srv->s_http, server_bev_cb, srv);
 	srv->s_sock = evhttp_bind_socket_with_handle(srv->s_http,
 	    cfg->listen_host, (ev_uint16_t)cfg->listen_port);
 	if (srv->s_sock == NULL) {
@@ -389,6 +444,8 @@ server_new(struct event_base *base, struct config *cfg)
 		server_free(srv);
 		return NULL;
 	}
+	guard_listen(srv->s_guard, evhttp_bound_socket_get_listener(
+	    srv->s_sock));
 	return srv;
 }
 
@@ -396,6 +453,7 @@ void
 server_stop_accepting(struct server *srv)
 {
 	if (srv->s_sock != NULL) {
+		guard_listen(srv->s_guard, NULL);
 		evhttp_del_accept_socket(srv->s_http, srv->s_sock);
 		srv->s_sock = NULL;
 	}
@@ -420,6 +478,7 @@ server_free(struct server *srv)
 	relay_ctx_free(srv->s_relays);
 	if (srv->s_http != NULL)
 		evhttp_free(srv->s_http);
+	guard_free(srv->s_guard);	/* after evhttp: its connections go */
 	server_auth_free(srv);
 	upstream_free(srv->s_up);
 	server_ratelimit_free(srv);

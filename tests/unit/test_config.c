@@ -406,10 +406,62 @@ test_ratelimit(void **state)
 	    "0-3600");
 }
 
+/* Off loopback only with a client token; one line naming the key. */
+static void
+test_listen_security(void **state)
+{
+	static const char *open[] = { "0.0.0.0:5000", "[::]:5000",
+	    "10.1.2.3:5000", "node.example:5000", "[::ffff:10.0.0.1]:5000" };
+	static const char *loopback[] = { "127.0.0.1:5000", "127.9.8.7:5000",
+	    "[::1]:5000", "localhost:5000", "[::ffff:127.0.0.1]:5000" };
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+	const char *path;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(open) / sizeof(open[0]); i++) {
+		assert_int_equal(parse(&cfg, err, 4, "--listen", open[i],
+		    "--registry", "a.io=https://a.io"), 0);
+		assert_int_equal(config_check(&cfg, err, sizeof(err)), -1);
+		if (strncmp(err, "[server] listen: ", 17) != 0 ||
+		    strstr(err, "client_token_file") == NULL)
+			fail_msg("%s: %s", open[i], err);
+		assert_null(strchr(err, '\n'));
+		config_free(&cfg);
+	}
+	for (i = 0; i < sizeof(loopback) / sizeof(loopback[0]); i++) {
+		assert_int_equal(parse(&cfg, err, 4, "--listen", loopback[i],
+		    "--registry", "a.io=https://a.io"), 0);
+		if (config_check(&cfg, err, sizeof(err)) != 0)
+			fail_msg("%s: %s", loopback[i], err);
+		config_free(&cfg);
+	}
+	path = write_file("token.conf", "[server]\nlisten = 0.0.0.0:5000\n"
+	    "client_token_file = /etc/pullproxy/token\nheader_timeout_s = 3\n"
+	    "[registry a.io]\nurl = https://a.io\n");
+	config_init(&cfg);
+	assert_int_equal(config_load_file(&cfg, path, err, sizeof(err)), 0);
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg.client_token_file, "/etc/pullproxy/token");
+	assert_int_equal(cfg.header_timeout_s, 3);
+	config_free(&cfg);
+	config_init(&cfg);
+	assert_int_equal(cfg.header_timeout_s, 10);
+	assert_null(cfg.client_token_file);
+	config_free(&cfg);
+
+	expect_file_error("[server]\nclient_token_file =\n",
+	    "2: [server] client_token_file: must not be empty");
+	expect_file_error("[server]\nheader_timeout_s = 0\n",
+	    "2: [server] header_timeout_s: expected a whole number 1-300");
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_listen_security),
 		cmocka_unit_test(test_defaults_and_flags),
 		cmocka_unit_test(test_bad_flags),
 		cmocka_unit_test(test_file),

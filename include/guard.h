@@ -1,0 +1,68 @@
+/*
+ * guard: what stands between a client and the API. The server's
+ * connections get a deadline for each request head (request line and
+ * headers: evhttp's own timeout restarts with every byte, so a client
+ * sending a byte a second would hold a connection for ever); accept(2)
+ * failing for want of descriptors pauses the listener instead of letting
+ * it spin on the connection left in the backlog; a connection holds
+ * GUARD_INPUT_MAX bytes its client sent at most; requests whose framing
+ * is oversized or ambiguous are refused before routing; and, when
+ * [server] client_token_file is set, every request but the health probes
+ * must carry the token.
+ */
+#ifndef PP_GUARD_H
+#define PP_GUARD_H
+
+#include <stddef.h>
+
+#define GUARD_URI_MAX		8192	/* request target: else 414 */
+#define GUARD_FIELDS_MAX	100	/* header fields: else 431 */
+#define GUARD_HEADERS_MAX	16384	/* header section bytes: else 431 */
+#define GUARD_TOKEN_MIN		16	/* shorter client tokens are refused */
+#define GUARD_INPUT_MAX		(64 * 1024)	/* unread client bytes held */
+
+struct bufferevent;
+struct config;
+struct event_base;
+struct evconnlistener;
+struct evhttp_request;
+struct guard;
+
+/*
+ * Reads the client token file when there is one (kept as its sha256
+ * only). NULL with err set (one line naming the key) when it cannot.
+ */
+struct guard *guard_new(struct event_base *base, const struct config *cfg,
+    char *err, size_t errlen);
+/* After evhttp_free: the connections' records go with it. */
+void guard_free(struct guard *g);
+
+/* A client connection's bufferevent (evhttp_set_bevcb), watched. */
+struct bufferevent *guard_bev_new(struct guard *g);
+/* Pause this listener briefly whenever accept fails. One per process. */
+void guard_listen(struct guard *g, struct evconnlistener *lev);
+
+/*
+ * 0 when the request's framing is sound, else the status to answer
+ * with the connection closed, and why: 414 for a request target longer
+ * than GUARD_URI_MAX; 431 for more than GUARD_FIELDS_MAX header fields
+ * or GUARD_HEADERS_MAX bytes of them; 400 for a field name that is not
+ * a token (a space before the colon), more than one Content-Length or one
+ * that is not a number, or a Transfer-Encoding other than one "chunked"
+ * alone: what an HTTP proxy in front could read differently (request
+ * smuggling).
+ */
+int guard_request(struct evhttp_request *req, const char **why);
+
+/* 1 when no client token is configured or req carries it. */
+int guard_authorized(const struct guard *g, struct evhttp_request *req);
+
+/*
+ * Whether an Authorization value carries the token whose sha256 is
+ * want: "Bearer <token>", or Basic with the token as the password (any
+ * user name). Compared in constant time. Pure, for the unit tests.
+ */
+int guard_token_match(const char *authorization,
+    const unsigned char want[32]);
+
+#endif

@@ -529,8 +529,14 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 		f->f_chunklen += n;
 		buf += n;
 		len -= n;
-		/* The last chunk waits for the digest check. */
-		if (f->f_chunklen < CACHE_CHUNK || f->f_received == f->f_size)
+		/*
+		 * The last chunk waits for the digest check. Whether this
+		 * one is the last is its place in the blob, not whether the
+		 * data has all come: one read can end a full chunk and carry
+		 * the whole of a short last one.
+		 */
+		if (f->f_chunklen < CACHE_CHUNK ||
+		    (uint64_t)(f->f_chunks + 1) * CACHE_CHUNK == f->f_size)
 			continue;
 		if (cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
 		    f->f_chunk, f->f_chunklen) != CACHE_OK) {

@@ -106,6 +106,18 @@ def test_blob_miss_then_hits(registry, images, pullproxy_factory, upstream):
     assert cached == set(img.blobs)
 
 
+def test_blob_whose_last_chunk_is_a_few_bytes(registry, pullproxy_factory):
+    """One read from upstream can end a full chunk and hold the whole of
+    a short last one: the fetch used to spin forever there, freezing the
+    event loop (every client, /healthz included)."""
+    pp = pullproxy_factory()
+    for size in (CHUNK + 1, 3 * CHUNK + 17):
+        digest, _ = push_blob_stream(registry, "pp/tail", blob_chunks(size, size))
+        r = pp.get(blob_path("pp/tail", digest), timeout=20)
+        assert r.status == 200 and sha256_digest(r.body) == digest, size
+        assert pp.get("/healthz", timeout=5).status == 200
+
+
 def test_concurrent_clients_share_one_fetch_and_stream_before_it_ends(
         registry, mid_blob, pullproxy_factory, upstream):
     pp = via(upstream, registry, pullproxy_factory)

@@ -738,6 +738,7 @@ check_main(int argc, char **argv)
 {
 	struct check c;
 	struct config cfg;
+	json_t *report;
 	const char *select = NULL, *host = NULL;
 	char **pass, *image = NULL, imgbuf[1024];
 	int npass, has_config = 0, rc;
@@ -795,9 +796,11 @@ check_main(int argc, char **argv)
 			    "(name an IMAGE to check a pull)");
 	}
 	if (c.json) {
-		json_dumpf(json_pack("{s:o,s:b}", "steps", c.steps, "ok",
-		    c.nfailed == 0), stdout, JSON_INDENT(2));
+		report = json_pack("{s:o,s:b}", "steps", c.steps, "ok",
+		    c.nfailed == 0);
+		json_dumpf(report, stdout, JSON_INDENT(2));
 		printf("\n");
+		json_decref(report);
 	} else
 		json_decref(c.steps);
 	log_set_tap(NULL, NULL);

@@ -104,6 +104,8 @@ struct upstream *upstream_new(struct event_base *base);
 /* Cancels whatever is still running. */
 void upstream_free(struct upstream *up);
 int upstream_active(const struct upstream *up);	/* transfers running */
+/* The loop transfers run on, for callers' own timers. */
+struct event_base *upstream_base(const struct upstream *up);
 
 /* Start a transfer. Returns NULL only when curl can't make a handle. */
 struct upstream_xfer *upstream_xfer_start(struct upstream *up,

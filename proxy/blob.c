@@ -25,6 +25,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <inttypes.h>
@@ -49,6 +50,9 @@
 #define BLOB_ERRBODY_MAX	(16 * 1024)
 #define BLOB_TYPE_DEFAULT	"application/octet-stream"
 #define BLOB_RESUMES		3
+/* A cache without room for a chunk is asked again this often, this long. */
+#define BLOB_ROOM_TRIES		25
+#define BLOB_ROOM_MS		200
 
 struct bfetch;
 
@@ -93,6 +97,8 @@ struct bfetch {
 	int			 f_resumes;	/* Range requests sent so far */
 	int			 f_resuming;	/* the transfer is one of them */
 	uint64_t		 f_skip;	/* resent bytes to drop */
+	struct event		*f_room;	/* waiting for the cache to have room */
+	int			 f_roomtries;
 	struct evbuffer		*f_errbody;
 	TAILQ_HEAD(, breader)	 f_readers;
 };
@@ -404,6 +410,8 @@ bfetch_close(struct bfetch *f, int complete, int status, enum oci_err err,
 			breader_pump(r);
 	}
 	cache_blob_unhold(ctx->bc_cache, f->f_route.reference);
+	if (f->f_room != NULL)
+		event_free(f->f_room);
 	if (f->f_digest != NULL)
 		digest_free(f->f_digest);
 	if (f->f_errbody != NULL)
@@ -494,13 +502,96 @@ bfetch_on_headers(struct upstream_xfer *x, void *arg)
 	}
 }
 
+static int bfetch_send(struct bfetch *, const char *);
+static void bfetch_commit(struct bfetch *, struct upstream_xfer *);
+static void bfetch_room_cb(evutil_socket_t, short, void *);
+
+/* A full chunk went into the cache: readers may go on. */
+static void
+bfetch_stored(struct bfetch *f)
+{
+	struct breader *r, *next;
+
+	f->f_chunks++;
+	f->f_chunklen = 0;
+	/* A pump closes only its own reader, when it is done. */
+	for (r = TAILQ_FIRST(&f->f_readers); r != NULL; r = next) {
+		next = TAILQ_NEXT(r, r_entry);
+		if (r->r_started)
+			breader_pump(r);
+	}
+}
+
+/*
+ * The cache had no room for the bytes in hand (a full chunk, or the last
+ * one with the record) even after evicting: most often because readers
+ * still pin, for a moment, pages an eviction freed, which LMDB cannot
+ * reuse until they let go. Rather than cut every reader: stop the
+ * transfer, keep the chunk, ask again shortly, then go on with a Range
+ * request from where the kept bytes end, as a resume does. 0 when the
+ * tries are spent.
+ */
+static int
+bfetch_wait_room(struct bfetch *f)
+{
+	struct timeval tv = { 0, BLOB_ROOM_MS * 1000 };
+
+	if (f->f_roomtries >= BLOB_ROOM_TRIES || (f->f_room == NULL &&
+	    (f->f_room = evtimer_new(upstream_base(f->f_ctx->bc_up),
+	    bfetch_room_cb, f)) == NULL))
+		return 0;
+	if (f->f_roomtries++ == 0)
+		log_event(LOG_LEVEL_INFO, "cache full: waiting for room",
+		    json_pack("{s:I,s:s,s:I}", "id", (json_int_t)f->f_id,
+		    "digest", f->f_route.reference, "offset",
+		    (json_int_t)f->f_received));
+	if (f->f_xfer != NULL) {
+		upstream_xfer_cancel(f->f_xfer);
+		f->f_xfer = NULL;
+	}
+	evtimer_add(f->f_room, &tv);
+	return 1;
+}
+
+static void
+bfetch_room_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bfetch *f = arg;
+	struct cache *cache = f->f_ctx->bc_cache;
+	enum cache_err ce;
+	char range[48];
+
+	(void)fd;
+	(void)what;
+	if (f->f_received == f->f_size) {	/* the commit waits */
+		bfetch_commit(f, NULL);
+		return;
+	}
+	if ((ce = cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
+	    f->f_chunk, f->f_chunklen)) == CACHE_FULL && bfetch_wait_room(f))
+		return;
+	if (ce != CACHE_OK) {
+		bfetch_log_failure(f, NULL, CLASSIFY_PHASE_REQUEST, 200,
+		    cache_strerror(cache), 502, NULL);
+		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "cache write failed");
+		return;
+	}
+	bfetch_stored(f);
+	snprintf(range, sizeof(range), "bytes=%" PRIu64 "-", f->f_received);
+	f->f_resuming = 1;
+	f->f_skip = 0;
+	if (bfetch_send(f, range) == -1)
+		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM,
+		    "cannot start transfer");
+}
+
 static void
 bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
     void *arg)
 {
 	struct bfetch *f = arg;
 	struct cache *cache = f->f_ctx->bc_cache;
-	struct breader *r, *next;
+	enum cache_err ce;
 	size_t n;
 
 	if (f->f_status != 200) {
@@ -519,12 +610,13 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 		    "upstream sent more than it announced");
 		return;
 	}
-	digest_update(f->f_digest, buf, len);
-	f->f_received += len;
 	while (len > 0) {
 		n = CACHE_CHUNK - f->f_chunklen;
 		if (n > len)
 			n = len;
+		/* Counted as kept: what a full cache drops is asked again. */
+		digest_update(f->f_digest, buf, n);
+		f->f_received += n;
 		memcpy(f->f_chunk + f->f_chunklen, buf, n);
 		f->f_chunklen += n;
 		buf += n;
@@ -538,22 +630,17 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 		if (f->f_chunklen < CACHE_CHUNK ||
 		    (uint64_t)(f->f_chunks + 1) * CACHE_CHUNK == f->f_size)
 			continue;
-		if (cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
-		    f->f_chunk, f->f_chunklen) != CACHE_OK) {
+		if ((ce = cache_chunk_put(cache, f->f_route.reference,
+		    f->f_chunks, f->f_chunk, f->f_chunklen)) != CACHE_OK) {
+			if (ce == CACHE_FULL && bfetch_wait_room(f))
+				return;
 			bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 200,
 			    cache_strerror(cache), 502, NULL);
 			bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM,
 			    "cache write failed");
 			return;
 		}
-		f->f_chunks++;
-		f->f_chunklen = 0;
-		/* A pump closes only its own reader, when it is done. */
-		for (r = TAILQ_FIRST(&f->f_readers); r != NULL; r = next) {
-			next = TAILQ_NEXT(r, r_entry);
-			if (r->r_started)
-				breader_pump(r);
-		}
+		bfetch_stored(f);
 	}
 }
 
@@ -626,8 +713,6 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
     void *arg)
 {
 	struct bfetch *f = arg;
-	struct cache *cache = f->f_ctx->bc_cache;
-	struct cache_blob_info info;
 	char dgst[DIGEST_STR_LEN + 1];
 	enum oci_err err;
 	int status;
@@ -667,13 +752,29 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		    "upstream blob does not match its digest");
 		return;
 	}
+	bfetch_commit(f, x);
+}
+
+/* The whole blob, verified: its last chunk and record go in. */
+static void
+bfetch_commit(struct bfetch *f, struct upstream_xfer *x)
+{
+	struct cache *cache = f->f_ctx->bc_cache;
+	const char *dgst = f->f_route.reference;
+	struct cache_blob_info info;
+	enum cache_err ce;
+
 	memset(&info, 0, sizeof(info));
-	snprintf(info.digest, sizeof(info.digest), "%s", dgst);
+	/* The reference is this digest: on_done compared them. */
+	snprintf(info.digest, sizeof(info.digest), "%.*s",
+	    (int)DIGEST_STR_LEN, dgst);
 	snprintf(info.media_type, sizeof(info.media_type), "%s", f->f_media);
 	info.size = f->f_size;
 	info.created = info.last_access = (uint64_t)time(NULL);
-	if (cache_blob_commit(cache, &info, f->f_chunks, f->f_chunk,
-	    f->f_chunklen) != CACHE_OK) {
+	if ((ce = cache_blob_commit(cache, &info, f->f_chunks, f->f_chunk,
+	    f->f_chunklen)) != CACHE_OK) {
+		if (ce == CACHE_FULL && bfetch_wait_room(f))
+			return;
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_REQUEST, 200,
 		    cache_strerror(cache), 502, NULL);
 		bfetch_close(f, 0, 502, OCI_ERR_UPSTREAM, "cache write failed");

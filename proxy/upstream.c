@@ -1055,6 +1055,12 @@ upstream_active(const struct upstream *up)
 	return up->u_active;
 }
 
+struct event_base *
+upstream_base(const struct upstream *up)
+{
+	return up->u_base;
+}
+
 static int
 upstream_add_line(struct upstream_xfer *x, const char *line)
 {

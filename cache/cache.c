@@ -11,6 +11,7 @@
 #include <sys/file.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,8 @@
 #define CACHE_FLUSH_SECS	10
 #define CACHE_MAP_SLACK		(64ULL << 20)
 #define CACHE_MAP_ALIGN		(1ULL << 20)
+/* Of the disk, kept for LMDB's own pages and whoever else writes there. */
+#define CACHE_DISK_SLACK	(4ULL << 20)
 
 struct cache_ent {
 	unsigned char		 ce_key[CACHE_KEYLEN];
@@ -75,6 +78,9 @@ struct cache {
 	uint64_t		 c_budget;
 	uint64_t		 c_high;	/* bytes */
 	uint64_t		 c_low;
+	int			 c_high_pct;
+	int			 c_low_pct;
+	int			 c_disk_limited;	/* cache_budget's last say */
 
 	void			*c_tree;	/* tsearch root of c_ents */
 	struct cache_ents	 c_ents;
@@ -475,20 +481,74 @@ cache_tx_budget(struct cache *c, MDB_txn *txn, void *arg)
 static enum cache_err cache_evict_lru(struct cache *, uint64_t, uint64_t *);
 
 /*
- * One write transaction. On MDB_MAP_FULL: abort, evict least recently used
- * blobs (at least need bytes, and down to the low watermark) and retry
- * once. With nothing to evict, the retry still follows a layout rewrite:
- * what the last transaction freed (a discard) becomes usable. fn may run
- * twice, so it must not keep state between runs.
+ * The budget in force and its watermarks: the configured ones, or less
+ * when the disk holds less (data.mdb as it is plus the filesystem's free
+ * space, less an eighth and CACHE_DISK_SLACK for LMDB's own pages and for
+ * others on the disk). So a cache on a small or shared disk stops growing
+ * before the disk is full and eviction makes room, as under the budget;
+ * what cannot fit is passed through. Logged when it starts and ends.
+ */
+static uint64_t
+cache_budget(struct cache *c, uint64_t *high, uint64_t *low)
+{
+	uint64_t disk = UINT64_MAX;
+	struct statvfs vfs;
+	struct stat sb;
+	int limited;
+
+	*high = c->c_high;
+	*low = c->c_low;
+	if (fstat(c->c_fd, &sb) == 0 && fstatvfs(c->c_fd, &vfs) == 0) {
+		disk = (uint64_t)sb.st_size + (uint64_t)vfs.f_bavail *
+		    vfs.f_frsize;
+		disk -= disk / 8;
+		disk = disk > CACHE_DISK_SLACK ? disk - CACHE_DISK_SLACK : 0;
+	}
+	limited = disk < c->c_budget;
+	if (limited != c->c_disk_limited && c->c_server)
+		log_msg(limited ? LOG_LEVEL_WARN : LOG_LEVEL_INFO, limited ?
+		    "cache %s: the disk holds less than the budget: %" PRIu64
+		    " bytes in force" : "cache %s: the disk holds the budget "
+		    "again", c->c_dir, disk);
+	c->c_disk_limited = limited;
+	if (!limited)
+		return c->c_budget;
+	*high = disk / 100 * (uint64_t)c->c_high_pct;
+	*low = disk / 100 * (uint64_t)c->c_low_pct;
+	return disk;
+}
+
+/*
+ * Out of room, in the map or on the disk: worth evicting and trying
+ * again. LMDB reports a write cut short by a full disk as EIO.
+ */
+static int
+cache_no_room(struct cache *c, int rc)
+{
+	struct statvfs vfs;
+
+	if (rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT)
+		return 1;
+	return rc == EIO && fstatvfs(c->c_fd, &vfs) == 0 &&
+	    (uint64_t)vfs.f_bavail * vfs.f_frsize < CACHE_DISK_SLACK;
+}
+
+/*
+ * One write transaction. Out of room (cache_no_room): abort, evict least
+ * recently used blobs (at least need bytes, and down to the low
+ * watermark) and retry once; CACHE_FULL if that did not help. With
+ * nothing to evict, the retry still follows a layout rewrite: what the
+ * last transaction freed (a discard) becomes usable. fn may run twice, so
+ * it must not keep state between runs.
  */
 static enum cache_err
 cache_write(struct cache *c, const char *what, uint64_t need, cache_txfn fn,
     void *arg)
 {
 	enum cache_err ce;
-	uint64_t over, n;
+	uint64_t over, n, high, low;
 	MDB_txn *txn;
-	int rc, retried = 0;
+	int rc, full, retried = 0;
 
 	if (c->c_readonly)
 		return cache_err_from_mdb(c, EROFS, what);
@@ -499,11 +559,15 @@ cache_write(struct cache *c, const char *what, uint64_t need, cache_txfn fn,
 			rc = mdb_txn_commit(txn);
 		else
 			mdb_txn_abort(txn);
-		if (rc != MDB_MAP_FULL || retried || c->c_evicting)
-			return cache_err_from_mdb(c, rc, what);
+		full = rc != 0 && cache_no_room(c, rc);
+		if (!full || retried || c->c_evicting) {
+			ce = cache_err_from_mdb(c, rc, what);
+			return full ? CACHE_FULL : ce;
+		}
 		retried = 1;
+		(void)cache_budget(c, &high, &low);
 		over = cache_total(c) + c->c_reserved;
-		over = over > c->c_low ? over - c->c_low : 0;
+		over = over > low ? over - low : 0;
 		if ((ce = cache_evict_lru(c, need > over ? need : over, &n)) !=
 		    CACHE_OK)
 			return ce;
@@ -540,7 +604,7 @@ cache_evict_ents(struct cache *c, struct cache_ent **ents, size_t n)
 {
 	struct cache_victims vs;
 	enum cache_err ce;
-	uint64_t bytes = 0;
+	uint64_t bytes = 0, high, low;
 	size_t i;
 
 	vs.v_ents = ents;
@@ -561,7 +625,7 @@ cache_evict_ents(struct cache *c, struct cache_ent **ents, size_t n)
 	if (c->c_server)
 		log_msg(LOG_LEVEL_INFO, "cache: evicted %zu blobs, %" PRIu64
 		    " bytes; %" PRIu64 " of %" PRIu64 " bytes used", n, bytes,
-		    cache_total(c), c->c_budget);
+		    cache_total(c), cache_budget(c, &high, &low));
 	return CACHE_OK;
 }
 
@@ -1085,7 +1149,7 @@ cache_scan(struct cache *c, MDB_txn *txn, int fix, uint64_t *dropped)
 static enum cache_err
 cache_load(struct cache *c, char *err, size_t errlen)
 {
-	uint64_t dropped = 0, n, over;
+	uint64_t dropped = 0, n, over, high, low;
 	MDB_txn *txn;
 	int rc, dead = 0, fix = c->c_server;
 
@@ -1105,9 +1169,10 @@ cache_load(struct cache *c, char *err, size_t errlen)
 		log_msg(LOG_LEVEL_INFO, "cache %s: cleared %d stale readers, "
 		    "dropped %" PRIu64 " partial or unreadable entries",
 		    c->c_dir, dead, dropped);
-	/* The budget may have shrunk since the last run. */
-	if (fix && cache_total(c) > c->c_high) {
-		over = cache_total(c) - c->c_low;
+	/* The budget, or the disk, may have shrunk since the last run. */
+	(void)cache_budget(c, &high, &low);
+	if (fix && cache_total(c) > high) {
+		over = cache_total(c) - low;
 		if (cache_evict_lru(c, over, &n) != CACHE_OK) {
 			snprintf(err, errlen, "cache %s: %s", c->c_dir,
 			    c->c_errstr);
@@ -1150,6 +1215,8 @@ cache_open1(struct cache **cp, const struct cache_opts *opts, int *damaged,
 	    opts->max_bytes % 100 * (uint64_t)opts->high_pct / 100;
 	c->c_low = opts->max_bytes / 100 * (uint64_t)opts->low_pct +
 	    opts->max_bytes % 100 * (uint64_t)opts->low_pct / 100;
+	c->c_high_pct = opts->high_pct;
+	c->c_low_pct = opts->low_pct;
 	c->c_sync_ms = opts->sync_interval_ms ? opts->sync_interval_ms : 1000;
 	c->c_flushed = time(NULL);
 	TAILQ_INIT(&c->c_ents);
@@ -1369,21 +1436,36 @@ cache_chunk_pin(struct cache *c, const char *digest, uint32_t idx,
 	return CACHE_OK;
 }
 
+/*
+ * Room for size more bytes under the budget in force: past the high
+ * watermark, evict down to the low one; CACHE_FULL if it cannot fit.
+ */
+static enum cache_err
+cache_make_room(struct cache *c, uint64_t size)
+{
+	uint64_t budget, high, low, need, n;
+
+	budget = cache_budget(c, &high, &low);
+	if (size > high)
+		return CACHE_FULL;
+	need = cache_total(c) + c->c_reserved + size;
+	if (need > high) {
+		/* A failed eviction leaves the decision to the budget. */
+		(void)cache_evict_lru(c, need - low, &n);
+		if (cache_total(c) + c->c_reserved + size > budget)
+			return CACHE_FULL;
+	}
+	return CACHE_OK;
+}
+
 enum cache_err
 cache_blob_reserve(struct cache *c, uint64_t size)
 {
-	uint64_t *p, need, n;
+	uint64_t *p;
 	size_t cap;
 
-	if (size > c->c_high)
+	if (cache_make_room(c, size) != CACHE_OK)
 		return CACHE_FULL;
-	need = cache_total(c) + c->c_reserved + size;
-	if (need > c->c_high) {
-		/* A failed eviction leaves the decision to the budget. */
-		(void)cache_evict_lru(c, need - c->c_low, &n);
-		if (cache_total(c) + c->c_reserved + size > c->c_budget)
-			return CACHE_FULL;
-	}
 	if (c->c_npending == c->c_pendcap) {
 		cap = c->c_pendcap ? c->c_pendcap * 2 : 16;
 		if ((p = reallocarray(c->c_pending, cap, sizeof(*p))) == NULL)
@@ -1559,18 +1641,13 @@ cache_manifest_put(struct cache *c, const char *digest,
 	unsigned char key[CACHE_KEYLEN], *rec;
 	struct cache_manifest_arg a;
 	enum cache_err ce;
-	uint64_t need, n;
 	size_t mlen;
 
 	if (cache_key(digest, key) == -1 || len > OCI_MANIFEST_MAX ||
 	    (mlen = strlen(media_type)) >= CACHE_MEDIA_MAX)
 		return cache_err_from_mdb(c, EINVAL, "manifest put");
-	need = cache_total(c) + c->c_reserved + len;
-	if (need > c->c_high) {
-		(void)cache_evict_lru(c, need - c->c_low, &n);
-		if (cache_total(c) + c->c_reserved + len > c->c_budget)
-			return CACHE_FULL;
-	}
+	if (cache_make_room(c, len) != CACHE_OK)
+		return CACHE_FULL;
 	if ((rec = malloc(1 + mlen + 1 + len)) == NULL)
 		return cache_err_from_mdb(c, ENOMEM, "manifest put");
 	rec[0] = CACHE_REC_V1;

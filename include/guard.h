@@ -26,6 +26,7 @@ struct config;
 struct event_base;
 struct evconnlistener;
 struct evhttp_request;
+struct evkeyvalq;
 struct guard;
 
 /*
@@ -43,8 +44,9 @@ struct bufferevent *guard_bev_new(struct guard *g);
 void guard_listen(struct guard *g, struct evconnlistener *lev);
 
 /*
- * 0 when the request's framing is sound, else the status to answer
- * with the connection closed, and why: 414 for a request target longer
+ * 0 when a request head (its target, its header fields as evhttp parsed
+ * them) is framed soundly, else the status to answer with the
+ * connection closed, and why: 414 for a request target longer
  * than GUARD_URI_MAX; 431 for more than GUARD_FIELDS_MAX header fields
  * or GUARD_HEADERS_MAX bytes of them; 400 for a field name that is not
  * a token (a space before the colon), more than one Content-Length or one
@@ -52,7 +54,8 @@ void guard_listen(struct guard *g, struct evconnlistener *lev);
  * alone: what an HTTP proxy in front could read differently (request
  * smuggling).
  */
-int guard_request(struct evhttp_request *req, const char **why);
+int guard_head(const char *uri, const struct evkeyvalq *headers,
+    const char **why);
 
 /* 1 when no client token is configured or req carries it. */
 int guard_authorized(const struct guard *g, struct evhttp_request *req);

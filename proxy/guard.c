@@ -277,14 +277,13 @@ guard_listen(struct guard *g, struct evconnlistener *lev)
 /* ------------------------------------------------------------ requests */
 
 int
-guard_request(struct evhttp_request *req, const char **why)
+guard_head(const char *uri, const struct evkeyvalq *h, const char **why)
 {
-	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 	struct evkeyval *kv;
 	size_t fields = 0, bytes = 0;
 	int length = 0, chunked = 0, status = 0;
 
-	if (strlen(evhttp_request_get_uri(req)) > GUARD_URI_MAX) {
+	if (strlen(uri) > GUARD_URI_MAX) {
 		*why = "request target longer than 8 KiB";
 		return 414;
 	}

@@ -193,7 +193,8 @@ server_guard(struct server *srv, struct evhttp_request *req,
 	size_t n;
 	int status;
 
-	if ((status = guard_request(req, &why)) != 0) {
+	if ((status = guard_head(evhttp_request_get_uri(req),
+	    evhttp_request_get_input_headers(req), &why)) != 0) {
 		evhttp_add_header(h, "Connection", "close");
 		uri = strndup(evhttp_request_get_uri(req), 256);
 		n = reply_error(req, status, OCI_ERR_UNSUPPORTED, why);

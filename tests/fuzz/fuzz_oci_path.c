@@ -1,10 +1,17 @@
 /*
- * fuzz_oci_path: what a client controls in a request, through oci.h:
- * the path, the query's ns and a Range header. Input: three lines,
- * path\nquery\nrange. The names, tags and digests are also checked as
+ * fuzz_oci_path: what a client controls in a request: the path, the
+ * query's ns and a Range header (oci.h), and the head's framing
+ * (guard.h). Input: lines path\nquery\nrange, then header fields, one
+ * "Name: value" a line. The names, tags and digests are also checked as
  * raw bytes of exactly their length.
  */
+#include <sys/queue.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
 #include "fuzz.h"
+#include "guard.h"
 #include "oci.h"
 
 static void
@@ -72,6 +79,29 @@ fuzz_range(const char *value)
 	}
 }
 
+/* The fields as evhttp would hand them over: name, colon, value. */
+static void
+fuzz_head(const char *target, char *fields)
+{
+	struct evkeyvalq h;
+	const char *why = NULL;
+	char *line, *colon;
+	int st;
+
+	TAILQ_INIT(&h);
+	for (line = strtok(fields, "\n"); line != NULL;
+	    line = strtok(NULL, "\n")) {
+		if ((colon = strchr(line, ':')) == NULL)
+			continue;
+		*colon++ = '\0';
+		evhttp_add_header(&h, line, colon + strspn(colon, " "));
+	}
+	st = guard_head(target, &h, &why);
+	FUZZ_CHECK(st == 0 || ((st == 400 || st == 414 || st == 431) &&
+	    why != NULL));
+	evhttp_clear_headers(&h);
+}
+
 /* The grammar checks on raw bytes: they must not read past len. */
 static void
 fuzz_raw(const uint8_t *data, size_t size)
@@ -90,13 +120,14 @@ fuzz_raw(const uint8_t *data, size_t size)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char *s = fuzz_str(data, size), *part[3], body[512];
+	char *s = fuzz_str(data, size), *part[4], body[512];
 	int n;
 
-	fuzz_split(s, '\n', part, 3);
+	fuzz_split(s, '\n', part, 4);
 	fuzz_route(part[0]);
 	fuzz_ns(part[1]);
 	fuzz_range(part[2]);
+	fuzz_head(part[0], part[3]);
 	/* A path may end up in an error body's message. */
 	n = oci_err_body(body, sizeof(body), OCI_ERR_NAME_INVALID, part[0],
 	    part[1]);

@@ -1,11 +1,13 @@
 /*
  * fuzz_www_authenticate: what a registry (or anything answering in its
  * place) sends back in WWW-Authenticate, through auth_challenge_parse,
- * and the scope auth derives from a request URL. Input: the header
- * value; its second line, when there is one, is the URL.
+ * and the scope auth derives from a request URL; and the other way, the
+ * Authorization a client sends pullproxy (guard_token_match). Input: the
+ * header value; its second line, when there is one, is the URL.
  */
 #include "auth.h"
 #include "fuzz.h"
+#include "guard.h"
 
 static void
 fuzz_challenge(const char *value)
@@ -38,11 +40,14 @@ fuzz_scope(const char *url)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	static const unsigned char zero[32];
 	char *whole = fuzz_str(data, size), *s = fuzz_str(data, size);
 	char *part[2];
 
 	/* The whole input as one value too: a line break is just a byte. */
 	fuzz_challenge(whole);
+	/* No token hashes to zeros: nothing the input says may match. */
+	FUZZ_CHECK(!guard_token_match(whole, zero));
 	fuzz_split(s, '\n', part, 2);
 	fuzz_challenge(part[0]);
 	fuzz_scope(part[1]);

@@ -94,11 +94,16 @@ struct config {
 	long	 shutdown_timeout_s;	/* 30: in-flight transfers on SIGTERM */
 	char	*platform;	/* "os/arch[/variant]"; NULL: the node's (uname) */
 	/*
-	 * Clients (guard.h): the token every request but the health probes
-	 * must carry (required to listen off loopback), and how long a
-	 * request's head (request line and headers) may take to arrive.
+	 * Clients (guard.h): the credentials every request but the health
+	 * probes must carry (one is required to listen off loopback): a
+	 * token, a certificate from client_ca_file (TLS, then mutual), or
+	 * both; and how long a request's head (request line and headers)
+	 * may take to arrive.
 	 */
 	char	*client_token_file;	/* NULL: none asked */
+	char	*tls_cert_file;		/* NULL: plain HTTP */
+	char	*tls_key_file;
+	char	*client_ca_file;	/* NULL: no client certificate asked */
 	long	 header_timeout_s;	/* 10 */
 	size_t	 nregistries;
 	struct config_registry registries[CONFIG_REGISTRY_MAX];
@@ -127,7 +132,8 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err,
 /*
  * Whole-config checks: at least one registry, each with a URL and with
  * the files its auth needs (and no settings another auth would use); a
- * listen address off loopback only with a client_token_file.
+ * listen address off loopback only with a client credential
+ * (client_token_file or client_ca_file); TLS keys in pairs.
  */
 int config_check(const struct config *cfg, char *err, size_t errlen);
 

@@ -6,9 +6,10 @@
  * failing for want of descriptors pauses the listener instead of letting
  * it spin on the connection left in the backlog; a connection holds
  * GUARD_INPUT_MAX bytes its client sent at most; requests whose framing
- * is oversized or ambiguous are refused before routing; and, when
- * [server] client_token_file is set, every request but the health probes
- * must carry the token.
+ * is oversized or ambiguous are refused before routing; with [server]
+ * tls_cert_file clients speak TLS; and every request but the health
+ * probes must carry the credentials configured: the client token, a
+ * certificate from client_ca_file, or both.
  */
 #ifndef PP_GUARD_H
 #define PP_GUARD_H
@@ -30,8 +31,9 @@ struct evkeyvalq;
 struct guard;
 
 /*
- * Reads the client token file when there is one (kept as its sha256
- * only). NULL with err set (one line naming the key) when it cannot.
+ * Reads the client token file (kept as its sha256 only) and the TLS
+ * files when there are some. NULL with err set (one line naming the
+ * key) when it cannot.
  */
 struct guard *guard_new(struct event_base *base, const struct config *cfg,
     char *err, size_t errlen);
@@ -57,7 +59,7 @@ void guard_listen(struct guard *g, struct evconnlistener *lev);
 int guard_head(const char *uri, const struct evkeyvalq *headers,
     const char **why);
 
-/* 1 when no client token is configured or req carries it. */
+/* 1 when req carries the credentials configured (or none is). */
 int guard_authorized(const struct guard *g, struct evhttp_request *req);
 
 /*

@@ -77,6 +77,9 @@ config_free(struct config *cfg)
 	free(cfg->log_file);
 	free(cfg->platform);
 	free(cfg->client_token_file);
+	free(cfg->tls_cert_file);
+	free(cfg->tls_key_file);
+	free(cfg->client_ca_file);
 	for (i = 0; i < cfg->nregistries; i++)
 		config_registry_clear(&cfg->registries[i]);
 	memset(cfg, 0, sizeof(*cfg));
@@ -335,6 +338,12 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 		    3600);
 	if (strcmp(key, "client_token_file") == 0)
 		return config_set_nonempty(&cfg->client_token_file, value);
+	if (strcmp(key, "tls_cert_file") == 0)
+		return config_set_nonempty(&cfg->tls_cert_file, value);
+	if (strcmp(key, "tls_key_file") == 0)
+		return config_set_nonempty(&cfg->tls_key_file, value);
+	if (strcmp(key, "client_ca_file") == 0)
+		return config_set_nonempty(&cfg->client_ca_file, value);
 	if (strcmp(key, "header_timeout_s") == 0)
 		return config_set_long(&cfg->header_timeout_s, value, 1, 300);
 	return "unknown key";
@@ -642,10 +651,19 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 
 	/* Off loopback, any host on the network could pull as the node. */
 	if (!config_loopback(cfg->listen_host) &&
-	    cfg->client_token_file == NULL)
+	    cfg->client_token_file == NULL && cfg->client_ca_file == NULL)
 		return config_err(err, errlen, "[server] listen: %s is not a "
-		    "loopback address: set [server] client_token_file too "
-		    "(clients then send the token)", cfg->listen_host);
+		    "loopback address: set [server] client_token_file or "
+		    "client_ca_file too (clients then prove who they are)",
+		    cfg->listen_host);
+	if ((cfg->tls_cert_file == NULL) != (cfg->tls_key_file == NULL))
+		return config_err(err, errlen, "[server] %s: missing (TLS "
+		    "needs tls_cert_file and tls_key_file)",
+		    cfg->tls_cert_file == NULL ? "tls_cert_file" :
+		    "tls_key_file");
+	if (cfg->client_ca_file != NULL && cfg->tls_cert_file == NULL)
+		return config_err(err, errlen, "[server] client_ca_file: only "
+		    "used with TLS (tls_cert_file and tls_key_file)");
 
 	if (cfg->cache_low_pct >= cfg->cache_high_pct)
 		return config_err(err, errlen, "[server] cache_low_pct: must be "

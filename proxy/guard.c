@@ -21,12 +21,15 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +69,8 @@ struct guard {
 	size_t			 g_nconns;
 	int			 g_token;	/* requests need the token */
 	unsigned char		 g_digest[32];	/* its sha256 */
+	SSL_CTX			*g_tls;		/* NULL: plain HTTP */
+	int			 g_certs;	/* requests need a certificate */
 	TAILQ_HEAD(, guard_conn) g_conns;
 };
 
@@ -193,12 +198,28 @@ guard_bev_new(struct guard *g)
 {
 	struct guard_conn *c;
 
+	SSL *ssl = NULL;
+
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return NULL;
-	if ((c->c_bev = bufferevent_socket_new(g->g_base, -1,
-	    BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+	if (g->g_tls != NULL && (ssl = SSL_new(g->g_tls)) == NULL) {
 		free(c);
 		return NULL;
+	}
+	c->c_bev = ssl != NULL ? bufferevent_openssl_socket_new(g->g_base, -1,
+	    ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE) :
+	    bufferevent_socket_new(g->g_base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if (c->c_bev == NULL) {
+		SSL_free(ssl);
+		free(c);
+		return NULL;
+	}
+	if (ssl != NULL) {
+		/* A client that just closes is no error worth a log line. */
+		bufferevent_openssl_set_allow_dirty_shutdown(c->c_bev, 1);
+		/* The handshake counts as part of the first head. */
+		c->c_timed = 1;
+		c->c_head = guard_now();
 	}
 	if ((c->c_incb = evbuffer_add_cb(bufferevent_get_input(c->c_bev),
 	    guard_input_cb, c)) == NULL ||
@@ -365,9 +386,79 @@ guard_token_match(const char *authorization, const unsigned char want[32])
 int
 guard_authorized(const struct guard *g, struct evhttp_request *req)
 {
-	return !g->g_token || guard_token_match(evhttp_find_header(
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	SSL *ssl;
+
+	if (g->g_token && !guard_token_match(evhttp_find_header(
 	    evhttp_request_get_input_headers(req), "Authorization"),
-	    g->g_digest);
+	    g->g_digest))
+		return 0;
+	/* A certificate presented was verified in the handshake, or the
+	 * handshake failed: it only has to be there. */
+	return !g->g_certs || (evcon != NULL && (ssl =
+	    bufferevent_openssl_get_ssl(evhttp_connection_get_bufferevent(
+	    evcon))) != NULL && SSL_get0_peer_certificate(ssl) != NULL &&
+	    SSL_get_verify_result(ssl) == X509_V_OK);
+}
+
+/* OpenSSL's last word, for a one-line error. */
+static const char *
+guard_tls_error(void)
+{
+	static char buf[256];
+	unsigned long e = ERR_peek_last_error();
+
+	ERR_error_string_n(e, buf, sizeof(buf));
+	ERR_clear_error();
+	return e != 0 ? buf : "unknown error";
+}
+
+/*
+ * The server's certificate and key, and the CA client certificates must
+ * come from. A certificate is asked for, not required in the handshake:
+ * kubelet's probes present none, and /healthz and /readyz stay open to
+ * them; the other paths answer 401 without one.
+ */
+static int
+guard_load_tls(struct guard *g, const struct config *cfg, char *err,
+    size_t errlen)
+{
+	STACK_OF(X509_NAME) *names;
+
+	if ((g->g_tls = SSL_CTX_new(TLS_server_method())) == NULL ||
+	    SSL_CTX_set_min_proto_version(g->g_tls, TLS1_2_VERSION) != 1) {
+		snprintf(err, errlen, "[server] tls_cert_file: %s",
+		    guard_tls_error());
+		return -1;
+	}
+	if (SSL_CTX_use_certificate_chain_file(g->g_tls,
+	    cfg->tls_cert_file) != 1) {
+		snprintf(err, errlen, "[server] tls_cert_file: %s: %s",
+		    cfg->tls_cert_file, guard_tls_error());
+		return -1;
+	}
+	if (SSL_CTX_use_PrivateKey_file(g->g_tls, cfg->tls_key_file,
+	    SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(g->g_tls) != 1) {
+		snprintf(err, errlen, "[server] tls_key_file: %s: %s",
+		    cfg->tls_key_file, guard_tls_error());
+		return -1;
+	}
+	if (cfg->client_ca_file == NULL)
+		return 0;
+	if (SSL_CTX_load_verify_locations(g->g_tls, cfg->client_ca_file,
+	    NULL) != 1 || (names = SSL_load_client_CA_file(
+	    cfg->client_ca_file)) == NULL) {
+		snprintf(err, errlen, "[server] client_ca_file: %s: %s",
+		    cfg->client_ca_file, guard_tls_error());
+		return -1;
+	}
+	SSL_CTX_set_client_CA_list(g->g_tls, names);
+	SSL_CTX_set_verify(g->g_tls, SSL_VERIFY_PEER, NULL);
+	/* Resumed sessions keep the certificate they were verified with. */
+	SSL_CTX_set_session_id_context(g->g_tls,
+	    (const unsigned char *)"pullproxy", 9);
+	g->g_certs = 1;
+	return 0;
 }
 
 /* The token's sha256; the token itself is wiped at once. */
@@ -422,8 +513,10 @@ guard_new(struct event_base *base, const struct config *cfg, char *err,
 		guard_free(g);
 		return NULL;
 	}
-	if (cfg->client_token_file != NULL &&
-	    guard_load_token(g, cfg->client_token_file, err, errlen) == -1) {
+	if ((cfg->client_token_file != NULL &&
+	    guard_load_token(g, cfg->client_token_file, err, errlen) == -1) ||
+	    (cfg->tls_cert_file != NULL &&
+	    guard_load_tls(g, cfg, err, errlen) == -1)) {
 		guard_free(g);
 		return NULL;
 	}
@@ -444,5 +537,6 @@ guard_free(struct guard *g)
 	if (g->g_resume != NULL)
 		event_free(g->g_resume);
 	explicit_bzero(g->g_digest, sizeof(g->g_digest));
+	SSL_CTX_free(g->g_tls);
 	free(g);
 }

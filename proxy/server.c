@@ -208,7 +208,7 @@ server_guard(struct server *srv, struct evhttp_request *req,
 		return 0;
 	evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"pullproxy\"");
 	server_reply_error(req, id, OCI_ERR_UNAUTHORIZED,
-	    "this mirror needs its client token", t0);
+	    "this mirror needs its client token or certificate", t0);
 	return 1;
 }
 

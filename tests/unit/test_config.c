@@ -451,6 +451,25 @@ test_listen_security(void **state)
 	assert_null(cfg.client_token_file);
 	config_free(&cfg);
 
+	/* A client CA is a credential too; TLS files come in pairs. */
+	assert_int_equal(parse(&cfg, err, 4, "--listen", "0.0.0.0:5000",
+	    "--registry", "a.io=https://a.io"), 0);
+	cfg.tls_cert_file = strdup("/c.pem");
+	cfg.tls_key_file = strdup("/k.pem");
+	cfg.client_ca_file = strdup("/ca.pem");
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), 0);
+	free(cfg.tls_key_file);
+	cfg.tls_key_file = NULL;
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "[server] tls_key_file: missing (TLS needs "
+	    "tls_cert_file and tls_key_file)");
+	free(cfg.tls_cert_file);
+	cfg.tls_cert_file = NULL;
+	assert_int_equal(config_check(&cfg, err, sizeof(err)), -1);
+	assert_string_equal(err, "[server] client_ca_file: only used with "
+	    "TLS (tls_cert_file and tls_key_file)");
+	config_free(&cfg);
+
 	expect_file_error("[server]\nclient_token_file =\n",
 	    "2: [server] client_token_file: must not be empty");
 	expect_file_error("[server]\nheader_timeout_s = 0\n",

@@ -55,14 +55,15 @@ def digest_of(case):
 
 
 class Sentinel:
-    """Counts connections, answers nothing."""
+    """Counts connections and answers nothing: closes them, or with keep
+    holds them open (a server that never answers)."""
 
-    def __init__(self, family, host):
+    def __init__(self, family=socket.AF_INET, host="127.0.0.1", keep=False):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
-        self.connections = 0
+        self.keep, self.kept, self.connections = keep, [], 0
         threading.Thread(target=self.loop, daemon=True).start()
 
     def loop(self):
@@ -72,6 +73,14 @@ class Sentinel:
             except OSError:
                 return
             self.connections += 1
+            if self.keep:
+                self.kept.append(c)
+            else:
+                c.close()
+
+    def close(self):
+        self.sock.close()
+        for c in self.kept:
             c.close()
 
 

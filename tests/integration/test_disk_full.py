@@ -66,15 +66,30 @@ def cache_cmd(pp, *args):
                check=False)
 
 
-def test_cache_on_a_full_disk(small_disk, registry, blobs, upstream,
-                              pullproxy_factory):
-    pp = pullproxy_factory(registries=[(registry.host, upstream.url)],
-                           args=["--cache-max-size", "1G"], log_level="info",
-                           start=False)
-    cache = small_disk / "cache"
+def on_disk(factory, registry, upstream, disk):
+    """pullproxy with its cache on disk and a budget of 1 GiB."""
+    pp = factory(registries=[(registry.host, upstream.url)],
+                 args=["--cache-max-size", "1G"], start=False)
+    cache = disk / "cache"
     pp.argv[pp.argv.index(str(pp.cache_dir))] = str(cache)
     pp.cache_dir = cache
-    pp.start()
+    return pp.start()
+
+
+def fill(disk):
+    """Another writer takes every free byte."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * MiB)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_cache_on_a_full_disk(small_disk, registry, blobs, upstream,
+                              pullproxy_factory):
+    pp = on_disk(pullproxy_factory, registry, upstream, small_disk)
     # Twice in turns of two, then all at once: reservations together.
     for cycle, at_once in enumerate((2, 2, len(blobs))):
         pull(pp, blobs[cycle:] + blobs[:cycle], at_once)
@@ -93,25 +108,18 @@ def test_cache_on_a_full_disk(small_disk, registry, blobs, upstream,
     assert st.f_bavail * st.f_frsize > 0, "the disk was left full"
     # Someone else takes every free byte: the cache lives within data.mdb
     # as it is, evicting into its own free pages.
-    filler = small_disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * MiB)
-                f.flush()
-        except OSError:
-            pass
+    fill(small_disk)
     pull(pp, blobs[3:] + blobs[:3], 2)
     assert pp.proc.poll() is None, "pullproxy died"
     assert not pp.logs("upstream failure"), pp.logs("upstream failure")
     v = cache_cmd(pp, "verify")
     assert v.returncode == 0 and " 0 corrupt" in v.stdout, v.stdout + v.stderr
-    filler.unlink()
     assert pp.stop() == 0
     # It starts again on the full disk, and serves.
     pp.start()
-    pull(pp, blobs[:2], 2)
+    pull(pp, blobs[:4], 2)
     assert pp.stop() == 0
+    (small_disk / "filler").unlink()
 
 
 def test_disk_filled_by_someone_else_mid_download(small_disk, registry, blobs,
@@ -120,24 +128,12 @@ def test_disk_filled_by_someone_else_mid_download(small_disk, registry, blobs,
     written. That download may be cut (no page to put the rest in, none
     to free one with); nothing else is: later pulls pass through, the
     cache verifies clean, pullproxy lives and stops cleanly."""
-    pp = pullproxy_factory(registries=[(registry.host, upstream.url)],
-                           args=["--cache-max-size", "1G"], log_level="debug",
-                           start=False)
-    cache = small_disk / "cache"
-    pp.argv[pp.argv.index(str(pp.cache_dir))] = str(cache)
-    pp.cache_dir = cache
-    pp.start()
+    pp = on_disk(pullproxy_factory, registry, upstream, small_disk)
     pull(pp, blobs[:1], 1)
     upstream.hold.clear()       # bodies stop before their last byte
     held = Reader(pp.port, blob_path(REPO, blobs[1]), stop_after=10 * MiB)
     assert held.got_first.wait(60)
-    with open(small_disk / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * MiB)
-                f.flush()
-        except OSError:
-            pass
+    fill(small_disk)
     upstream.hold.set()
     held.join()
     if held.error is None and held.nbytes == held.length:

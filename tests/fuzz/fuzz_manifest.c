@@ -1,8 +1,8 @@
 /*
- * fuzz_manifest: what a registry sends as a manifest, an image index or
- * an error body: the platform check of an index (platform.h) against a
- * few node platforms, and the OCI code read from an error body
- * (reply.h). Input: the body.
+ * fuzz_manifest: what a registry sends as a manifest, an image index, an
+ * image config or an error body: the platform checks of an index and of
+ * a config (platform.h) against a few node platforms, and the OCI code
+ * read from an error body (reply.h). Input: the body.
  */
 #include "fuzz.h"
 #include "platform.h"
@@ -24,6 +24,10 @@ fuzz_platforms(const uint8_t *data, size_t size)
 		FUZZ_CHECK(rc >= -1 && rc <= 1 && strlen(have) < sizeof(have));
 		/* Short answers: "have" is cut, never overrun. */
 		rc = platform_index_match(data, size, &p, have, 8);
+		FUZZ_CHECK(rc >= -1 && rc <= 1 && strlen(have) < 8);
+		rc = platform_config_match(data, size, &p, have, sizeof(have));
+		FUZZ_CHECK(rc >= -1 && rc <= 1 && strlen(have) < sizeof(have));
+		rc = platform_config_match(data, size, &p, have, 8);
 		FUZZ_CHECK(rc >= -1 && rc <= 1 && strlen(have) < 8);
 	}
 }

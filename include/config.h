@@ -73,10 +73,13 @@ struct config_registry {
 	 */
 	struct config_mirror mirrors[CONFIG_MIRROR_MAX];
 	size_t	 nmirrors;
+	/* A client token the mirrors want (a pullproxy off loopback does). */
+	char	*mirror_token_file;
 	/* Run time: made by the server at start-up, NULL in a parsed config. */
 	struct auth *auth;
 	struct ratelimit *ratelimit;
 	struct circuit *circuit;
+	char	*mirror_authorization;	/* "Bearer <mirror token>", or NULL */
 };
 
 struct config {

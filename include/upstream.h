@@ -29,8 +29,8 @@
  *
  * A transfer with mirrors asks them first, in order, skipping those whose
  * circuit is open: the URL's part after base goes under the mirror's
- * URL, with ?ns=<registry> (as containerd asks a mirror), and no
- * credentials. A mirror's transport failure or error status (but 416)
+ * URL, with ?ns=<registry> (as containerd asks a mirror), and never the
+ * registry's credentials (only the mirrors' own token, if any). A mirror's transport failure or error status (but 416)
  * is not reported: the next one is asked, then the registry.
  */
 #ifndef PP_UPSTREAM_H
@@ -94,6 +94,8 @@ struct upstream_req {
 	const char	*base;		/* the registry's URL, a prefix of url */
 	const struct config_mirror *mirrors;	/* asked first, or NULL */
 	size_t		 nmirrors;
+	/* What mirrors get as Authorization (their own token), or NULL. */
+	const char	*mirror_authorization;
 	const char	*ca_file;	/* extra CA bundle, or NULL */
 	int		 tls_verify;
 	long		 connect_timeout_ms;

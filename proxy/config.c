@@ -62,6 +62,7 @@ config_registry_clear(struct config_registry *r)
 	free(r->client_id);
 	free(r->tenant);
 	free(r->imds_url);
+	free(r->mirror_token_file);
 	while (r->nmirrors > 0)
 		free(r->mirrors[--r->nmirrors].url);
 	memset(r, 0, sizeof(*r));
@@ -414,6 +415,8 @@ config_set_registry(struct config_registry *r, const char *key,
 		return config_set_long(&r->retries, value, 0, 5);
 	if (strcmp(key, "mirrors") == 0)
 		return config_set_mirrors(r, value);
+	if (strcmp(key, "mirror_token_file") == 0)
+		return config_set_nonempty(&r->mirror_token_file, value);
 	return "unknown key";
 }
 
@@ -678,6 +681,11 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 			    cfg->registries[i].name);
 		if (config_check_auth(&cfg->registries[i], err, errlen) == -1)
 			return -1;
+		if (cfg->registries[i].mirror_token_file != NULL &&
+		    cfg->registries[i].nmirrors == 0)
+			return config_err(err, errlen, "[registry %s] "
+			    "mirror_token_file: only used with mirrors",
+			    cfg->registries[i].name);
 	}
 	return 0;
 }

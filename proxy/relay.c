@@ -363,6 +363,7 @@ relay_req_init(struct upstream_req *ureq, const struct config *cfg,
 	ureq->base = reg->url;
 	ureq->mirrors = reg->mirrors;
 	ureq->nmirrors = reg->nmirrors;
+	ureq->mirror_authorization = reg->mirror_authorization;
 	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
 	ureq->stall_timeout_s = cfg->stall_timeout_s;
 }

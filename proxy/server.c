@@ -306,6 +306,30 @@ server_open_cache(struct server *srv)
 	return -1;
 }
 
+/* "Bearer <token>" for the registry's mirrors, read once at start. */
+static int
+server_mirror_token(struct config_registry *reg, char *err, size_t errlen)
+{
+	char why[512], *token;
+
+	if (reg->mirror_token_file == NULL)
+		return 0;
+	if ((token = auth_read_secret(reg->mirror_token_file, why,
+	    sizeof(why))) == NULL) {
+		snprintf(err, errlen, "[registry %s] mirror_token_file: %.300s",
+		    reg->name, why);
+		return -1;
+	}
+	if (asprintf(&reg->mirror_authorization, "Bearer %s", token) == -1)
+		reg->mirror_authorization = NULL;
+	auth_secret_free(token);
+	if (reg->mirror_authorization == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
 /*
  * Each registry's pace and identity, from its config section. The handles
  * ride on the registry (the config's run-time fields) so that
@@ -334,7 +358,8 @@ server_registries_new(struct server *srv)
 		    reg->circuit_failures, reg->circuit_open_s)) == NULL)
 			return -1;
 		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
-		    sizeof(err))) == NULL) {
+		    sizeof(err))) == NULL ||
+		    server_mirror_token(reg, err, sizeof(err)) == -1) {
 			fprintf(stderr, "pullproxy: %s\n", err);
 			log_event(LOG_LEVEL_ERROR, "cannot set up registry "
 			    "auth", json_pack("{s:s}", "error", err));
@@ -354,6 +379,8 @@ server_auth_free(struct server *srv)
 	for (i = 0; i < cfg->nregistries; i++) {
 		auth_free(cfg->registries[i].auth);
 		cfg->registries[i].auth = NULL;
+		auth_secret_free(cfg->registries[i].mirror_authorization);
+		cfg->registries[i].mirror_authorization = NULL;
 	}
 }
 

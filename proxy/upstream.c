@@ -129,6 +129,8 @@ struct upstream_xfer {
 	int			 x_mirror;	/* asked: index; -1 the registry */
 	int			 x_mprobe;	/* the mirror's half-open probe */
 	const char		*x_base;	/* the registry's URL */
+	const char		*x_mirrorauth;	/* Authorization for mirrors */
+	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + it */
 	char			*x_regurl;	/* the URL at the registry */
 };
 TAILQ_HEAD(xferq, upstream_xfer);
@@ -155,6 +157,8 @@ struct upstream_sock {
 static void upstream_check_done(struct upstream *);
 static void upstream_note_url(struct upstream_xfer *);
 static enum classify_cause upstream_cause(const struct upstream_result *);
+static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
+    const char *);
 
 static void
 upstream_schedule_kick(struct upstream *up)
@@ -201,6 +205,7 @@ upstream_xfer_free(struct upstream_xfer *x)
 		event_free(x->x_backoff);
 	curl_slist_free_all(x->x_reqheaders);
 	curl_slist_free_all(x->x_authheaders);
+	curl_slist_free_all(x->x_mirrorheaders);
 	free(x->x_url);
 	free(x->x_regurl);
 	free(x->x_requrl);
@@ -329,6 +334,19 @@ upstream_set_url(struct upstream_xfer *x, const char *url)
 	return 0;
 }
 
+/* A mirror's headers: the request's, and the mirrors' token if any. */
+static int
+upstream_mirror_headers(struct upstream_xfer *x)
+{
+	if (x->x_mirrorauth != NULL && x->x_mirrorheaders == NULL &&
+	    (x->x_mirrorheaders = upstream_headers_auth(x,
+	    x->x_mirrorauth)) == NULL)
+		return -1;
+	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
+	    x->x_mirrorheaders != NULL ? x->x_mirrorheaders : x->x_reqheaders);
+	return 0;
+}
+
 /*
  * Pick the origin of the next send, once per fallback: the first mirror
  * from x_next whose circuit lets a request go (asked as containerd asks
@@ -357,8 +375,8 @@ upstream_origin(struct upstream_xfer *x)
 		x->x_mirror = (int)x->x_next++;
 		rc = upstream_set_url(x, url);
 		free(url);
-		curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
-		    x->x_reqheaders);
+		if (rc == 0)
+			rc = upstream_mirror_headers(x);
 		return rc;
 	}
 	x->x_mirror = -1;
@@ -495,9 +513,9 @@ upstream_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
-/* Replace the Authorization header the next send carries. */
-static int
-upstream_set_authorization(struct upstream_xfer *x, const char *value)
+/* The request's headers and an Authorization line: a new list, or NULL. */
+static struct curl_slist *
+upstream_headers_auth(const struct upstream_xfer *x, const char *value)
 {
 	struct curl_slist *l = NULL, *h, *n;
 	char *line;
@@ -510,19 +528,32 @@ upstream_set_authorization(struct upstream_xfer *x, const char *value)
 	if (asprintf(&line, "Authorization: %s", value) == -1)
 		goto fail;
 	n = curl_slist_append(l, line);
+	explicit_bzero(line, strlen(line));
 	free(line);
-	if (n == NULL)
-		goto fail;
+	if (n != NULL)
+		return n;
+fail:
+	curl_slist_free_all(l);
+	return NULL;
+}
+
+/* Replace the Authorization header the next send carries. */
+static int
+upstream_set_authorization(struct upstream_xfer *x, const char *value)
+{
+	struct curl_slist *n;
+
+	if ((n = upstream_headers_auth(x, value)) == NULL)
+		return -1;
 	free(x->x_sent);
-	if ((x->x_sent = strdup(value)) == NULL)
-		goto fail;
+	if ((x->x_sent = strdup(value)) == NULL) {
+		curl_slist_free_all(n);
+		return -1;
+	}
 	curl_slist_free_all(x->x_authheaders);
 	x->x_authheaders = n;
 	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER, x->x_authheaders);
 	return 0;
-fail:
-	curl_slist_free_all(l);
-	return -1;
 }
 
 /* Send the held transfer again with a token, or report its 401. */
@@ -1142,6 +1173,7 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 		x->x_mirrors = req->mirrors;
 		x->x_nmirrors = req->nmirrors;
 		x->x_base = req->base;
+		x->x_mirrorauth = req->mirror_authorization;
 		x->x_mirror = UPSTREAM_CHOOSE;
 	}
 	if ((x->x_regurl = strdup(req->url)) == NULL ||

@@ -132,3 +132,40 @@ def test_the_registry_pace_does_not_hold_back_the_mirror(tmp_path, registry, ima
     for path in paths:
         assert get(node, registry, path).status == 200, path
     assert not node.logs("upstream failure")
+
+
+def test_a_mirror_that_wants_a_token_gets_the_mirror_token(tmp_path, registry, images,
+                                                           pullproxy_factory):
+    """A shared pullproxy off loopback requires a client token; the nodes
+    send it from mirror_token_file (never the registry's credentials)."""
+    img = images["small"]
+    token = tmp_path / "mirror-token"
+    token.write_text("s3cret-mirror-token-%s\n" % tmp_path.name)
+    token.chmod(0o600)
+    server = tmp_path / "mirror.conf"
+    server.write_text("[server]\nclient_token_file = %s\n" % token)
+    mirror = pullproxy_factory(registries=[(registry.host, registry.url)],
+                               args=["--config", str(server)])
+    url = "http://%s:%d" % (LOCALHOST, mirror.port)
+    blob = "/v2/%s/blobs/%s" % (img.repo, next(iter(img.blobs)))
+
+    without = node_proxy(pullproxy_factory, tmp_path, registry, [url])
+    assert get(without, registry, blob).status == 200      # from the registry
+    failed = without.logs("mirror failed")
+    assert len(failed) == 1 and failed[0]["status"] == 401, failed
+
+    node = node_proxy(pullproxy_factory, tmp_path, registry, [url],
+                      "mirror_token_file = %s\n" % token)
+    assert get(node, registry, blob).status == 200
+    assert not node.logs("mirror failed")
+    assert any(l["route"] == blob and l["status"] == 200 for l in mirror.requests())
+    for pp in (node, without):
+        assert token.read_text().strip() not in pp.log_text()
+
+
+def test_mirror_token_needs_mirrors(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[registry r.azurecr.io]\nurl = https://r.azurecr.io\n"
+                    "mirror_token_file = /nonexistent\n")
+    cp = run([PULLPROXY_BIN, "serve", "--config", str(conf)], check=False, timeout=10)
+    assert cp.returncode == 2 and "mirror_token_file" in cp.stderr, cp.stderr

@@ -47,7 +47,7 @@ struct config_registry {
 	char	*client_id;	/* managed-identity: NULL for the only one */
 	char	*tenant;	/* managed-identity: sent to the exchange */
 	char	*imds_url;	/* managed-identity: NULL: CONFIG_IMDS_URL */
-	long	 imds_retry_s;	/* 70: stop retrying IMDS after this long */
+	long	 imds_retry_s;	/* 70: the most back-off spent retrying IMDS */
 	/*
 	 * Upstream pace (ratelimit.h). ACR Basic allows 1,000 ReadOps/min
 	 * (about 16/s) for the whole registry, one per manifest and layer:

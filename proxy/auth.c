@@ -102,6 +102,7 @@ struct auth_fetch {
 	struct upstream_result	 f_res;	/* how it ended (error not kept) */
 	char			*f_url;		/* asked, without its query */
 	int			 f_attempts;	/* IMDS */
+	long			 f_backoff_s;	/* IMDS: waited between attempts */
 	struct timeval		 f_t0;
 	TAILQ_HEAD(, auth_wait)	 f_waiters;
 };
@@ -1076,9 +1077,13 @@ auth_imds_retry(struct auth_fetch *f)
 		return 0;
 	delay = f->f_attempts > 4 ? AUTH_IMDS_BACKOFF_MAX :
 	    1L << (f->f_attempts - 1);
-	if (log_ms_since(&f->f_t0) / 1000 + delay >
-	    f->f_auth->a_reg->imds_retry_s)
+	/*
+	 * The back-off waited, not the clock: the attempts a given
+	 * imds_retry_s allows do not depend on how fast IMDS answers.
+	 */
+	if (f->f_backoff_s + delay > f->f_auth->a_reg->imds_retry_s)
 		return 0;
+	f->f_backoff_s += delay;
 	tv.tv_sec = delay;
 	evtimer_add(f->f_timer, &tv);
 	return 1;

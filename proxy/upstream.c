@@ -728,8 +728,14 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 	if (x->x_retries == 0 || x->x_headers_done)
 		return 0;
 	cause = upstream_cause(res);
+	/*
+	 * Garbage for a status line: a reused connection can still hold the
+	 * excess bytes of an answer longer than its Content-Length.
+	 */
 	if (x->x_held != HOLD_RETRY && cause != CLASSIFY_CONNECTION_RESET &&
-	    cause != CLASSIFY_CONNECTION_REFUSED)
+	    cause != CLASSIFY_CONNECTION_REFUSED &&
+	    res->curl != CURLE_WEIRD_SERVER_REPLY &&
+	    res->curl != CURLE_UNSUPPORTED_PROTOCOL)
 		return 0;
 	if (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
 	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL)
@@ -749,6 +755,8 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 	x->x_held = HOLD_NONE;
 	x->x_heldlen = 0;
 	x->x_errbuf[0] = '\0';
+	/* Not the connection that failed again. */
+	curl_easy_setopt(x->x_easy, CURLOPT_FRESH_CONNECT, 1L);
 	x->x_state = XFER_BACKOFF;
 	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
 	tv.tv_sec = ms / 1000;

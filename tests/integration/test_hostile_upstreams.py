@@ -241,13 +241,11 @@ def test_manifest_longer_than_its_content_length(pp, fake, hostile):
     assert g.status == 200 and g.body == img.manifest
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "curl 7.88 reuses a connection with unread bytes after a complete "
-    "answer; the next request reads them as its answer (HTTP/0.9) and "
-    "fails: needs a retry on a fresh connection in upstream.c"))
 def test_excess_bytes_do_not_fail_the_next_request(pp, fake, hostile):
     """A registry that sent more than its Content-Length on a kept-alive
-    connection: that request fails (digest), the next one must not."""
+    connection: that request fails (digest), the next one must not (curl
+    7.88 keeps the connection with the excess unread; the next request
+    reads it as its answer and is sent again on a fresh connection)."""
     img = hostile["img"]
     fake.add_fault(endpoint="manifests", count=1,
                    headers={"Content-Length": str(len(img.manifest) - 10)})

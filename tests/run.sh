@@ -67,7 +67,7 @@ PP_SANITIZED=1 run_suite build-asan asan
 # crash fails it; its input is in build-tests/fuzz/TARGET/crashes/, to be
 # fixed and kept in tests/fuzz/regressions/TARGET/.
 if command -v clang >/dev/null 2>&1; then
-	echo "== fuzzing, ${PP_FUZZ_SECONDS:-20} s per target"
+	echo "== fuzzing, ${PP_FUZZ_SECONDS:-10} s per target"
 	(export CC=clang; build build-fuzz --buildtype=debugoptimized -Dfuzz=true \
 		-Db_sanitize=address,undefined -Db_lundef=false) ||
 		failed_builds=$((failed_builds + 1))
@@ -77,7 +77,7 @@ if command -v clang >/dev/null 2>&1; then
 		mkdir -p "$w/corpus" "$w/crashes"
 		cp tests/fuzz/corpus/"$n"/* tests/fuzz/regressions/"$n"/* "$w/corpus/" 2>/dev/null
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$f" \
-			-max_total_time="${PP_FUZZ_SECONDS:-20}" -timeout=10 \
+			-max_total_time="${PP_FUZZ_SECONDS:-10}" -timeout=10 \
 			-rss_limit_mb=2048 -artifact_prefix="$w/crashes/" "$w/corpus" \
 			>"$w/log" 2>&1 && r="" || r="<failure message=\"see build-tests/fuzz/$n\"/>"
 		printf '<testsuite><testcase classname="fuzz" name="%s">%s</testcase></testsuite>\n' \

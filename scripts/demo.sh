@@ -80,6 +80,10 @@ done
 echo "== what pullproxy logged (JSON lines)"
 cat "$work/pullproxy.log"
 
+echo "== pullproxy check: can this node pull the image from the registry?"
+build/pullproxy check --registry "127.0.0.1:$reg_port=http://127.0.0.1:$reg_port" \
+	"127.0.0.1:$reg_port/demo/hello:1.0"
+
 if [ "$keep" = "--keep" ]; then
 	echo "== pullproxy serves 127.0.0.1:$pp_port (ns=127.0.0.1:$reg_port); Ctrl-C stops it"
 	wait

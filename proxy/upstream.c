@@ -556,6 +556,16 @@ upstream_set_authorization(struct upstream_xfer *x, const char *value)
 	return 0;
 }
 
+/* Forget what the last attempt kept and said: the transfer goes again. */
+static void
+upstream_unhold(struct upstream_xfer *x)
+{
+	x->x_held = HOLD_NONE;
+	x->x_heldlen = 0;
+	x->x_headers_done = 0;
+	x->x_errbuf[0] = '\0';
+}
+
 /* Send the held transfer again with a token, or report its 401. */
 static void
 upstream_auth_resume(struct upstream_xfer *x, const char *authorization)
@@ -566,10 +576,7 @@ upstream_auth_resume(struct upstream_xfer *x, const char *authorization)
 		upstream_requeue(x);
 		return;
 	}
-	x->x_held = HOLD_NONE;
-	x->x_heldlen = 0;
-	x->x_headers_done = 0;
-	x->x_errbuf[0] = '\0';
+	upstream_unhold(x);
 	upstream_requeue(x);
 }
 
@@ -695,9 +702,7 @@ upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 	    m->url, "url", upstream_xfer_url(x), "cause",
 	    classify_cause_name(cause), "status", (json_int_t)res->status,
 	    "error", res->error));
-	x->x_held = HOLD_NONE;
-	x->x_heldlen = 0;
-	x->x_errbuf[0] = '\0';
+	upstream_unhold(x);
 	x->x_mirror = UPSTREAM_CHOOSE;
 	upstream_requeue(x);
 	return 1;
@@ -752,9 +757,7 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 	    classify_cause_name(cause), "status", (json_int_t)res->status,
 	    "error", res->error, "attempt", (json_int_t)x->x_attempts,
 	    "delay_ms", (json_int_t)ms));
-	x->x_held = HOLD_NONE;
-	x->x_heldlen = 0;
-	x->x_errbuf[0] = '\0';
+	upstream_unhold(x);
 	/* Not the connection that failed again. */
 	curl_easy_setopt(x->x_easy, CURLOPT_FRESH_CONNECT, 1L);
 	x->x_state = XFER_BACKOFF;

@@ -72,7 +72,7 @@ struct check_resp {
 
 static void
 check_step(struct check *c, const char *name, enum check_outcome o,
-    const char *detail, enum classify_cause cause, const char *hint)
+    const char *detail, const char *cause, const char *hint)
 {
 	static const char *words[] = { "ok", "FAIL", "skip" };
 
@@ -85,13 +85,12 @@ check_step(struct check *c, const char *name, enum check_outcome o,
 		    "s:s*,s:s*}", "registry", c->reg != NULL ? c->reg->name :
 		    "", "step", name, "result", o == CHECK_PASS ? "pass" :
 		    o == CHECK_FAIL ? "fail" : "skip", "detail", detail,
-		    "cause", cause != CLASSIFY_NONE ?
-		    classify_cause_name(cause) : NULL, "hint", hint));
+		    "cause", cause, "hint", hint));
 		return;
 	}
 	printf("  %-5s %-9s %s\n", words[o], name, detail);
-	if (cause != CLASSIFY_NONE)
-		printf("        cause: %s\n", classify_cause_name(cause));
+	if (cause != NULL)
+		printf("        cause: %s\n", cause);
 	if (hint != NULL)
 		printf("        hint:  %s\n", hint);
 }
@@ -104,14 +103,16 @@ check_fail(struct check *c, const char *name, const char *detail,
 	struct classify_result r;
 
 	classify(in, &r);
-	check_step(c, name, CHECK_FAIL, detail, r.cause, r.hint);
+	check_step(c, name, CHECK_FAIL, detail, r.cause != CLASSIFY_NONE ?
+	    classify_cause_name(r.cause) : NULL, r.hint);
 }
 
 static void
 check_fail_cause(struct check *c, const char *name, const char *detail,
     enum classify_cause cause)
 {
-	check_step(c, name, CHECK_FAIL, detail, cause, classify_hint(cause));
+	check_step(c, name, CHECK_FAIL, detail, classify_cause_name(cause),
+	    classify_hint(cause));
 }
 
 /* ------------------------------------------------------------ the engine */
@@ -286,7 +287,7 @@ check_name(struct check *c, const char *host)
 		    c->reg->name : host, CLASSIFY_NAME_TYPO);
 		return -1;
 	}
-	check_step(c, "name", CHECK_PASS, c->reg->name, CLASSIFY_NONE, NULL);
+	check_step(c, "name", CHECK_PASS, c->reg->name, NULL, NULL);
 	return 0;
 }
 
@@ -313,7 +314,7 @@ check_dns(struct check *c, const char *host, const char *port)
 		used += (size_t)snprintf(detail + used, sizeof(detail) - used,
 		    " %s", ip);
 	}
-	check_step(c, "dns", CHECK_PASS, detail, CLASSIFY_NONE, NULL);
+	check_step(c, "dns", CHECK_PASS, detail, NULL, NULL);
 	return res;
 }
 
@@ -358,7 +359,7 @@ check_tcp(struct check *c, const struct addrinfo *a, const char *port)
 	}
 	snprintf(detail, sizeof(detail), "%s port %s in %ld ms", ip, port,
 	    log_ms_since(&t0));
-	check_step(c, "tcp", CHECK_PASS, detail, CLASSIFY_NONE, NULL);
+	check_step(c, "tcp", CHECK_PASS, detail, NULL, NULL);
 	return 0;
 }
 
@@ -373,7 +374,7 @@ check_tls(struct check *c, const char *host)
 
 	if (strncmp(c->reg->url, "https://", 8) != 0) {
 		check_step(c, "tls", CHECK_SKIP, "plain http (no TLS)",
-		    CLASSIFY_NONE, NULL);
+		    NULL, NULL);
 		return 0;
 	}
 	if ((e = curl_easy_init()) == NULL)
@@ -402,7 +403,7 @@ check_tls(struct check *c, const char *host)
 	check_step(c, "tls", CHECK_PASS, c->reg->tls_verify ?
 	    "handshake done, certificate verified" :
 	    "handshake done, verification off (tls_verify = false)",
-	    CLASSIFY_NONE, NULL);
+	    NULL, NULL);
 	return 0;
 }
 
@@ -428,7 +429,7 @@ check_base(struct check *c, char *url, size_t urllen)
 	else
 		snprintf(detail, sizeof(detail), "%s: 401, challenge %.500s",
 		    url, r.challenge);
-	check_step(c, "v2", CHECK_PASS, detail, CLASSIFY_NONE, NULL);
+	check_step(c, "v2", CHECK_PASS, detail, NULL, NULL);
 	check_resp_free(&r);
 	return 0;
 }
@@ -460,19 +461,8 @@ check_identity(struct check *c, const char *url, int head,
 		    config_auth_name(c->reg->auth_kind), c->repo != NULL ?
 		    c->repo : "registry", phase != NULL ? phase : "token",
 		    error != NULL ? ": " : "", error != NULL ? error : "");
-		check_step(c, "identity", CHECK_FAIL, detail, CLASSIFY_NONE,
-		    NULL);
-		if (!c->json && cause != NULL)
-			printf("        cause: %s\n        hint:  %s\n", cause,
-			    hint != NULL ? hint : "");
-		else if (c->json && cause != NULL) {
-			json_t *s = json_array_get(c->steps,
-			    json_array_size(c->steps) - 1);
-			json_object_set_new(s, "cause", json_string(cause));
-			if (hint != NULL)
-				json_object_set_new(s, "hint",
-				    json_string(hint));
-		}
+		/* auth's own cause and hint for what failed. */
+		check_step(c, "identity", CHECK_FAIL, detail, cause, hint);
 		return -1;
 	}
 	if (r->res.curl == CURLE_OK && r->status == 401) {
@@ -482,7 +472,7 @@ check_identity(struct check *c, const char *url, int head,
 	snprintf(detail, sizeof(detail), "%s: %s", config_auth_name(
 	    c->reg->auth_kind), c->reg->auth_kind == CONFIG_AUTH_ANONYMOUS ?
 	    "no credentials sent; challenges followed" : "token obtained");
-	check_step(c, "identity", CHECK_PASS, detail, CLASSIFY_NONE, NULL);
+	check_step(c, "identity", CHECK_PASS, detail, NULL, NULL);
 	return 0;
 }
 
@@ -512,7 +502,7 @@ check_platform(struct check *c, struct check_resp *m)
 		json_decref(doc);
 		if (cfgdigest == NULL) {
 			check_step(c, "platform", CHECK_SKIP, "not an image "
-			    "manifest: nothing to compare", CLASSIFY_NONE,
+			    "manifest: nothing to compare", NULL,
 			    NULL);
 			return;
 		}
@@ -536,11 +526,11 @@ check_platform(struct check *c, struct check_resp *m)
 	} else if (match == 1) {
 		snprintf(detail, sizeof(detail), "node %s among %s", nodes,
 		    have);
-		check_step(c, "platform", CHECK_PASS, detail, CLASSIFY_NONE,
+		check_step(c, "platform", CHECK_PASS, detail, NULL,
 		    NULL);
 	} else
 		check_step(c, "platform", CHECK_SKIP, "no platform in the "
-		    "image config", CLASSIFY_NONE, NULL);
+		    "image config", NULL, NULL);
 }
 
 static void
@@ -568,7 +558,7 @@ check_manifest(struct check *c)
 	}
 	snprintf(detail, sizeof(detail), "%s:%s -> %s %s", c->repo, c->ref,
 	    r.digest[0] != '\0' ? r.digest : "(no digest header)", r.type);
-	check_step(c, "manifest", CHECK_PASS, detail, CLASSIFY_NONE, NULL);
+	check_step(c, "manifest", CHECK_PASS, detail, NULL, NULL);
 	check_resp_free(&r);
 	if (check_fetch(c, url, 0, 1, &r) == -1)
 		return;
@@ -608,7 +598,7 @@ check_registry(struct check *c)
 	if (c->up == NULL || (c->auth = auth_new(c->base, c->up, c->cfg,
 	    c->reg, err, sizeof(err))) == NULL) {
 		check_step(c, "identity", CHECK_FAIL, c->up == NULL ?
-		    "out of memory" : err, CLASSIFY_NONE, NULL);
+		    "out of memory" : err, NULL, NULL);
 	} else if (check_base(c, url, sizeof(url)) == 0) {
 		if (c->repo != NULL)
 			check_manifest(c);

@@ -13,7 +13,6 @@
 #include <stddef.h>
 #include <curl/curl.h>
 
-struct upstream_result;
 
 /* Where it failed. Callers say request, body, digest or an auth step;
  * classify narrows a transport failure down to dns, connect or tls. */
@@ -76,9 +75,6 @@ struct classify_result {
 };
 
 void classify(const struct classify_input *in, struct classify_result *out);
-/* The transport facts of a transfer's end (NULL: none) into in. */
-void classify_input_result(struct classify_input *in,
-    const struct upstream_result *res);
 
 const char *classify_cause_name(enum classify_cause cause);
 const char *classify_phase_name(enum classify_phase phase);

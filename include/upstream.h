@@ -130,6 +130,10 @@ const char *upstream_xfer_header(const struct upstream_xfer *x,
     const char *name);
 /* The URL that answered, with the query removed (no SAS tokens in logs). */
 const char *upstream_xfer_url(const struct upstream_xfer *x);
+/* The transport facts of a transfer's end (NULL: none) into in. */
+void upstream_result_classify(struct classify_input *in,
+    const struct upstream_result *res);
+
 /* How it ended, while on_done runs; NULL before. */
 const struct upstream_result *upstream_xfer_result(
     const struct upstream_xfer *x);

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "logsum.h"
+#include "logs.h"
 
 static void
 test_duration(void **state)
@@ -13,24 +13,24 @@ test_duration(void **state)
 	long long s;
 
 	(void)state;
-	assert_int_equal(logsum_duration("30s", &s), 0);
+	assert_int_equal(logs_duration("30s", &s), 0);
 	assert_int_equal(s, 30);
-	assert_int_equal(logsum_duration("15m", &s), 0);
+	assert_int_equal(logs_duration("15m", &s), 0);
 	assert_int_equal(s, 900);
-	assert_int_equal(logsum_duration("2h", &s), 0);
+	assert_int_equal(logs_duration("2h", &s), 0);
 	assert_int_equal(s, 7200);
-	assert_int_equal(logsum_duration("1d", &s), 0);
+	assert_int_equal(logs_duration("1d", &s), 0);
 	assert_int_equal(s, 86400);
-	assert_int_equal(logsum_duration("0s", &s), 0);
+	assert_int_equal(logs_duration("0s", &s), 0);
 	assert_int_equal(s, 0);
-	assert_int_equal(logsum_duration("15", &s), -1);
-	assert_int_equal(logsum_duration("m", &s), -1);
-	assert_int_equal(logsum_duration("-5m", &s), -1);
-	assert_int_equal(logsum_duration("5mm", &s), -1);
-	assert_int_equal(logsum_duration("5w", &s), -1);
-	assert_int_equal(logsum_duration("", &s), -1);
-	assert_int_equal(logsum_duration("99999999999999999999d", &s), -1);
-	assert_int_equal(logsum_duration("999999999d", &s), -1);
+	assert_int_equal(logs_duration("15", &s), -1);
+	assert_int_equal(logs_duration("m", &s), -1);
+	assert_int_equal(logs_duration("-5m", &s), -1);
+	assert_int_equal(logs_duration("5mm", &s), -1);
+	assert_int_equal(logs_duration("5w", &s), -1);
+	assert_int_equal(logs_duration("", &s), -1);
+	assert_int_equal(logs_duration("99999999999999999999d", &s), -1);
+	assert_int_equal(logs_duration("999999999d", &s), -1);
 }
 
 static void
@@ -39,20 +39,20 @@ test_time(void **state)
 	long long ms;
 
 	(void)state;
-	assert_int_equal(logsum_time("1970-01-01T00:00:00.000Z", &ms), 0);
+	assert_int_equal(logs_time("1970-01-01T00:00:00.000Z", &ms), 0);
 	assert_int_equal(ms, 0);
-	assert_int_equal(logsum_time("2026-11-23T16:02:11.204Z", &ms), 0);
+	assert_int_equal(logs_time("2026-11-23T16:02:11.204Z", &ms), 0);
 	assert_int_equal(ms, 1795449731204LL);
-	assert_int_equal(logsum_time("2026-11-23T16:02:11Z", &ms), 0);
+	assert_int_equal(logs_time("2026-11-23T16:02:11Z", &ms), 0);
 	assert_int_equal(ms, 1795449731000LL);
-	assert_int_equal(logsum_time("2026-11-23T16:02:11.204", &ms), -1);
-	assert_int_equal(logsum_time("2026-11-23T16:02:11.2Z", &ms), -1);
-	assert_int_equal(logsum_time("2026-13-23T16:02:11.204Z", &ms), -1);
-	assert_int_equal(logsum_time("2026-11-23 16:02:11.204Z", &ms), -1);
-	assert_int_equal(logsum_time("2026-11-23T16:02:11.204+01:00", &ms),
+	assert_int_equal(logs_time("2026-11-23T16:02:11.204", &ms), -1);
+	assert_int_equal(logs_time("2026-11-23T16:02:11.2Z", &ms), -1);
+	assert_int_equal(logs_time("2026-13-23T16:02:11.204Z", &ms), -1);
+	assert_int_equal(logs_time("2026-11-23 16:02:11.204Z", &ms), -1);
+	assert_int_equal(logs_time("2026-11-23T16:02:11.204+01:00", &ms),
 	    -1);
-	assert_int_equal(logsum_time("yesterday", &ms), -1);
-	assert_int_equal(logsum_time(NULL, &ms), -1);
+	assert_int_equal(logs_time("yesterday", &ms), -1);
+	assert_int_equal(logs_time(NULL, &ms), -1);
 }
 
 #define T(s)	"{\"time\":\"2026-11-23T16:0" s "Z\","
@@ -91,16 +91,16 @@ static const char *lines[] = {
 	"\n",
 };
 
-static struct logsum *
+static struct logs *
 feed(long long since)
 {
-	struct logsum *ls;
+	struct logs *ls;
 	size_t i;
 
-	ls = logsum_new(since);
+	ls = logs_new(since);
 	assert_non_null(ls);
 	for (i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
-		logsum_line(ls, lines[i], strlen(lines[i]));
+		logs_line(ls, lines[i], strlen(lines[i]));
 	return ls;
 }
 
@@ -117,12 +117,12 @@ geti(json_t *o, const char *path)
 static void
 test_summary(void **state)
 {
-	struct logsum *ls;
+	struct logs *ls;
 	json_t *o, *causes, *c, *repos, *req;
 
 	(void)state;
 	ls = feed(0);
-	o = logsum_json(ls);
+	o = logs_json(ls);
 	assert_int_equal(geti(o, "lines"), 10);
 	assert_int_equal(geti(o, "not_json"), 3);
 	assert_string_equal(json_string_value(json_object_get(o, "first")),
@@ -165,32 +165,32 @@ test_summary(void **state)
 	assert_int_equal(geti(json_object_get(o, "other"), "cache bypassed"),
 	    1);
 	json_decref(o);
-	logsum_free(ls);
+	logs_free(ls);
 }
 
 static void
 test_since(void **state)
 {
-	struct logsum *ls;
+	struct logs *ls;
 	long long t;
 	json_t *o;
 
 	(void)state;
-	assert_int_equal(logsum_time("2026-11-23T16:02:05.000Z", &t), 0);
+	assert_int_equal(logs_time("2026-11-23T16:02:05.000Z", &t), 0);
 	ls = feed(t);
-	o = logsum_json(ls);
+	o = logs_json(ls);
 	assert_int_equal(geti(o, "lines"), 6);
 	assert_int_equal(geti(o, "before_since"), 4);
 	assert_int_equal(geti(o, "not_json"), 3);
 	assert_int_equal(json_array_size(json_object_get(o, "causes")), 2);
 	json_decref(o);
-	logsum_free(ls);
+	logs_free(ls);
 }
 
 static void
 test_print(void **state)
 {
-	struct logsum *ls;
+	struct logs *ls;
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f;
@@ -199,7 +199,7 @@ test_print(void **state)
 	ls = feed(0);
 	f = open_memstream(&buf, &len);
 	assert_non_null(f);
-	logsum_print(ls, f);
+	logs_print(ls, f);
 	fclose(f);
 	assert_non_null(strstr(buf, "3 lines were not JSON"));
 	assert_non_null(strstr(buf, "connection_refused: 9, "
@@ -209,7 +209,7 @@ test_print(void **state)
 	assert_non_null(strstr(buf, "clients got (repeats not itemised): 502 2, 404 1"));
 	assert_non_null(strstr(buf, "served: 3 requests, 2 with 200"));
 	free(buf);
-	logsum_free(ls);
+	logs_free(ls);
 }
 
 int
@@ -223,5 +223,5 @@ main(void)
 		cmocka_unit_test(test_print),
 	};
 
-	return cmocka_run_group_tests_name("logsum", tests, NULL, NULL);
+	return cmocka_run_group_tests_name("logs", tests, NULL, NULL);
 }

@@ -11,17 +11,17 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "hostsconf.h"
+#include "containerd_config.h"
 
 /* ------------------------------------------------ containerd's config */
 
 static void
 scan_ok(const char *text, const char *path, int line, const char *table)
 {
-	struct hostsconf_ctd ctd;
+	struct containerd_config_ctd ctd;
 	int bad;
 
-	assert_int_equal(hostsconf_ctd_scan(text, &ctd, &bad), 0);
+	assert_int_equal(containerd_config_ctd_scan(text, &ctd, &bad), 0);
 	assert_string_equal(ctd.config_path, path);
 	assert_int_equal(ctd.line, line);
 	if (table != NULL)
@@ -31,7 +31,7 @@ scan_ok(const char *text, const char *path, int line, const char *table)
 static void
 test_scan_tables(void **state)
 {
-	struct hostsconf_ctd ctd;
+	struct containerd_config_ctd ctd;
 	int bad;
 
 	(void)state;
@@ -62,7 +62,7 @@ test_scan_tables(void **state)
 	    2, NULL);
 
 	/* Not set: mirrors only, another plugin, a comment, a sub-table. */
-	assert_int_equal(hostsconf_ctd_scan(
+	assert_int_equal(containerd_config_ctd_scan(
 	    "version = 2\n"
 	    "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors]\n"
 	    "config_path = \"/no\"\n"
@@ -79,7 +79,7 @@ test_scan_tables(void **state)
 	assert_int_equal(ctd.imports, 0);
 
 	/* imports are noticed (not followed). */
-	assert_int_equal(hostsconf_ctd_scan("version = 3\n"
+	assert_int_equal(containerd_config_ctd_scan("version = 3\n"
 	    "imports = [\"/etc/containerd/conf.d/*.toml\"]\n", &ctd, &bad), 0);
 	assert_int_equal(ctd.version, 3);
 	assert_int_equal(ctd.imports, 1);
@@ -89,7 +89,7 @@ test_scan_tables(void **state)
 static void
 test_scan_multiline(void **state)
 {
-	struct hostsconf_ctd ctd;
+	struct containerd_config_ctd ctd;
 	int bad;
 
 	(void)state;
@@ -115,19 +115,19 @@ test_scan_multiline(void **state)
 	    2, NULL);
 
 	/* Present but not a one-line string: refused with its line. */
-	assert_int_equal(hostsconf_ctd_scan("\n[plugins.cri.registry]\n"
+	assert_int_equal(containerd_config_ctd_scan("\n[plugins.cri.registry]\n"
 	    "config_path = [\"/a\"]\n", &ctd, &bad), -1);
 	assert_int_equal(bad, 3);
-	assert_int_equal(hostsconf_ctd_scan("[plugins.cri.registry]\n"
+	assert_int_equal(containerd_config_ctd_scan("[plugins.cri.registry]\n"
 	    "config_path = \"/unterminated\n", &ctd, &bad), -1);
 	assert_int_equal(bad, 2);
-	assert_int_equal(hostsconf_ctd_scan("[plugins.cri.registry]\n"
+	assert_int_equal(containerd_config_ctd_scan("[plugins.cri.registry]\n"
 	    "config_path = \"\"\"/x\"\"\"\n", &ctd, &bad), -1);
 	/* Nonsense is stepped over, never read past its end. */
-	assert_int_equal(hostsconf_ctd_scan("[[[\n= = =\n\"\n'\n[a.\"b\n"
+	assert_int_equal(containerd_config_ctd_scan("[[[\n= = =\n\"\n'\n[a.\"b\n"
 	    "x = [\"\n", &ctd, &bad), 0);
 	assert_int_equal(ctd.line, 0);
-	assert_int_equal(hostsconf_ctd_scan("", &ctd, &bad), 0);
+	assert_int_equal(containerd_config_ctd_scan("", &ctd, &bad), 0);
 	assert_int_equal(ctd.line, 0);
 }
 
@@ -135,22 +135,22 @@ static void
 test_path_listed(void **state)
 {
 	(void)state;
-	assert_true(hostsconf_path_listed("/etc/containerd/certs.d",
+	assert_true(containerd_config_path_listed("/etc/containerd/certs.d",
 	    "/etc/containerd/certs.d"));
-	assert_true(hostsconf_path_listed("/etc/containerd/certs.d/",
+	assert_true(containerd_config_path_listed("/etc/containerd/certs.d/",
 	    "/etc/containerd/certs.d"));
-	assert_true(hostsconf_path_listed("/etc/containerd/certs.d",
+	assert_true(containerd_config_path_listed("/etc/containerd/certs.d",
 	    "/etc/containerd/certs.d//"));
-	assert_true(hostsconf_path_listed(
+	assert_true(containerd_config_path_listed(
 	    "/etc/containerd/certs.d:/etc/docker/certs.d",
 	    "/etc/docker/certs.d"));
-	assert_false(hostsconf_path_listed("/etc/containerd/certs.d",
+	assert_false(containerd_config_path_listed("/etc/containerd/certs.d",
 	    "/etc/containerd/certs"));
-	assert_false(hostsconf_path_listed("/etc/containerd/certs",
+	assert_false(containerd_config_path_listed("/etc/containerd/certs",
 	    "/etc/containerd/certs.d"));
-	assert_false(hostsconf_path_listed("", "/etc/containerd/certs.d"));
-	assert_false(hostsconf_path_listed("::", "/x"));
-	assert_true(hostsconf_path_listed("/", "/"));
+	assert_false(containerd_config_path_listed("", "/etc/containerd/certs.d"));
+	assert_false(containerd_config_path_listed("::", "/x"));
+	assert_true(containerd_config_path_listed("/", "/"));
 }
 
 /* ---------------------------------------------------------- hosts.toml */
@@ -164,10 +164,10 @@ test_render(void **state)
 	int created = -1, n;
 
 	(void)state;
-	n = hostsconf_render(&r, "127.0.0.1", 5000, 0, buf, sizeof(buf));
+	n = containerd_config_render(&r, "127.0.0.1", 5000, 0, buf, sizeof(buf));
 	assert_true(n > 0);
 	assert_int_equal((size_t)n, strlen(buf));
-	assert_int_equal(strncmp(buf, HOSTSCONF_MARK, strlen(HOSTSCONF_MARK)),
+	assert_int_equal(strncmp(buf, CONTAINERD_CONFIG_MARK, strlen(CONTAINERD_CONFIG_MARK)),
 	    0);
 	assert_non_null(strstr(buf,
 	    "\nserver = \"https://myacr.azurecr.io\"\n"));
@@ -175,37 +175,37 @@ test_render(void **state)
 	    "  capabilities = [\"pull\", \"resolve\"]\n"));
 	/* The host comes before nothing else: server is the fallback. */
 	assert_true(strstr(buf, "server =") < strstr(buf, "[host."));
-	assert_null(strstr(buf, HOSTSCONF_MARK_DIR));
-	assert_true(hostsconf_is_ours(buf, &created));
+	assert_null(strstr(buf, CONTAINERD_CONFIG_MARK_DIR));
+	assert_true(containerd_config_is_ours(buf, &created));
 	assert_int_equal(created, 0);
 
-	n = hostsconf_render(&r, "0.0.0.0", 5001, 1, buf, sizeof(buf));
+	n = containerd_config_render(&r, "0.0.0.0", 5001, 1, buf, sizeof(buf));
 	assert_true(n > 0);
 	assert_non_null(strstr(buf, "[host.\"http://127.0.0.1:5001\"]"));
-	assert_true(hostsconf_is_ours(buf, &created));
+	assert_true(containerd_config_is_ours(buf, &created));
 	assert_int_equal(created, 1);
 
-	assert_true(hostsconf_render(&r, "::", 5000, 0, buf, sizeof(buf)) > 0);
+	assert_true(containerd_config_render(&r, "::", 5000, 0, buf, sizeof(buf)) > 0);
 	assert_non_null(strstr(buf, "[host.\"http://[::1]:5000\"]"));
-	assert_true(hostsconf_render(&r, "fd00::1", 80, 0, buf,
+	assert_true(containerd_config_render(&r, "fd00::1", 80, 0, buf,
 	    sizeof(buf)) > 0);
 	assert_non_null(strstr(buf, "[host.\"http://[fd00::1]:80\"]"));
 
 	/* Quotes are escaped, control characters refused, small buffers too. */
 	r.url = "https://x/a\"b";
-	assert_true(hostsconf_render(&r, "127.0.0.1", 5000, 0, buf,
+	assert_true(containerd_config_render(&r, "127.0.0.1", 5000, 0, buf,
 	    sizeof(buf)) > 0);
 	assert_non_null(strstr(buf, "server = \"https://x/a\\\"b\"\n"));
 	r.url = "https://x/\n[host.\"http://evil\"]";
-	assert_int_equal(hostsconf_render(&r, "127.0.0.1", 5000, 0, buf,
+	assert_int_equal(containerd_config_render(&r, "127.0.0.1", 5000, 0, buf,
 	    sizeof(buf)), -1);
 	r.url = "https://myacr.azurecr.io";
-	assert_int_equal(hostsconf_render(&r, "127.0.0.1", 5000, 0, small,
+	assert_int_equal(containerd_config_render(&r, "127.0.0.1", 5000, 0, small,
 	    sizeof(small)), -1);
 
-	assert_false(hostsconf_is_ours("server = \"https://x\"\n", NULL));
-	assert_false(hostsconf_is_ours("", NULL));
-	assert_false(hostsconf_is_ours("\n" HOSTSCONF_MARK, NULL));
+	assert_false(containerd_config_is_ours("server = \"https://x\"\n", NULL));
+	assert_false(containerd_config_is_ours("", NULL));
+	assert_false(containerd_config_is_ours("\n" CONTAINERD_CONFIG_MARK, NULL));
 }
 
 /* ------------------------------------------------------ on a directory */
@@ -358,17 +358,17 @@ static void
 test_apply_idempotent(void **state)
 {
 	struct fixture *fx = *state;
-	struct hostsconf_opts o = { .hosts_dir = fx->dir };
+	struct containerd_config_opts o = { .hosts_dir = fx->dir };
 	struct stat st1, st2;
-	char err[HOSTSCONF_ERR_MAX], *t;
+	char err[CONTAINERD_CONFIG_ERR_MAX], *t;
 	int created;
 
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_non_null(strstr(out_text(fx), "wrote "));
 	t = read_text(path_of(fx, "myacr.azurecr.io/hosts.toml"));
 	assert_non_null(t);
-	assert_true(hostsconf_is_ours(t, &created));
+	assert_true(containerd_config_is_ours(t, &created));
 	assert_int_equal(created, 1);
 	assert_non_null(strstr(t, "server = \"https://myacr.azurecr.io\"\n"));
 	assert_non_null(strstr(t, "[host.\"http://127.0.0.1:5000\"]"));
@@ -382,7 +382,7 @@ test_apply_idempotent(void **state)
 	    &st1), 0);
 
 	/* Again: nothing changes, not even the inode. */
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_null(strstr(out_text(fx), "wrote "));
 	assert_non_null(strstr(out_text(fx), "unchanged "));
@@ -392,11 +392,11 @@ test_apply_idempotent(void **state)
 
 	/* A new listen address rewrites the file, keeping its mark. */
 	fx->cfg.listen_port = 5005;
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	t = read_text(path_of(fx, "myacr.azurecr.io/hosts.toml"));
 	assert_non_null(strstr(t, "[host.\"http://127.0.0.1:5005\"]"));
-	assert_true(hostsconf_is_ours(t, &created));
+	assert_true(containerd_config_is_ours(t, &created));
 	assert_int_equal(created, 1);
 
 	/* A registry dropped from the config: its file goes too. */
@@ -404,12 +404,12 @@ test_apply_idempotent(void **state)
 	free(fx->cfg.registries[1].url);
 	memset(&fx->cfg.registries[1], 0, sizeof(fx->cfg.registries[1]));
 	fx->cfg.nregistries = 1;
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_string_equal(listing(fx->dir), ".\n..\nmyacr.azurecr.io\n");
 
 	/* --remove: back to the empty directory. */
-	assert_int_equal(hostsconf_remove(&o, out_reset(fx), err,
+	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_string_equal(listing(fx->dir), ".\n..\n");
 }
@@ -418,8 +418,8 @@ static void
 test_foreign_left_alone(void **state)
 {
 	struct fixture *fx = *state;
-	struct hostsconf_opts o = { .hosts_dir = fx->dir };
-	char err[HOSTSCONF_ERR_MAX], before[4096];
+	struct containerd_config_opts o = { .hosts_dir = fx->dir };
+	char err[CONTAINERD_CONFIG_ERR_MAX], before[4096];
 	const char *foreign = "server = \"https://myacr.azurecr.io\"\n"
 	    "[host.\"https://mirror.example\"]\n";
 
@@ -429,7 +429,7 @@ test_foreign_left_alone(void **state)
 	strcpy(before, listing(fx->dir));
 
 	/* Refused, with the file named, and nothing written at all. */
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), -1);
 	assert_non_null(strstr(err, path_of(fx,
 	    "myacr.azurecr.io/hosts.toml")));
@@ -439,25 +439,25 @@ test_foreign_left_alone(void **state)
 	    "myacr.azurecr.io/hosts.toml")), foreign);
 
 	/* --remove leaves it as well. */
-	assert_int_equal(hostsconf_remove(&o, out_reset(fx), err,
+	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_string_equal(read_text(path_of(fx,
 	    "myacr.azurecr.io/hosts.toml")), foreign);
 
 	/* --force sets it aside; --remove puts it back, byte for byte. */
 	o.force = 1;
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
-	assert_true(hostsconf_is_ours(read_text(path_of(fx,
+	assert_true(containerd_config_is_ours(read_text(path_of(fx,
 	    "myacr.azurecr.io/hosts.toml")), NULL));
 	assert_string_equal(read_text(path_of(fx,
-	    "myacr.azurecr.io/" HOSTSCONF_SAVED)), foreign);
+	    "myacr.azurecr.io/" CONTAINERD_CONFIG_SAVED)), foreign);
 	/* A second --force run does not set aside its own file. */
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_string_equal(read_text(path_of(fx,
-	    "myacr.azurecr.io/" HOSTSCONF_SAVED)), foreign);
-	assert_int_equal(hostsconf_remove(&o, out_reset(fx), err,
+	    "myacr.azurecr.io/" CONTAINERD_CONFIG_SAVED)), foreign);
+	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_string_equal(read_text(path_of(fx,
 	    "myacr.azurecr.io/hosts.toml")), foreign);
@@ -470,8 +470,8 @@ static void
 test_remove_keeps_others(void **state)
 {
 	struct fixture *fx = *state;
-	struct hostsconf_opts o = { .hosts_dir = fx->dir };
-	char err[HOSTSCONF_ERR_MAX], before[4096];
+	struct containerd_config_opts o = { .hosts_dir = fx->dir };
+	char err[CONTAINERD_CONFIG_ERR_MAX], before[4096];
 
 	/* A directory that was there before (with a CA) stays. */
 	assert_int_equal(mkdir(path_of(fx, "myacr.azurecr.io"), 0755), 0);
@@ -483,23 +483,23 @@ test_remove_keeps_others(void **state)
 
 	/* --dry-run changes nothing. */
 	o.dry_run = 1;
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_non_null(strstr(out_text(fx), "would write "));
 	assert_string_equal(listing(fx->dir), before);
 	o.dry_run = 0;
 
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), 0);
-	assert_true(hostsconf_is_ours(read_text(path_of(fx,
+	assert_true(containerd_config_is_ours(read_text(path_of(fx,
 	    "127.0.0.1:5001/hosts.toml")), NULL));
 	/* A file pullproxy made in a directory it did not make: no mark. */
 	assert_null(strstr(read_text(path_of(fx,
-	    "myacr.azurecr.io/hosts.toml")), HOSTSCONF_MARK_DIR));
+	    "myacr.azurecr.io/hosts.toml")), CONTAINERD_CONFIG_MARK_DIR));
 
 	/* Someone adds a file to a directory pullproxy made: it stays. */
 	write_text(path_of(fx, "127.0.0.1:5001/ca.crt"), "cert\n");
-	assert_int_equal(hostsconf_remove(&o, out_reset(fx), err,
+	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,
 	    sizeof(err)), 0);
 	assert_non_null(strstr(out_text(fx), "keep "));
 	assert_string_equal(listing(path_of(fx, "127.0.0.1:5001")),
@@ -517,19 +517,19 @@ static void
 test_missing_dir(void **state)
 {
 	struct fixture *fx = *state;
-	struct hostsconf_opts o = { .hosts_dir = path_of(fx, "nope") };
-	char err[HOSTSCONF_ERR_MAX];
+	struct containerd_config_opts o = { .hosts_dir = path_of(fx, "nope") };
+	char err[CONTAINERD_CONFIG_ERR_MAX];
 
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), -1);
 	assert_non_null(strstr(err, "/nope: "));
-	assert_int_equal(hostsconf_remove(&o, out_reset(fx), err,
+	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,
 	    sizeof(err)), -1);
 	/* A registry name that would leave the directory is refused. */
 	o.hosts_dir = fx->dir;
 	free(fx->cfg.registries[1].name);
 	fx->cfg.registries[1].name = strdup("..");
-	assert_int_equal(hostsconf_apply(&fx->cfg, &o, out_reset(fx), err,
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
 	    sizeof(err)), -1);
 	assert_string_equal(listing(fx->dir), ".\n..\n");
 }
@@ -538,18 +538,18 @@ static void
 test_check_containerd(void **state)
 {
 	struct fixture *fx = *state;
-	char err[HOSTSCONF_ERR_MAX], *cfgpath;
+	char err[CONTAINERD_CONFIG_ERR_MAX], *cfgpath;
 
 	cfgpath = strdup(path_of(fx, "config.toml"));
 	write_text(cfgpath, "version = 2\n"
 	    "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n"
 	    "  config_path = \"/etc/containerd/certs.d\"\n");
-	assert_int_equal(hostsconf_check_containerd(cfgpath,
+	assert_int_equal(containerd_config_check_containerd(cfgpath,
 	    "/etc/containerd/certs.d", out_reset(fx), err, sizeof(err)), 0);
 	assert_non_null(strstr(out_text(fx), "config.toml:3: "));
 
 	/* Another directory: refused, naming the file and line. */
-	assert_int_equal(hostsconf_check_containerd(cfgpath, "/srv/hosts",
+	assert_int_equal(containerd_config_check_containerd(cfgpath, "/srv/hosts",
 	    out_reset(fx), err, sizeof(err)), -1);
 	assert_int_equal(strncmp(err, cfgpath, strlen(cfgpath)), 0);
 	assert_non_null(strstr(err, ":3: config_path = "));
@@ -557,14 +557,14 @@ test_check_containerd(void **state)
 
 	write_text(cfgpath,
 	    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n");
-	assert_int_equal(hostsconf_check_containerd(cfgpath,
+	assert_int_equal(containerd_config_check_containerd(cfgpath,
 	    "/etc/containerd/certs.d", out_reset(fx), err, sizeof(err)), -1);
 	assert_int_equal(strncmp(err, cfgpath, strlen(cfgpath)), 0);
 	assert_non_null(strstr(err, "no config_path under "
 	    "[plugins.\"io.containerd.grpc.v1.cri\".registry]"));
 
 	unlink(cfgpath);
-	assert_int_equal(hostsconf_check_containerd(cfgpath,
+	assert_int_equal(containerd_config_check_containerd(cfgpath,
 	    "/etc/containerd/certs.d", out_reset(fx), err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "No such file"));
 	free(cfgpath);
@@ -590,5 +590,5 @@ main(void)
 		    teardown),
 	};
 
-	return cmocka_run_group_tests_name("hostsconf", tests, NULL, NULL);
+	return cmocka_run_group_tests_name("containerd_config", tests, NULL, NULL);
 }

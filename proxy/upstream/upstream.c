@@ -675,7 +675,7 @@ upstream_cause(const struct upstream_result *res)
 	struct classify_result c;
 
 	memset(&in, 0, sizeof(in));
-	classify_input_result(&in, res);
+	upstream_result_classify(&in, res);
 	in.status = res->status;
 	classify(&in, &c);
 	return c.cause;
@@ -1313,4 +1313,19 @@ const struct upstream_result *
 upstream_xfer_result(const struct upstream_xfer *x)
 {
 	return x->x_res;
+}
+
+void
+upstream_result_classify(struct classify_input *in,
+    const struct upstream_result *res)
+{
+	if (res == NULL)
+		return;
+	in->curl = res->curl;
+	in->os_errno = res->os_errno;
+	in->connected = res->connected;
+	in->headers = res->headers;
+	in->redirected = res->redirects > 0;
+	in->throttled = res->throttled;
+	in->circuit = res->circuit;
 }

@@ -1,5 +1,5 @@
 /*
- * hostsconf: `pullproxy containerd-config`.
+ * containerd_config: `pullproxy containerd-config`.
  *
  * containerd reads DIR/<registry>/hosts.toml on every pull (no restart
  * needed), tries its hosts in file order and the server last. pullproxy
@@ -24,17 +24,17 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "hostsconf.h"
+#include "containerd_config.h"
 
-#define HOSTSCONF_FILE_MAX	(64 * 1024)	/* ours are < 1 KiB */
-#define HOSTSCONF_CTD_MAX	(4 * 1024 * 1024)
-#define HOSTSCONF_KEYS_MAX	8
-#define HOSTSCONF_KEY_MAX	128
+#define CONTAINERD_CONFIG_FILE_MAX	(64 * 1024)	/* ours are < 1 KiB */
+#define CONTAINERD_CONFIG_CTD_MAX	(4 * 1024 * 1024)
+#define CONTAINERD_CONFIG_KEYS_MAX	8
+#define CONTAINERD_CONFIG_KEY_MAX	128
 /* Room left in a PATH_MAX for "/hosts.toml.pullproxy-saved". */
-#define HOSTSCONF_DIR_MAX	(PATH_MAX - 64)
+#define CONTAINERD_CONFIG_DIR_MAX	(PATH_MAX - 64)
 
 static int __attribute__((format(printf, 3, 4)))
-hostsconf_err(char *err, size_t errlen, const char *fmt, ...)
+containerd_config_err(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -46,13 +46,13 @@ hostsconf_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* ------------------------------------------------ containerd's config */
 
-struct hostsconf_keys {
+struct containerd_config_keys {
 	int	n;
-	char	k[HOSTSCONF_KEYS_MAX][HOSTSCONF_KEY_MAX];
+	char	k[CONTAINERD_CONFIG_KEYS_MAX][CONTAINERD_CONFIG_KEY_MAX];
 };
 
 /* The CRI plugin's name in config versions 2, 3 and 1. */
-static const char *hostsconf_cri_names[] = {
+static const char *containerd_config_cri_names[] = {
 	"io.containerd.grpc.v1.cri",
 	"io.containerd.cri.v1.images",
 	"cri",
@@ -64,7 +64,7 @@ static const char *hostsconf_cri_names[] = {
  * rather than compared wrongly.
  */
 static int
-hostsconf_toml_string(const char **pp, char *out, size_t outlen)
+containerd_config_toml_string(const char **pp, char *out, size_t outlen)
 {
 	const char *p = *pp;
 	char q = *p++, c;
@@ -92,7 +92,7 @@ hostsconf_toml_string(const char **pp, char *out, size_t outlen)
 
 /* A dotted key (a.b."c.d") at *pp, moved past it and trailing blanks. */
 static int
-hostsconf_toml_keys(const char **pp, struct hostsconf_keys *keys)
+containerd_config_toml_keys(const char **pp, struct containerd_config_keys *keys)
 {
 	const char *p = *pp;
 	size_t n;
@@ -100,17 +100,17 @@ hostsconf_toml_keys(const char **pp, struct hostsconf_keys *keys)
 	keys->n = 0;
 	for (;;) {
 		p += strspn(p, " \t");
-		if (keys->n == HOSTSCONF_KEYS_MAX)
+		if (keys->n == CONTAINERD_CONFIG_KEYS_MAX)
 			return -1;
 		if (*p == '"' || *p == '\'') {
-			if (hostsconf_toml_string(&p, keys->k[keys->n],
-			    HOSTSCONF_KEY_MAX) == -1)
+			if (containerd_config_toml_string(&p, keys->k[keys->n],
+			    CONTAINERD_CONFIG_KEY_MAX) == -1)
 				return -1;
 		} else {
 			for (n = 0; isalnum((unsigned char)p[n]) ||
 			    p[n] == '_' || p[n] == '-'; n++)
 				;
-			if (n == 0 || n >= HOSTSCONF_KEY_MAX)
+			if (n == 0 || n >= CONTAINERD_CONFIG_KEY_MAX)
 				return -1;
 			memcpy(keys->k[keys->n], p, n);
 			keys->k[keys->n][n] = '\0';
@@ -131,7 +131,7 @@ hostsconf_toml_keys(const char **pp, struct hostsconf_keys *keys)
  * at v. Returns the end of its last line; *line counts the lines crossed.
  */
 static const char *
-hostsconf_toml_skip(const char *v, int *line)
+containerd_config_toml_skip(const char *v, int *line)
 {
 	const char *p, *close;
 	int depth = 0;
@@ -183,10 +183,10 @@ hostsconf_toml_skip(const char *v, int *line)
 
 /* 1 when table + key is plugins.<cri>.registry.config_path. */
 static int
-hostsconf_is_config_path(const struct hostsconf_keys *table,
-    const struct hostsconf_keys *key, const char **cri)
+containerd_config_is_config_path(const struct containerd_config_keys *table,
+    const struct containerd_config_keys *key, const char **cri)
 {
-	const char *k[2 * HOSTSCONF_KEYS_MAX];
+	const char *k[2 * CONTAINERD_CONFIG_KEYS_MAX];
 	size_t i;
 	int n = 0;
 
@@ -197,18 +197,18 @@ hostsconf_is_config_path(const struct hostsconf_keys *table,
 	if (n != 4 || strcmp(k[0], "plugins") != 0 ||
 	    strcmp(k[2], "registry") != 0 || strcmp(k[3], "config_path") != 0)
 		return 0;
-	for (i = 0; i < sizeof(hostsconf_cri_names) /
-	    sizeof(hostsconf_cri_names[0]); i++)
-		if (strcmp(k[1], hostsconf_cri_names[i]) == 0) {
-			*cri = hostsconf_cri_names[i];
+	for (i = 0; i < sizeof(containerd_config_cri_names) /
+	    sizeof(containerd_config_cri_names[0]); i++)
+		if (strcmp(k[1], containerd_config_cri_names[i]) == 0) {
+			*cri = containerd_config_cri_names[i];
 			return 1;
 		}
 	return 0;
 }
 
 static int
-hostsconf_ctd_key(struct hostsconf_ctd *ctd, const struct hostsconf_keys *table,
-    const struct hostsconf_keys *key, const char *v, int line)
+containerd_config_ctd_key(struct containerd_config_ctd *ctd, const struct containerd_config_keys *table,
+    const struct containerd_config_keys *key, const char *v, int line)
 {
 	const char *cri;
 
@@ -217,10 +217,10 @@ hostsconf_ctd_key(struct hostsconf_ctd *ctd, const struct hostsconf_keys *table,
 	else if (table->n == 0 && key->n == 1 &&
 	    strcmp(key->k[0], "imports") == 0)
 		ctd->imports = 1;
-	else if (hostsconf_is_config_path(table, key, &cri)) {
+	else if (containerd_config_is_config_path(table, key, &cri)) {
 		if ((*v != '"' && *v != '\'') || strncmp(v, "\"\"\"", 3) == 0 ||
 		    strncmp(v, "'''", 3) == 0 ||
-		    hostsconf_toml_string(&v, ctd->config_path,
+		    containerd_config_toml_string(&v, ctd->config_path,
 		    sizeof(ctd->config_path)) == -1)
 			return -1;
 		snprintf(ctd->table, sizeof(ctd->table),
@@ -232,9 +232,9 @@ hostsconf_ctd_key(struct hostsconf_ctd *ctd, const struct hostsconf_keys *table,
 }
 
 int
-hostsconf_ctd_scan(const char *text, struct hostsconf_ctd *ctd, int *bad_line)
+containerd_config_ctd_scan(const char *text, struct containerd_config_ctd *ctd, int *bad_line)
 {
-	struct hostsconf_keys table, key;
+	struct containerd_config_keys table, key;
 	const char *p = text, *q, *v, *eol;
 	int line = 1, kline, brackets;
 
@@ -250,14 +250,14 @@ hostsconf_ctd_scan(const char *text, struct hostsconf_ctd *ctd, int *bad_line)
 			brackets = p[1] == '[' ? 2 : 1;
 			q = p + brackets;
 			/* A table it cannot read matches nothing. */
-			if (hostsconf_toml_keys(&q, &table) == -1 || *q != ']')
-				table.n = HOSTSCONF_KEYS_MAX;
+			if (containerd_config_toml_keys(&q, &table) == -1 || *q != ']')
+				table.n = CONTAINERD_CONFIG_KEYS_MAX;
 		} else if (*p != '#' && p < eol) {
 			q = p;
-			if (hostsconf_toml_keys(&q, &key) == 0 && *q == '=') {
+			if (containerd_config_toml_keys(&q, &key) == 0 && *q == '=') {
 				v = q + 1 + strspn(q + 1, " \t");
-				eol = hostsconf_toml_skip(v, &line);
-				if (hostsconf_ctd_key(ctd, &table, &key, v,
+				eol = containerd_config_toml_skip(v, &line);
+				if (containerd_config_ctd_key(ctd, &table, &key, v,
 				    kline) == -1) {
 					*bad_line = kline;
 					return -1;
@@ -273,7 +273,7 @@ hostsconf_ctd_scan(const char *text, struct hostsconf_ctd *ctd, int *bad_line)
 }
 
 int
-hostsconf_path_listed(const char *config_path, const char *dir)
+containerd_config_path_listed(const char *config_path, const char *dir)
 {
 	const char *p = config_path;
 	size_t dlen = strlen(dir), n, m;
@@ -295,21 +295,21 @@ hostsconf_path_listed(const char *config_path, const char *dir)
 /* ---------------------------------------------------------- hosts.toml */
 
 int
-hostsconf_is_ours(const char *text, int *created_dir)
+containerd_config_is_ours(const char *text, int *created_dir)
 {
-	size_t ml = strlen(HOSTSCONF_MARK);
+	size_t ml = strlen(CONTAINERD_CONFIG_MARK);
 
-	if (strncmp(text, HOSTSCONF_MARK, ml) != 0)
+	if (strncmp(text, CONTAINERD_CONFIG_MARK, ml) != 0)
 		return 0;
 	if (created_dir != NULL)
-		*created_dir = strncmp(text + ml, HOSTSCONF_MARK_DIR,
-		    strlen(HOSTSCONF_MARK_DIR)) == 0;
+		*created_dir = strncmp(text + ml, CONTAINERD_CONFIG_MARK_DIR,
+		    strlen(CONTAINERD_CONFIG_MARK_DIR)) == 0;
 	return 1;
 }
 
 /* s as the inside of a TOML basic string; -1 for control characters. */
 static int
-hostsconf_quote(const char *s, char *buf, size_t len)
+containerd_config_quote(const char *s, char *buf, size_t len)
 {
 	size_t n = 0;
 
@@ -329,7 +329,7 @@ hostsconf_quote(const char *s, char *buf, size_t len)
 }
 
 int
-hostsconf_render(const struct config_registry *r, const char *listen_host,
+containerd_config_render(const struct config_registry *r, const char *listen_host,
     int listen_port, int created_dir, char *buf, size_t len)
 {
 	char name[512], url[1024], host[300], hostq[620];
@@ -346,9 +346,9 @@ hostsconf_render(const struct config_registry *r, const char *listen_host,
 	else
 		n = snprintf(host, sizeof(host), "%s", h);
 	if (n < 0 || (size_t)n >= sizeof(host) ||
-	    hostsconf_quote(r->name, name, sizeof(name)) == -1 ||
-	    hostsconf_quote(r->url, url, sizeof(url)) == -1 ||
-	    hostsconf_quote(host, hostq, sizeof(hostq)) == -1)
+	    containerd_config_quote(r->name, name, sizeof(name)) == -1 ||
+	    containerd_config_quote(r->url, url, sizeof(url)) == -1 ||
+	    containerd_config_quote(host, hostq, sizeof(hostq)) == -1)
 		return -1;
 	n = snprintf(buf, len,
 	    "%s%s"
@@ -361,7 +361,7 @@ hostsconf_render(const struct config_registry *r, const char *listen_host,
 	    "  capabilities = [\"pull\", \"resolve\"]\n"
 	    "  # Honoured from containerd 2.1; older versions ignore it.\n"
 	    "  dial_timeout = \"200ms\"\n",
-	    HOSTSCONF_MARK, created_dir ? HOSTSCONF_MARK_DIR : "", name, url,
+	    CONTAINERD_CONFIG_MARK, created_dir ? CONTAINERD_CONFIG_MARK_DIR : "", name, url,
 	    hostq, listen_port);
 	if (n < 0 || (size_t)n >= len)
 		return -1;
@@ -375,7 +375,7 @@ hostsconf_render(const struct config_registry *r, const char *listen_host,
  * EINVAL when not a regular file, ELOOP for a symlink when nofollow.
  */
 static int
-hostsconf_slurp(const char *path, size_t max, int nofollow, char **out)
+containerd_config_slurp(const char *path, size_t max, int nofollow, char **out)
 {
 	struct stat st;
 	ssize_t r;
@@ -422,28 +422,28 @@ hostsconf_slurp(const char *path, size_t max, int nofollow, char **out)
 	return 0;
 }
 
-enum hostsconf_state {
-	HOSTSCONF_ABSENT,
-	HOSTSCONF_OURS,
-	HOSTSCONF_FOREIGN,
+enum containerd_config_state {
+	CONTAINERD_CONFIG_ABSENT,
+	CONTAINERD_CONFIG_OURS,
+	CONTAINERD_CONFIG_FOREIGN,
 };
 
 /* One DIR/<name>/hosts.toml as found. */
-struct hostsconf_file {
-	char	dir[HOSTSCONF_DIR_MAX];
+struct containerd_config_file {
+	char	dir[CONTAINERD_CONFIG_DIR_MAX];
 	char	path[PATH_MAX];
 	char	saved[PATH_MAX];
 	int	dir_exists;
 	int	notdir;		/* DIR/<name> is there but not a directory */
 	int	saved_exists;
-	enum hostsconf_state state;
+	enum containerd_config_state state;
 	int	created_dir;	/* ours: its mark says pullproxy made dir */
 	char	*text;		/* ours: what it holds */
 };
 
 static int
-hostsconf_look(const char *hosts_dir, const char *name,
-    struct hostsconf_file *f, char *err, size_t errlen)
+containerd_config_look(const char *hosts_dir, const char *name,
+    struct containerd_config_file *f, char *err, size_t errlen)
 {
 	struct stat st;
 	int n;
@@ -451,42 +451,42 @@ hostsconf_look(const char *hosts_dir, const char *name,
 	memset(f, 0, sizeof(*f));
 	/* A name is one path component: oci_host_valid allows "..". */
 	if (name[0] == '.' || strchr(name, '/') != NULL)
-		return hostsconf_err(err, errlen, "%s: not a registry host "
+		return containerd_config_err(err, errlen, "%s: not a registry host "
 		    "name for a directory of %s", name, hosts_dir);
 	n = snprintf(f->dir, sizeof(f->dir), "%s/%s", hosts_dir, name);
 	if (n < 0 || (size_t)n >= sizeof(f->dir))
-		return hostsconf_err(err, errlen, "%s/%s: path too long",
+		return containerd_config_err(err, errlen, "%s/%s: path too long",
 		    hosts_dir, name);
 	snprintf(f->path, sizeof(f->path), "%s/hosts.toml", f->dir);
-	snprintf(f->saved, sizeof(f->saved), "%s/" HOSTSCONF_SAVED, f->dir);
+	snprintf(f->saved, sizeof(f->saved), "%s/" CONTAINERD_CONFIG_SAVED, f->dir);
 	if (lstat(f->dir, &st) == -1) {
 		if (errno == ENOENT)
 			return 0;
-		return hostsconf_err(err, errlen, "%s: %s", f->dir,
+		return containerd_config_err(err, errlen, "%s: %s", f->dir,
 		    strerror(errno));
 	}
 	if (!S_ISDIR(st.st_mode)) {
 		f->notdir = 1;
-		f->state = HOSTSCONF_FOREIGN;
+		f->state = CONTAINERD_CONFIG_FOREIGN;
 		return 0;
 	}
 	f->dir_exists = 1;
 	f->saved_exists = lstat(f->saved, &st) == 0;
-	if (hostsconf_slurp(f->path, HOSTSCONF_FILE_MAX, 1, &f->text) == -1) {
+	if (containerd_config_slurp(f->path, CONTAINERD_CONFIG_FILE_MAX, 1, &f->text) == -1) {
 		if (errno == ENOENT)
 			return 0;
 		/* Too big, a symlink, not a file: not something we wrote. */
 		if (errno == EFBIG || errno == EINVAL || errno == ELOOP) {
-			f->state = HOSTSCONF_FOREIGN;
+			f->state = CONTAINERD_CONFIG_FOREIGN;
 			return 0;
 		}
-		return hostsconf_err(err, errlen, "%s: %s", f->path,
+		return containerd_config_err(err, errlen, "%s: %s", f->path,
 		    strerror(errno));
 	}
-	if (hostsconf_is_ours(f->text, &f->created_dir))
-		f->state = HOSTSCONF_OURS;
+	if (containerd_config_is_ours(f->text, &f->created_dir))
+		f->state = CONTAINERD_CONFIG_OURS;
 	else {
-		f->state = HOSTSCONF_FOREIGN;
+		f->state = CONTAINERD_CONFIG_FOREIGN;
 		free(f->text);
 		f->text = NULL;
 	}
@@ -495,17 +495,17 @@ hostsconf_look(const char *hosts_dir, const char *name,
 
 /* A rename or unlink in dir survives a crash only once dir is synced. */
 static int
-hostsconf_sync_dir(const char *dir, char *err, size_t errlen)
+containerd_config_sync_dir(const char *dir, char *err, size_t errlen)
 {
 	int fd, rc;
 
 	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-		return hostsconf_err(err, errlen, "%s: %s", dir,
+		return containerd_config_err(err, errlen, "%s: %s", dir,
 		    strerror(errno));
 	rc = fsync(fd);
 	close(fd);
 	if (rc == -1)
-		return hostsconf_err(err, errlen, "%s: fsync: %s", dir,
+		return containerd_config_err(err, errlen, "%s: fsync: %s", dir,
 		    strerror(errno));
 	return 0;
 }
@@ -516,7 +516,7 @@ hostsconf_sync_dir(const char *dir, char *err, size_t errlen)
  * new one, never a part.
  */
 static int
-hostsconf_write(const struct hostsconf_file *f, const char *text,
+containerd_config_write(const struct containerd_config_file *f, const char *text,
     char *err, size_t errlen)
 {
 	char tmp[PATH_MAX];
@@ -526,7 +526,7 @@ hostsconf_write(const struct hostsconf_file *f, const char *text,
 
 	snprintf(tmp, sizeof(tmp), "%s/.hosts.toml.XXXXXX", f->dir);
 	if ((fd = mkstemp(tmp)) == -1)
-		return hostsconf_err(err, errlen, "%s: cannot create a "
+		return containerd_config_err(err, errlen, "%s: cannot create a "
 		    "temporary file: %s", f->dir, strerror(errno));
 	while (off < len) {
 		if ((w = write(fd, text + off, len - off)) == -1) {
@@ -545,9 +545,9 @@ hostsconf_write(const struct hostsconf_file *f, const char *text,
 	fd = -1;
 	if (rename(tmp, f->path) == -1)
 		goto fail;
-	return hostsconf_sync_dir(f->dir, err, errlen);
+	return containerd_config_sync_dir(f->dir, err, errlen);
 fail:
-	hostsconf_err(err, errlen, "%s: %s", f->path, strerror(errno));
+	containerd_config_err(err, errlen, "%s: %s", f->path, strerror(errno));
 	if (fd != -1)
 		close(fd);
 	unlink(tmp);
@@ -560,22 +560,22 @@ fail:
  * and it is empty. Anything else is left as it is.
  */
 static int
-hostsconf_takeback(const struct hostsconf_opts *o, const char *name,
+containerd_config_takeback(const struct containerd_config_opts *o, const char *name,
     FILE *out, char *err, size_t errlen)
 {
-	struct hostsconf_file f;
+	struct containerd_config_file f;
 	const char *would = o->dry_run ? "would " : "";
 	int rc = -1;
 
-	if (hostsconf_look(o->hosts_dir, name, &f, err, errlen) == -1)
+	if (containerd_config_look(o->hosts_dir, name, &f, err, errlen) == -1)
 		return -1;
-	if (f.state != HOSTSCONF_OURS) {
+	if (f.state != CONTAINERD_CONFIG_OURS) {
 		free(f.text);
 		return 0;
 	}
 	if (f.saved_exists) {
 		if (!o->dry_run && rename(f.saved, f.path) == -1) {
-			hostsconf_err(err, errlen, "%s: %s", f.saved,
+			containerd_config_err(err, errlen, "%s: %s", f.saved,
 			    strerror(errno));
 			goto done;
 		}
@@ -583,25 +583,25 @@ hostsconf_takeback(const struct hostsconf_opts *o, const char *name,
 		    f.path);
 	} else {
 		if (!o->dry_run && unlink(f.path) == -1) {
-			hostsconf_err(err, errlen, "%s: %s", f.path,
+			containerd_config_err(err, errlen, "%s: %s", f.path,
 			    strerror(errno));
 			goto done;
 		}
 		fprintf(out, "%sremove %s\n", would, f.path);
 	}
-	if (!o->dry_run && hostsconf_sync_dir(f.dir, err, errlen) == -1)
+	if (!o->dry_run && containerd_config_sync_dir(f.dir, err, errlen) == -1)
 		goto done;
 	if (f.created_dir && !f.saved_exists) {
 		if (o->dry_run)
 			fprintf(out, "would remove %s if empty\n", f.dir);
 		else if (rmdir(f.dir) == 0) {
 			fprintf(out, "remove %s\n", f.dir);
-			if (hostsconf_sync_dir(o->hosts_dir, err, errlen) == -1)
+			if (containerd_config_sync_dir(o->hosts_dir, err, errlen) == -1)
 				goto done;
 		} else if (errno == ENOTEMPTY || errno == EEXIST)
 			fprintf(out, "keep %s: it holds other files\n", f.dir);
 		else {
-			hostsconf_err(err, errlen, "%s: %s", f.dir,
+			containerd_config_err(err, errlen, "%s: %s", f.dir,
 			    strerror(errno));
 			goto done;
 		}
@@ -613,14 +613,14 @@ done:
 }
 
 static int
-hostsconf_subdir(const struct dirent *d)
+containerd_config_subdir(const struct dirent *d)
 {
 	return d->d_name[0] != '.';
 }
 
 /* 1 when name is one of cfg's registries (cfg may be NULL). */
 static int
-hostsconf_configured(const struct config *cfg, const char *name)
+containerd_config_configured(const struct config *cfg, const char *name)
 {
 	size_t i;
 
@@ -632,19 +632,19 @@ hostsconf_configured(const struct config *cfg, const char *name)
 
 /* Take back our files for every registry that cfg does not name. */
 static int
-hostsconf_sweep(const struct hostsconf_opts *o, const struct config *cfg,
+containerd_config_sweep(const struct containerd_config_opts *o, const struct config *cfg,
     FILE *out, char *err, size_t errlen)
 {
 	struct dirent **names;
 	int i, n, rc = 0;
 
-	if ((n = scandir(o->hosts_dir, &names, hostsconf_subdir,
+	if ((n = scandir(o->hosts_dir, &names, containerd_config_subdir,
 	    alphasort)) == -1)
-		return hostsconf_err(err, errlen, "%s: %s", o->hosts_dir,
+		return containerd_config_err(err, errlen, "%s: %s", o->hosts_dir,
 		    strerror(errno));
 	for (i = 0; i < n; i++) {
-		if (rc == 0 && !hostsconf_configured(cfg, names[i]->d_name))
-			rc = hostsconf_takeback(o, names[i]->d_name, out, err,
+		if (rc == 0 && !containerd_config_configured(cfg, names[i]->d_name))
+			rc = containerd_config_takeback(o, names[i]->d_name, out, err,
 			    errlen);
 		free(names[i]);
 	}
@@ -653,21 +653,21 @@ hostsconf_sweep(const struct hostsconf_opts *o, const struct config *cfg,
 }
 
 static int
-hostsconf_dir_check(const char *dir, char *err, size_t errlen)
+containerd_config_dir_check(const char *dir, char *err, size_t errlen)
 {
 	struct stat st;
 
 	if (stat(dir, &st) == -1)
-		return hostsconf_err(err, errlen, "%s: %s (containerd's "
+		return containerd_config_err(err, errlen, "%s: %s (containerd's "
 		    "config_path; --hosts-dir names another)", dir,
 		    strerror(errno));
 	if (!S_ISDIR(st.st_mode))
-		return hostsconf_err(err, errlen, "%s: not a directory", dir);
+		return containerd_config_err(err, errlen, "%s: not a directory", dir);
 	return 0;
 }
 
 static void
-hostsconf_files_free(struct hostsconf_file *files, size_t n)
+containerd_config_files_free(struct containerd_config_file *files, size_t n)
 {
 	size_t i;
 
@@ -678,36 +678,36 @@ hostsconf_files_free(struct hostsconf_file *files, size_t n)
 
 /* Write one registry's file; f says what is there now. */
 static int
-hostsconf_put(const struct hostsconf_opts *o, struct hostsconf_file *f,
+containerd_config_put(const struct containerd_config_opts *o, struct containerd_config_file *f,
     const char *text, FILE *out, char *err, size_t errlen)
 {
-	if (f->state == HOSTSCONF_OURS && strcmp(f->text, text) == 0) {
+	if (f->state == CONTAINERD_CONFIG_OURS && strcmp(f->text, text) == 0) {
 		fprintf(out, "unchanged %s\n", f->path);
 		return 0;
 	}
 	if (o->dry_run) {
-		if (f->state == HOSTSCONF_FOREIGN)
+		if (f->state == CONTAINERD_CONFIG_FOREIGN)
 			fprintf(out, "would set %s aside as %s\n", f->path,
-			    HOSTSCONF_SAVED);
+			    CONTAINERD_CONFIG_SAVED);
 		fprintf(out, "would write %s\n", f->path);
 		return 0;
 	}
 	if (!f->dir_exists) {
 		if (mkdir(f->dir, 0755) == -1)
-			return hostsconf_err(err, errlen, "%s: %s", f->dir,
+			return containerd_config_err(err, errlen, "%s: %s", f->dir,
 			    strerror(errno));
-		if (hostsconf_sync_dir(o->hosts_dir, err, errlen) == -1)
+		if (containerd_config_sync_dir(o->hosts_dir, err, errlen) == -1)
 			return -1;
 	}
-	if (f->state == HOSTSCONF_FOREIGN) {
+	if (f->state == CONTAINERD_CONFIG_FOREIGN) {
 		if (rename(f->path, f->saved) == -1)
-			return hostsconf_err(err, errlen, "%s: %s", f->path,
+			return containerd_config_err(err, errlen, "%s: %s", f->path,
 			    strerror(errno));
-		fprintf(out, "set %s aside as %s\n", f->path, HOSTSCONF_SAVED);
+		fprintf(out, "set %s aside as %s\n", f->path, CONTAINERD_CONFIG_SAVED);
 	}
-	if (hostsconf_write(f, text, err, errlen) == -1) {
+	if (containerd_config_write(f, text, err, errlen) == -1) {
 		/* Leave things as they were found. */
-		if (f->state == HOSTSCONF_FOREIGN)
+		if (f->state == CONTAINERD_CONFIG_FOREIGN)
 			rename(f->saved, f->path);
 		if (!f->dir_exists)
 			rmdir(f->dir);
@@ -718,41 +718,41 @@ hostsconf_put(const struct hostsconf_opts *o, struct hostsconf_file *f,
 }
 
 int
-hostsconf_apply(const struct config *cfg, const struct hostsconf_opts *o,
+containerd_config_apply(const struct config *cfg, const struct containerd_config_opts *o,
     FILE *out, char *err, size_t errlen)
 {
 	const struct config_registry *r;
-	struct hostsconf_file *files, *f;
+	struct containerd_config_file *files, *f;
 	char text[4096];
 	size_t i;
 	int rc = -1, created;
 
-	if (hostsconf_dir_check(o->hosts_dir, err, errlen) == -1)
+	if (containerd_config_dir_check(o->hosts_dir, err, errlen) == -1)
 		return -1;
 	if ((files = calloc(cfg->nregistries + 1, sizeof(*files))) == NULL)
-		return hostsconf_err(err, errlen, "out of memory");
+		return containerd_config_err(err, errlen, "out of memory");
 	/* Look at every target first: one foreign file, nothing written. */
 	for (i = 0; i < cfg->nregistries; i++) {
 		f = &files[i];
-		if (hostsconf_look(o->hosts_dir, cfg->registries[i].name, f,
+		if (containerd_config_look(o->hosts_dir, cfg->registries[i].name, f,
 		    err, errlen) == -1)
 			goto done;
 		if (f->notdir) {
-			hostsconf_err(err, errlen, "%s: not a directory, left "
+			containerd_config_err(err, errlen, "%s: not a directory, left "
 			    "alone", f->dir);
 			goto done;
 		}
-		if (f->state == HOSTSCONF_FOREIGN && !o->force) {
-			hostsconf_err(err, errlen, "%s: not written by "
+		if (f->state == CONTAINERD_CONFIG_FOREIGN && !o->force) {
+			containerd_config_err(err, errlen, "%s: not written by "
 			    "pullproxy, left alone (merge it by hand, or "
 			    "--force to set it aside as %s until --remove)",
-			    f->path, HOSTSCONF_SAVED);
+			    f->path, CONTAINERD_CONFIG_SAVED);
 			goto done;
 		}
-		if (f->state == HOSTSCONF_FOREIGN && f->saved_exists) {
-			hostsconf_err(err, errlen, "%s: not written by "
+		if (f->state == CONTAINERD_CONFIG_FOREIGN && f->saved_exists) {
+			containerd_config_err(err, errlen, "%s: not written by "
 			    "pullproxy, and %s already holds one set aside: "
-			    "left alone", f->path, HOSTSCONF_SAVED);
+			    "left alone", f->path, CONTAINERD_CONFIG_SAVED);
 			goto done;
 		}
 	}
@@ -760,35 +760,35 @@ hostsconf_apply(const struct config *cfg, const struct hostsconf_opts *o,
 		r = &cfg->registries[i];
 		f = &files[i];
 		/* Whether pullproxy made the directory is kept across runs. */
-		created = f->state == HOSTSCONF_OURS ? f->created_dir :
+		created = f->state == CONTAINERD_CONFIG_OURS ? f->created_dir :
 		    !f->dir_exists;
-		if (hostsconf_render(r, cfg->listen_host, cfg->listen_port,
+		if (containerd_config_render(r, cfg->listen_host, cfg->listen_port,
 		    created, text, sizeof(text)) == -1) {
-			hostsconf_err(err, errlen, "%s: registry %s or its url "
+			containerd_config_err(err, errlen, "%s: registry %s or its url "
 			    "cannot be written as TOML", f->path, r->name);
 			goto done;
 		}
-		if (hostsconf_put(o, f, text, out, err, errlen) == -1)
+		if (containerd_config_put(o, f, text, out, err, errlen) == -1)
 			goto done;
 	}
-	rc = hostsconf_sweep(o, cfg, out, err, errlen);
+	rc = containerd_config_sweep(o, cfg, out, err, errlen);
 done:
-	hostsconf_files_free(files, cfg->nregistries);
+	containerd_config_files_free(files, cfg->nregistries);
 	return rc;
 }
 
 int
-hostsconf_remove(const struct hostsconf_opts *o, FILE *out, char *err,
+containerd_config_remove(const struct containerd_config_opts *o, FILE *out, char *err,
     size_t errlen)
 {
-	if (hostsconf_dir_check(o->hosts_dir, err, errlen) == -1)
+	if (containerd_config_dir_check(o->hosts_dir, err, errlen) == -1)
 		return -1;
-	return hostsconf_sweep(o, NULL, out, err, errlen);
+	return containerd_config_sweep(o, NULL, out, err, errlen);
 }
 
 /* The same with symlinks and relative paths resolved, for what exists. */
 static int
-hostsconf_path_listed_real(const char *config_path, const char *dir)
+containerd_config_path_listed_real(const char *config_path, const char *dir)
 {
 	char want[PATH_MAX], entry[PATH_MAX], real[PATH_MAX];
 	const char *p = config_path;
@@ -812,32 +812,32 @@ hostsconf_path_listed_real(const char *config_path, const char *dir)
 }
 
 int
-hostsconf_check_containerd(const char *path, const char *dir, FILE *out,
+containerd_config_check_containerd(const char *path, const char *dir, FILE *out,
     char *err, size_t errlen)
 {
-	struct hostsconf_ctd ctd;
+	struct containerd_config_ctd ctd;
 	char *text;
 	int bad, rc;
 
-	if (hostsconf_slurp(path, HOSTSCONF_CTD_MAX, 0, &text) == -1)
-		return hostsconf_err(err, errlen, "%s: %s (containerd's "
+	if (containerd_config_slurp(path, CONTAINERD_CONFIG_CTD_MAX, 0, &text) == -1)
+		return containerd_config_err(err, errlen, "%s: %s (containerd's "
 		    "config; --containerd-config names another)", path,
 		    strerror(errno));
-	rc = hostsconf_ctd_scan(text, &ctd, &bad);
+	rc = containerd_config_ctd_scan(text, &ctd, &bad);
 	free(text);
 	if (rc == -1)
-		return hostsconf_err(err, errlen, "%s:%d: config_path is not "
+		return containerd_config_err(err, errlen, "%s:%d: config_path is not "
 		    "a one-line string", path, bad);
 	if (ctd.line == 0)
-		return hostsconf_err(err, errlen, "%s: no config_path under "
+		return containerd_config_err(err, errlen, "%s: no config_path under "
 		    "[plugins.\"%s\".registry]: containerd would never read "
 		    "hosts.toml files (set config_path = \"%s\" there and "
 		    "restart containerd)%s", path, ctd.version >= 3 ?
-		    hostsconf_cri_names[1] : hostsconf_cri_names[0], dir,
+		    containerd_config_cri_names[1] : containerd_config_cri_names[0], dir,
 		    ctd.imports ? "; its imports are not read" : "");
-	if (!hostsconf_path_listed(ctd.config_path, dir) &&
-	    !hostsconf_path_listed_real(ctd.config_path, dir))
-		return hostsconf_err(err, errlen, "%s:%d: config_path = \"%s\" "
+	if (!containerd_config_path_listed(ctd.config_path, dir) &&
+	    !containerd_config_path_listed_real(ctd.config_path, dir))
+		return containerd_config_err(err, errlen, "%s:%d: config_path = \"%s\" "
 		    "does not list %s: containerd would never read files "
 		    "written there (--hosts-dir names its directory)", path,
 		    ctd.line, ctd.config_path, dir);
@@ -849,7 +849,7 @@ hostsconf_check_containerd(const char *path, const char *dir, FILE *out,
 /* ------------------------------------------------------------- command */
 
 static void
-hostsconf_usage(FILE *f)
+containerd_config_usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: pullproxy containerd-config [--config FILE] "
@@ -864,14 +864,14 @@ hostsconf_usage(FILE *f)
 	    "registry. Files pullproxy did not write are left alone.\n"
 	    "\n"
 	    "  --config             pullproxy's config (default "
-	    HOSTSCONF_CONFIG ")\n"
+	    CONTAINERD_CONFIG_CONFIG ")\n"
 	    "  --hosts-dir          containerd's config_path (default "
-	    HOSTSCONF_DIR ")\n"
+	    CONTAINERD_CONFIG_DIR ")\n"
 	    "  --containerd-config  checked to list DIR in config_path\n"
-	    "                       (default " HOSTSCONF_CONTAINERD ")\n"
+	    "                       (default " CONTAINERD_CONFIG_CONTAINERD ")\n"
 	    "  --force              set a hosts.toml pullproxy did not write "
 	    "aside as\n"
-	    "                       " HOSTSCONF_SAVED " (--remove puts it "
+	    "                       " CONTAINERD_CONFIG_SAVED " (--remove puts it "
 	    "back)\n"
 	    "  --dry-run            say what would change, change nothing\n"
 	    "  --remove             take back every file pullproxy wrote\n");
@@ -879,7 +879,7 @@ hostsconf_usage(FILE *f)
 
 /* "ARG: what is wrong", as config's flag errors read. */
 static int
-hostsconf_usage_err(const char *arg, const char *what)
+containerd_config_usage_err(const char *arg, const char *what)
 {
 	fprintf(stderr, "pullproxy containerd-config: %s: %s (try --help)\n",
 	    arg, what);
@@ -887,7 +887,7 @@ hostsconf_usage_err(const char *arg, const char *what)
 }
 
 int
-hostsconf_main(int argc, char **argv)
+containerd_config_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "config",		required_argument,	NULL, 'c' },
@@ -899,10 +899,10 @@ hostsconf_main(int argc, char **argv)
 		{ "help",		no_argument,		NULL, 'h' },
 		{ NULL,			0,			NULL, 0 },
 	};
-	const char *file = HOSTSCONF_CONFIG, *ctd = HOSTSCONF_CONTAINERD;
-	struct hostsconf_opts o = { .hosts_dir = HOSTSCONF_DIR };
+	const char *file = CONTAINERD_CONFIG_CONFIG, *ctd = CONTAINERD_CONFIG_CONTAINERD;
+	struct containerd_config_opts o = { .hosts_dir = CONTAINERD_CONFIG_DIR };
 	struct config cfg;
-	char err[HOSTSCONF_ERR_MAX];
+	char err[CONTAINERD_CONFIG_ERR_MAX];
 	int ch, remove = 0, rc;
 
 	opterr = 0;
@@ -928,25 +928,25 @@ hostsconf_main(int argc, char **argv)
 			o.force = 1;
 			break;
 		case 'h':
-			hostsconf_usage(stdout);
+			containerd_config_usage(stdout);
 			return 0;
 		case ':':
-			return hostsconf_usage_err(argv[optind - 1],
+			return containerd_config_usage_err(argv[optind - 1],
 			    "needs a value");
 		default:
-			return hostsconf_usage_err(argv[optind - 1],
+			return containerd_config_usage_err(argv[optind - 1],
 			    "unknown option");
 		}
 	}
 	if (optind < argc)
-		return hostsconf_usage_err(argv[optind],
+		return containerd_config_usage_err(argv[optind],
 		    "unexpected argument");
 	if (*o.hosts_dir == '\0')
-		return hostsconf_usage_err("--hosts-dir", "must not be empty");
+		return containerd_config_usage_err("--hosts-dir", "must not be empty");
 
 	/* Taking files back works whatever the configs say now. */
 	if (remove) {
-		if (hostsconf_remove(&o, stdout, err, sizeof(err)) == -1) {
+		if (containerd_config_remove(&o, stdout, err, sizeof(err)) == -1) {
 			fprintf(stderr, "pullproxy containerd-config: %s\n",
 			    err);
 			return 1;
@@ -956,13 +956,13 @@ hostsconf_main(int argc, char **argv)
 	config_init(&cfg);
 	if (config_load_file(&cfg, file, err, sizeof(err)) == -1 ||
 	    config_check(&cfg, err, sizeof(err)) == -1 ||
-	    hostsconf_check_containerd(ctd, o.hosts_dir, stdout, err,
+	    containerd_config_check_containerd(ctd, o.hosts_dir, stdout, err,
 	    sizeof(err)) == -1) {
 		fprintf(stderr, "pullproxy containerd-config: %s\n", err);
 		config_free(&cfg);
 		return 2;
 	}
-	rc = hostsconf_apply(&cfg, &o, stdout, err, sizeof(err));
+	rc = containerd_config_apply(&cfg, &o, stdout, err, sizeof(err));
 	if (rc == -1)
 		fprintf(stderr, "pullproxy containerd-config: %s\n", err);
 	config_free(&cfg);

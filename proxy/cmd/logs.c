@@ -1,5 +1,5 @@
 /*
- * logsum: `pullproxy logs`. One pass over the log, counting into small
+ * logs: `pullproxy logs`. One pass over the log, counting into small
  * tallies; the log's own fields (cause, hint, client_status) carry the
  * verdicts, so nothing is classified again here.
  */
@@ -15,53 +15,53 @@
 #include <time.h>
 
 #include "classify.h"
-#include "logsum.h"
+#include "logs.h"
 
-#define LOGSUM_TOP	5	/* repositories listed per cause */
-#define LOGSUM_TIME_MAX	32
+#define LOGS_TOP	5	/* repositories listed per cause */
+#define LOGS_TIME_MAX	32
 
 /* A count per name: repositories, statuses, messages. */
-struct logsum_kv {
+struct logs_kv {
 	char		*kv_key;
 	unsigned long	 kv_n;
 };
 
-struct logsum_tally {
-	struct logsum_kv *t_v;
+struct logs_tally {
+	struct logs_kv *t_v;
 	size_t		  t_n;
 	size_t		  t_cap;
 };
 
-struct logsum_cause {
+struct logs_cause {
 	char		*c_name;
 	char		*c_hint;	/* the first one seen */
 	unsigned long	 c_count;
 	long long	 c_first;	/* ms; 0 when no line had a time */
 	long long	 c_last;
-	struct logsum_tally c_repos;
+	struct logs_tally c_repos;
 };
 
-struct logsum {
+struct logs {
 	long long	 ls_since;
 	long long	 ls_first;
 	long long	 ls_last;
 	unsigned long	 ls_lines;	/* JSON lines kept */
 	unsigned long	 ls_bad;	/* not JSON objects */
 	unsigned long	 ls_old;	/* before --since */
-	struct logsum_cause *ls_causes;
+	struct logs_cause *ls_causes;
 	size_t		 ls_ncauses;
-	struct logsum_tally ls_clients;	/* client_status of failures */
-	struct logsum_tally ls_served;	/* status of "request" lines */
+	struct logs_tally ls_clients;	/* client_status of failures */
+	struct logs_tally ls_served;	/* status of "request" lines */
 	unsigned long	 ls_requests;
-	struct logsum_tally ls_other;	/* other warnings, by msg */
-	struct logsum_tally ls_retries;	/* requests sent again, by cause */
-	struct logsum_tally ls_degraded;	/* failures answered anyway */
+	struct logs_tally ls_other;	/* other warnings, by msg */
+	struct logs_tally ls_retries;	/* requests sent again, by cause */
+	struct logs_tally ls_degraded;	/* failures answered anyway */
 };
 
 /* ---------------------------------------------------------------- parsing */
 
 int
-logsum_duration(const char *s, long long *secs)
+logs_duration(const char *s, long long *secs)
 {
 	long long n, unit;
 	char *end;
@@ -96,7 +96,7 @@ logsum_duration(const char *s, long long *secs)
 }
 
 int
-logsum_time(const char *s, long long *ms)
+logs_time(const char *s, long long *ms)
 {
 	struct tm tm;
 	int y, mo, d, h, mi, sec, frac = 0, n = 0, fn = 0;
@@ -129,11 +129,11 @@ logsum_time(const char *s, long long *ms)
 }
 
 static void
-logsum_time_format(long long ms, char *buf, size_t len)
+logs_time_format(long long ms, char *buf, size_t len)
 {
 	time_t t = (time_t)(ms / 1000);
 	struct tm tm;
-	char date[LOGSUM_TIME_MAX];
+	char date[LOGS_TIME_MAX];
 
 	gmtime_r(&t, &tm);
 	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
@@ -144,9 +144,9 @@ logsum_time_format(long long ms, char *buf, size_t len)
 
 /* Out of memory loses the count, never the summary. */
 static void
-logsum_tally_add(struct logsum_tally *t, const char *key, unsigned long n)
+logs_tally_add(struct logs_tally *t, const char *key, unsigned long n)
 {
-	struct logsum_kv *v;
+	struct logs_kv *v;
 	size_t i, cap;
 
 	for (i = 0; i < t->t_n; i++)
@@ -167,16 +167,16 @@ logsum_tally_add(struct logsum_tally *t, const char *key, unsigned long n)
 }
 
 static void
-logsum_tally_int(struct logsum_tally *t, json_int_t k, unsigned long n)
+logs_tally_int(struct logs_tally *t, json_int_t k, unsigned long n)
 {
 	char key[32];
 
 	snprintf(key, sizeof(key), "%lld", (long long)k);
-	logsum_tally_add(t, key, n);
+	logs_tally_add(t, key, n);
 }
 
 static void
-logsum_tally_free(struct logsum_tally *t)
+logs_tally_free(struct logs_tally *t)
 {
 	size_t i;
 
@@ -187,9 +187,9 @@ logsum_tally_free(struct logsum_tally *t)
 
 /* Biggest first, then by name, so that output is stable. */
 static int
-logsum_kv_cmp(const void *a, const void *b)
+logs_kv_cmp(const void *a, const void *b)
 {
-	const struct logsum_kv *x = a, *y = b;
+	const struct logs_kv *x = a, *y = b;
 
 	if (x->kv_n != y->kv_n)
 		return x->kv_n > y->kv_n ? -1 : 1;
@@ -197,18 +197,18 @@ logsum_kv_cmp(const void *a, const void *b)
 }
 
 static void
-logsum_tally_sort(const struct logsum_tally *t)
+logs_tally_sort(const struct logs_tally *t)
 {
 	if (t->t_n > 1)
-		qsort(t->t_v, t->t_n, sizeof(*t->t_v), logsum_kv_cmp);
+		qsort(t->t_v, t->t_n, sizeof(*t->t_v), logs_kv_cmp);
 }
 
 /* ------------------------------------------------------------- summarising */
 
-struct logsum *
-logsum_new(long long since_ms)
+struct logs *
+logs_new(long long since_ms)
 {
-	struct logsum *ls;
+	struct logs *ls;
 
 	if ((ls = calloc(1, sizeof(*ls))) == NULL)
 		return NULL;
@@ -217,7 +217,7 @@ logsum_new(long long since_ms)
 }
 
 void
-logsum_free(struct logsum *ls)
+logs_free(struct logs *ls)
 {
 	size_t i;
 
@@ -226,21 +226,21 @@ logsum_free(struct logsum *ls)
 	for (i = 0; i < ls->ls_ncauses; i++) {
 		free(ls->ls_causes[i].c_name);
 		free(ls->ls_causes[i].c_hint);
-		logsum_tally_free(&ls->ls_causes[i].c_repos);
+		logs_tally_free(&ls->ls_causes[i].c_repos);
 	}
 	free(ls->ls_causes);
-	logsum_tally_free(&ls->ls_clients);
-	logsum_tally_free(&ls->ls_served);
-	logsum_tally_free(&ls->ls_other);
-	logsum_tally_free(&ls->ls_retries);
-	logsum_tally_free(&ls->ls_degraded);
+	logs_tally_free(&ls->ls_clients);
+	logs_tally_free(&ls->ls_served);
+	logs_tally_free(&ls->ls_other);
+	logs_tally_free(&ls->ls_retries);
+	logs_tally_free(&ls->ls_degraded);
 	free(ls);
 }
 
-static struct logsum_cause *
-logsum_cause(struct logsum *ls, const char *name)
+static struct logs_cause *
+logs_cause(struct logs *ls, const char *name)
 {
-	struct logsum_cause *c;
+	struct logs_cause *c;
 	size_t i;
 
 	for (i = 0; i < ls->ls_ncauses; i++)
@@ -260,13 +260,13 @@ logsum_cause(struct logsum *ls, const char *name)
 
 /* A failure with a cause: count it (n times for a repeated line). */
 static void
-logsum_failure(struct logsum *ls, json_t *o, const char *cause,
+logs_failure(struct logs *ls, json_t *o, const char *cause,
     unsigned long n, long long t)
 {
-	struct logsum_cause *c;
+	struct logs_cause *c;
 	const char *hint, *where;
 
-	if ((c = logsum_cause(ls, cause)) == NULL)
+	if ((c = logs_cause(ls, cause)) == NULL)
 		return;
 	c->c_count += n;
 	if (t != 0 && (c->c_first == 0 || t < c->c_first))
@@ -281,18 +281,18 @@ logsum_failure(struct logsum *ls, json_t *o, const char *cause,
 	if (where == NULL || *where == '\0')
 		where = json_string_value(json_object_get(o, "registry"));
 	if (where != NULL)
-		logsum_tally_add(&c->c_repos, where, n);
+		logs_tally_add(&c->c_repos, where, n);
 }
 
 static void
-logsum_object(struct logsum *ls, json_t *o)
+logs_object(struct logs *ls, json_t *o)
 {
 	const char *msg, *level, *cause, *served;
 	json_t *cnt, *st;
 	long long t = 0;
 	unsigned long n = 1;
 
-	if (logsum_time(json_string_value(json_object_get(o, "time")),
+	if (logs_time(json_string_value(json_object_get(o, "time")),
 	    &t) == -1)
 		t = 0;
 	/* A line with no time cannot be said to be recent. */
@@ -314,14 +314,14 @@ logsum_object(struct logsum *ls, json_t *o)
 		st = json_object_get(o, "status");
 		ls->ls_requests++;
 		if (json_is_integer(st))
-			logsum_tally_int(&ls->ls_served,
+			logs_tally_int(&ls->ls_served,
 			    json_integer_value(st), 1);
 		return;
 	}
 	/* Transient: the request went again, and its end is logged apart. */
 	if (strcmp(msg, "upstream retry") == 0) {
 		if (cause != NULL)
-			logsum_tally_add(&ls->ls_retries, cause, 1);
+			logs_tally_add(&ls->ls_retries, cause, 1);
 		return;
 	}
 	if (cause != NULL && strcmp(cause, "none") != 0 &&
@@ -330,25 +330,25 @@ logsum_object(struct logsum *ls, json_t *o)
 		if (strcmp(msg, "upstream failure repeated") == 0 &&
 		    json_is_integer(cnt) && json_integer_value(cnt) > 0)
 			n = (unsigned long)json_integer_value(cnt);
-		logsum_failure(ls, o, cause, n, t);
+		logs_failure(ls, o, cause, n, t);
 		/* Served stale, or a download resumed: clients saw no error. */
 		if ((served = json_string_value(json_object_get(o,
 		    "served"))) != NULL)
-			logsum_tally_add(&ls->ls_degraded, served, n);
+			logs_tally_add(&ls->ls_degraded, served, n);
 		st = json_object_get(o, "client_status");
 		if (json_is_integer(st))
-			logsum_tally_int(&ls->ls_clients,
+			logs_tally_int(&ls->ls_clients,
 			    json_integer_value(st), 1);
 		return;
 	}
 	/* Other trouble ("cache bypassed"...), by message. */
 	if (level != NULL && (strcmp(level, "warn") == 0 ||
 	    strcmp(level, "error") == 0))
-		logsum_tally_add(&ls->ls_other, msg, 1);
+		logs_tally_add(&ls->ls_other, msg, 1);
 }
 
 void
-logsum_line(struct logsum *ls, const char *line, size_t len)
+logs_line(struct logs *ls, const char *line, size_t len)
 {
 	json_error_t err;
 	json_t *o;
@@ -361,16 +361,16 @@ logsum_line(struct logsum *ls, const char *line, size_t len)
 	if (!json_is_object(o))
 		ls->ls_bad++;
 	else
-		logsum_object(ls, o);
+		logs_object(ls, o);
 	json_decref(o);
 }
 
 /* ------------------------------------------------------------------ output */
 
 static int
-logsum_cause_cmp(const void *a, const void *b)
+logs_cause_cmp(const void *a, const void *b)
 {
-	const struct logsum_cause *x = a, *y = b;
+	const struct logs_cause *x = a, *y = b;
 
 	if (x->c_count != y->c_count)
 		return x->c_count > y->c_count ? -1 : 1;
@@ -379,25 +379,25 @@ logsum_cause_cmp(const void *a, const void *b)
 
 /* Sorting in place is no change to what was counted. */
 static void
-logsum_sort(const struct logsum *ls)
+logs_sort(const struct logs *ls)
 {
 	size_t i;
 
 	if (ls->ls_ncauses > 1)
 		qsort(ls->ls_causes, ls->ls_ncauses, sizeof(*ls->ls_causes),
-		    logsum_cause_cmp);
+		    logs_cause_cmp);
 	for (i = 0; i < ls->ls_ncauses; i++)
-		logsum_tally_sort(&ls->ls_causes[i].c_repos);
-	logsum_tally_sort(&ls->ls_clients);
-	logsum_tally_sort(&ls->ls_served);
-	logsum_tally_sort(&ls->ls_other);
-	logsum_tally_sort(&ls->ls_retries);
-	logsum_tally_sort(&ls->ls_degraded);
+		logs_tally_sort(&ls->ls_causes[i].c_repos);
+	logs_tally_sort(&ls->ls_clients);
+	logs_tally_sort(&ls->ls_served);
+	logs_tally_sort(&ls->ls_other);
+	logs_tally_sort(&ls->ls_retries);
+	logs_tally_sort(&ls->ls_degraded);
 }
 
 /* The log's hint, else the cause's general one. */
 static const char *
-logsum_hint(const struct logsum_cause *c)
+logs_hint(const struct logs_cause *c)
 {
 	int i;
 
@@ -410,18 +410,18 @@ logsum_hint(const struct logsum_cause *c)
 }
 
 static json_t *
-logsum_time_json(long long ms)
+logs_time_json(long long ms)
 {
-	char buf[LOGSUM_TIME_MAX];
+	char buf[LOGS_TIME_MAX];
 
 	if (ms == 0)
 		return json_null();
-	logsum_time_format(ms, buf, sizeof(buf));
+	logs_time_format(ms, buf, sizeof(buf));
 	return json_string(buf);
 }
 
 static json_t *
-logsum_tally_json(const struct logsum_tally *t)
+logs_tally_json(const struct logs_tally *t)
 {
 	json_t *o = json_object();
 	size_t i;
@@ -433,7 +433,7 @@ logsum_tally_json(const struct logsum_tally *t)
 }
 
 static unsigned long
-logsum_tally_get(const struct logsum_tally *t, const char *key)
+logs_tally_get(const struct logs_tally *t, const char *key)
 {
 	size_t i;
 
@@ -444,50 +444,50 @@ logsum_tally_get(const struct logsum_tally *t, const char *key)
 }
 
 json_t *
-logsum_json(const struct logsum *ls)
+logs_json(const struct logs *ls)
 {
-	const struct logsum_cause *c;
+	const struct logs_cause *c;
 	json_t *o, *causes, *repos, *co;
 	const char *hint;
 	size_t i, j;
 
-	logsum_sort(ls);
+	logs_sort(ls);
 	causes = json_array();
 	for (i = 0; i < ls->ls_ncauses; i++) {
 		c = &ls->ls_causes[i];
 		repos = json_array();
-		for (j = 0; j < c->c_repos.t_n && j < LOGSUM_TOP; j++)
+		for (j = 0; j < c->c_repos.t_n && j < LOGS_TOP; j++)
 			json_array_append_new(repos, json_pack("{s:s,s:I}",
 			    "repository", c->c_repos.t_v[j].kv_key, "count",
 			    (json_int_t)c->c_repos.t_v[j].kv_n));
-		hint = logsum_hint(c);
+		hint = logs_hint(c);
 		co = json_pack("{s:s,s:I,s:o,s:o,s:o,s:o}", "cause", c->c_name,
 		    "count", (json_int_t)c->c_count, "first",
-		    logsum_time_json(c->c_first), "last",
-		    logsum_time_json(c->c_last), "hint", hint != NULL ?
+		    logs_time_json(c->c_first), "last",
+		    logs_time_json(c->c_last), "hint", hint != NULL ?
 		    json_string(hint) : json_null(), "repositories", repos);
 		json_array_append_new(causes, co);
 	}
 	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o},s:o,s:o,"
 	    "s:o}",
-	    "first", logsum_time_json(ls->ls_first),
-	    "last", logsum_time_json(ls->ls_last),
+	    "first", logs_time_json(ls->ls_first),
+	    "last", logs_time_json(ls->ls_last),
 	    "lines", (json_int_t)ls->ls_lines,
 	    "not_json", (json_int_t)ls->ls_bad,
 	    "before_since", (json_int_t)ls->ls_old,
 	    "causes", causes,
-	    "client_status", logsum_tally_json(&ls->ls_clients),
+	    "client_status", logs_tally_json(&ls->ls_clients),
 	    "requests", "total", (json_int_t)ls->ls_requests,
-	    "ok", (json_int_t)logsum_tally_get(&ls->ls_served, "200"),
-	    "status", logsum_tally_json(&ls->ls_served),
-	    "other", logsum_tally_json(&ls->ls_other),
-	    "retries", logsum_tally_json(&ls->ls_retries),
-	    "degraded", logsum_tally_json(&ls->ls_degraded));
+	    "ok", (json_int_t)logs_tally_get(&ls->ls_served, "200"),
+	    "status", logs_tally_json(&ls->ls_served),
+	    "other", logs_tally_json(&ls->ls_other),
+	    "retries", logs_tally_json(&ls->ls_retries),
+	    "degraded", logs_tally_json(&ls->ls_degraded));
 	return o;
 }
 
 static void
-logsum_print_tally(FILE *f, const struct logsum_tally *t, size_t max)
+logs_print_tally(FILE *f, const struct logs_tally *t, size_t max)
 {
 	size_t i;
 
@@ -500,17 +500,17 @@ logsum_print_tally(FILE *f, const struct logsum_tally *t, size_t max)
 }
 
 void
-logsum_print(const struct logsum *ls, FILE *f)
+logs_print(const struct logs *ls, FILE *f)
 {
-	const struct logsum_cause *c;
-	char a[LOGSUM_TIME_MAX], b[LOGSUM_TIME_MAX];
+	const struct logs_cause *c;
+	char a[LOGS_TIME_MAX], b[LOGS_TIME_MAX];
 	const char *hint;
 	size_t i;
 
-	logsum_sort(ls);
+	logs_sort(ls);
 	if (ls->ls_first != 0) {
-		logsum_time_format(ls->ls_first, a, sizeof(a));
-		logsum_time_format(ls->ls_last, b, sizeof(b));
+		logs_time_format(ls->ls_first, a, sizeof(a));
+		logs_time_format(ls->ls_last, b, sizeof(b));
 		fprintf(f, "%s .. %s: %lu lines\n", a, b, ls->ls_lines);
 	} else
 		fprintf(f, "%lu lines\n", ls->ls_lines);
@@ -522,45 +522,45 @@ logsum_print(const struct logsum *ls, FILE *f)
 		fprintf(f, "\nno failures\n");
 	for (i = 0; i < ls->ls_ncauses; i++) {
 		c = &ls->ls_causes[i];
-		logsum_time_format(c->c_first, a, sizeof(a));
-		logsum_time_format(c->c_last, b, sizeof(b));
+		logs_time_format(c->c_first, a, sizeof(a));
+		logs_time_format(c->c_last, b, sizeof(b));
 		fprintf(f, "\n%s: %lu, %s .. %s\n", c->c_name, c->c_count,
 		    c->c_first != 0 ? a : "?", c->c_last != 0 ? b : "?");
-		if ((hint = logsum_hint(c)) != NULL)
+		if ((hint = logs_hint(c)) != NULL)
 			fprintf(f, "  hint: %s\n", hint);
 		if (c->c_repos.t_n > 0) {
 			fprintf(f, "  repositories: ");
-			logsum_print_tally(f, &c->c_repos, LOGSUM_TOP);
+			logs_print_tally(f, &c->c_repos, LOGS_TOP);
 		}
 	}
 	if (ls->ls_clients.t_n > 0) {
 		/* "repeated" lines say how many, not what clients got. */
 		fprintf(f, "\nclients got (repeats not itemised): ");
-		logsum_print_tally(f, &ls->ls_clients, SIZE_MAX);
+		logs_print_tally(f, &ls->ls_clients, SIZE_MAX);
 	}
 	if (ls->ls_degraded.t_n > 0) {
 		fprintf(f, "\nanswered despite the failure: ");
-		logsum_print_tally(f, &ls->ls_degraded, SIZE_MAX);
+		logs_print_tally(f, &ls->ls_degraded, SIZE_MAX);
 	}
 	if (ls->ls_retries.t_n > 0) {
 		fprintf(f, "\nsent again after a transient failure: ");
-		logsum_print_tally(f, &ls->ls_retries, SIZE_MAX);
+		logs_print_tally(f, &ls->ls_retries, SIZE_MAX);
 	}
 	if (ls->ls_requests > 0) {
 		fprintf(f, "\nserved: %lu requests, %lu with 200; by status: ",
-		    ls->ls_requests, logsum_tally_get(&ls->ls_served, "200"));
-		logsum_print_tally(f, &ls->ls_served, SIZE_MAX);
+		    ls->ls_requests, logs_tally_get(&ls->ls_served, "200"));
+		logs_print_tally(f, &ls->ls_served, SIZE_MAX);
 	}
 	if (ls->ls_other.t_n > 0) {
 		fprintf(f, "\nother warnings: ");
-		logsum_print_tally(f, &ls->ls_other, SIZE_MAX);
+		logs_print_tally(f, &ls->ls_other, SIZE_MAX);
 	}
 }
 
 /* -------------------------------------------------------------- command */
 
 static void
-logsum_usage(FILE *f)
+logs_usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: pullproxy logs [--since DURATION] [--json] [FILE|-]\n"
@@ -575,7 +575,7 @@ logsum_usage(FILE *f)
 }
 
 static int __attribute__((format(printf, 1, 2)))
-logsum_usage_err(const char *fmt, ...)
+logs_usage_err(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -588,7 +588,7 @@ logsum_usage_err(const char *fmt, ...)
 }
 
 int
-logsum_main(int argc, char **argv)
+logs_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "since", required_argument, NULL, 's' },
@@ -596,7 +596,7 @@ logsum_main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct logsum *ls;
+	struct logs *ls;
 	struct timeval now;
 	long long since = 0, secs;
 	const char *path = "-";
@@ -612,8 +612,8 @@ logsum_main(int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
 		switch (ch) {
 		case 's':
-			if (logsum_duration(optarg, &secs) == -1)
-				return logsum_usage_err("--since: bad "
+			if (logs_duration(optarg, &secs) == -1)
+				return logs_usage_err("--since: bad "
 				    "duration '%s' (e.g. 30s, 15m, 2h, 1d)",
 				    optarg);
 			gettimeofday(&now, NULL);
@@ -627,18 +627,18 @@ logsum_main(int argc, char **argv)
 			json = 1;
 			break;
 		case 'h':
-			logsum_usage(stdout);
+			logs_usage(stdout);
 			return 0;
 		default:
 			if (optopt == 's')
-				return logsum_usage_err("--since needs a "
+				return logs_usage_err("--since needs a "
 				    "DURATION");
-			return logsum_usage_err("bad option '%s'",
+			return logs_usage_err("bad option '%s'",
 			    argv[optind - 1]);
 		}
 	}
 	if (argc - optind > 1)
-		return logsum_usage_err("one FILE at most");
+		return logs_usage_err("one FILE at most");
 	if (argc - optind == 1)
 		path = argv[optind];
 	if (strcmp(path, "-") == 0)
@@ -648,14 +648,14 @@ logsum_main(int argc, char **argv)
 		    strerror(errno));
 		return 1;
 	}
-	if ((ls = logsum_new(since)) == NULL) {
+	if ((ls = logs_new(since)) == NULL) {
 		fprintf(stderr, "pullproxy logs: out of memory\n");
 		if (in != stdin)
 			fclose(in);
 		return 1;
 	}
 	while ((len = getline(&line, &cap, in)) != -1)
-		logsum_line(ls, line, (size_t)len);
+		logs_line(ls, line, (size_t)len);
 	if (ferror(in)) {
 		fprintf(stderr, "pullproxy logs: %s: %s\n", path,
 		    strerror(errno));
@@ -665,12 +665,12 @@ logsum_main(int argc, char **argv)
 	if (in != stdin)
 		fclose(in);
 	if (rc == 0 && json) {
-		o = logsum_json(ls);
+		o = logs_json(ls);
 		json_dumpf(o, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		fputc('\n', stdout);
 		json_decref(o);
 	} else if (rc == 0)
-		logsum_print(ls, stdout);
-	logsum_free(ls);
+		logs_print(ls, stdout);
+	logs_free(ls);
 	return rc;
 }

@@ -1,5 +1,5 @@
 /*
- * hostsconf: `pullproxy containerd-config`, containerd's hosts.toml for
+ * containerd_config: `pullproxy containerd-config`, containerd's hosts.toml for
  * every configured registry (pullproxy first, the registry itself as
  * server, so containerd falls back when pullproxy is down), and --remove
  * to take back exactly those files. Files it did not write are never
@@ -14,21 +14,21 @@
 
 #include "config.h"
 
-#define HOSTSCONF_DIR		"/etc/containerd/certs.d"
-#define HOSTSCONF_CONTAINERD	"/etc/containerd/config.toml"
-#define HOSTSCONF_CONFIG	"/etc/pullproxy/pullproxy.conf"
+#define CONTAINERD_CONFIG_DIR		"/etc/containerd/certs.d"
+#define CONTAINERD_CONFIG_CONTAINERD	"/etc/containerd/config.toml"
+#define CONTAINERD_CONFIG_CONFIG	"/etc/pullproxy/pullproxy.conf"
 /* The first line of every file pullproxy writes: how --remove knows it. */
-#define HOSTSCONF_MARK		"# written by pullproxy containerd-config; " \
+#define CONTAINERD_CONFIG_MARK		"# written by pullproxy containerd-config; " \
 	"pullproxy containerd-config --remove takes it back\n"
 /* The second line when pullproxy also made the directory. */
-#define HOSTSCONF_MARK_DIR	"# pullproxy containerd-config created this " \
+#define CONTAINERD_CONFIG_MARK_DIR	"# pullproxy containerd-config created this " \
 	"directory: --remove removes it once empty\n"
 /* Where --force keeps a foreign hosts.toml until --remove. */
-#define HOSTSCONF_SAVED		"hosts.toml.pullproxy-saved"
-#define HOSTSCONF_ERR_MAX	1024
+#define CONTAINERD_CONFIG_SAVED		"hosts.toml.pullproxy-saved"
+#define CONTAINERD_CONFIG_ERR_MAX	1024
 
 /* What a containerd config.toml says about its registry hosts dir. */
-struct hostsconf_ctd {
+struct containerd_config_ctd {
 	char	config_path[1024];	/* the value, "" when not set */
 	char	table[256];		/* where it was found, as a TOML table */
 	int	line;			/* its line, 0 when not set */
@@ -45,25 +45,25 @@ struct hostsconf_ctd {
  * multi-line arrays and strings. Returns 0, or -1 with *bad_line set when
  * config_path is there but is not a one-line string.
  */
-int hostsconf_ctd_scan(const char *text, struct hostsconf_ctd *ctd,
+int containerd_config_ctd_scan(const char *text, struct containerd_config_ctd *ctd,
     int *bad_line);
 
 /* 1 when dir is one of config_path's ':'-separated directories. */
-int hostsconf_path_listed(const char *config_path, const char *dir);
+int containerd_config_path_listed(const char *config_path, const char *dir);
 
 /* 1 when text is a hosts.toml pullproxy wrote; *created_dir says whether
  * pullproxy also made its directory. */
-int hostsconf_is_ours(const char *text, int *created_dir);
+int containerd_config_is_ours(const char *text, int *created_dir);
 
 /*
  * The hosts.toml for registry r with pullproxy at listen_host:listen_port
  * (a wildcard listen address becomes loopback). Returns the length, or -1
  * when it does not fit or a value cannot be written as a TOML string.
  */
-int hostsconf_render(const struct config_registry *r, const char *listen_host,
+int containerd_config_render(const struct config_registry *r, const char *listen_host,
     int listen_port, int created_dir, char *buf, size_t len);
 
-struct hostsconf_opts {
+struct containerd_config_opts {
 	const char	*hosts_dir;
 	int		 dry_run;	/* say what would change, change nothing */
 	int		 force;		/* set foreign files aside, don't refuse */
@@ -77,7 +77,7 @@ struct hostsconf_opts {
  * not write (unless force). One line per change goes to out.
  * Returns 0, or -1 with err set to one line naming the file.
  */
-int hostsconf_apply(const struct config *cfg, const struct hostsconf_opts *o,
+int containerd_config_apply(const struct config *cfg, const struct containerd_config_opts *o,
     FILE *out, char *err, size_t errlen);
 
 /*
@@ -85,7 +85,7 @@ int hostsconf_apply(const struct config *cfg, const struct hostsconf_opts *o,
  * --force set aside, and remove the directories pullproxy made once
  * empty. Returns 0, or -1 with err set.
  */
-int hostsconf_remove(const struct hostsconf_opts *o, FILE *out, char *err,
+int containerd_config_remove(const struct containerd_config_opts *o, FILE *out, char *err,
     size_t errlen);
 
 /*
@@ -93,12 +93,12 @@ int hostsconf_remove(const struct hostsconf_opts *o, FILE *out, char *err,
  * dir. One line on what it found goes to out. Returns 0, or -1 with err
  * set to one line naming the file.
  */
-int hostsconf_check_containerd(const char *path, const char *dir, FILE *out,
+int containerd_config_check_containerd(const char *path, const char *dir, FILE *out,
     char *err, size_t errlen);
 
 /* argv[0] is "containerd-config". Returns the exit status: 0; 1 when a
  * file could not be written or is foreign; 2 for usage, config and
  * containerd config errors. */
-int hostsconf_main(int argc, char **argv);
+int containerd_config_main(int argc, char **argv);
 
 #endif

@@ -221,7 +221,7 @@ check_resp_input(const struct check_resp *r, struct classify_input *in,
 	reply_body_error(evbuffer_pullup(r->body, -1),
 	    evbuffer_get_length(r->body), doc, &in->acr_code,
 	    &in->acr_message);
-	classify_input_result(in, &r->res);
+	upstream_result_classify(in, &r->res);
 }
 
 /* An answer that is not the one wanted: say what came and why. */

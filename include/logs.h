@@ -1,5 +1,5 @@
 /*
- * logsum: `pullproxy logs`, an incident summary of pullproxy's JSON-lines
+ * logs: `pullproxy logs`, an incident summary of pullproxy's JSON-lines
  * log: per cause how often, when, the hint and the repositories hit; what
  * clients got; what was served meanwhile. The summarising functions do no
  * I/O so that tests can feed them lines.
@@ -10,24 +10,24 @@
 #include <stdio.h>
 #include <jansson.h>
 
-struct logsum;
+struct logs;
 
 /* "30s", "15m", "2h", "1d" into seconds. -1 when malformed. */
-int logsum_duration(const char *s, long long *secs);
+int logs_duration(const char *s, long long *secs);
 /* RFC 3339 UTC ("2026-11-23T16:02:11.204Z") into ms since the epoch. */
-int logsum_time(const char *s, long long *ms);
+int logs_time(const char *s, long long *ms);
 
 /* Lines older than since_ms are left out; 0 keeps every line. */
-struct logsum *logsum_new(long long since_ms);
-void logsum_free(struct logsum *ls);
+struct logs *logs_new(long long since_ms);
+void logs_free(struct logs *ls);
 /* One log line, without or with its newline. */
-void logsum_line(struct logsum *ls, const char *line, size_t len);
+void logs_line(struct logs *ls, const char *line, size_t len);
 
 /* The summary as one JSON object (new reference), or as text. */
-json_t *logsum_json(const struct logsum *ls);
-void logsum_print(const struct logsum *ls, FILE *f);
+json_t *logs_json(const struct logs *ls);
+void logs_print(const struct logs *ls, FILE *f);
 
 /* argv[0] is "logs". Returns the exit status: 0, 1 (I/O), 2 (usage). */
-int logsum_main(int argc, char **argv);
+int logs_main(int argc, char **argv);
 
 #endif

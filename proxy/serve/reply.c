@@ -334,7 +334,7 @@ reply_classify(const struct reply_failure *f, const char *code,
 	in.acr_code = code;
 	in.acr_message = msg;
 	in.host = f->registry;
-	classify_input_result(&in, f->res);
+	upstream_result_classify(&in, f->res);
 	classify(&in, out);
 }
 

@@ -9,9 +9,9 @@
 #include "cachecmd.h"
 #include "check.h"
 #include "config.h"
-#include "hostsconf.h"
+#include "containerd_config.h"
 #include "log.h"
-#include "logsum.h"
+#include "logs.h"
 #include "server.h"
 
 static void
@@ -118,9 +118,9 @@ main(int argc, char **argv)
 	if (strcmp(argv[1], "cache") == 0)
 		return cachecmd_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "logs") == 0)
-		return logsum_main(argc - 1, argv + 1);
+		return logs_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "containerd-config") == 0)
-		return hostsconf_main(argc - 1, argv + 1);
+		return containerd_config_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "check") == 0)
 		return check_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",

@@ -12,7 +12,6 @@
 #include <strings.h>
 
 #include "classify.h"
-#include "upstream.h"
 
 #define CLASSIFY_ACR_DOMAIN	"azurecr.io"
 #define CLASSIFY_TYPO_EDITS	2
@@ -422,21 +421,6 @@ classify_redirect(const struct classify_input *in,
 		return 1;
 	}
 	return 0;
-}
-
-void
-classify_input_result(struct classify_input *in,
-    const struct upstream_result *res)
-{
-	if (res == NULL)
-		return;
-	in->curl = res->curl;
-	in->os_errno = res->os_errno;
-	in->connected = res->connected;
-	in->headers = res->headers;
-	in->redirected = res->redirects > 0;
-	in->throttled = res->throttled;
-	in->circuit = res->circuit;
 }
 
 void

@@ -561,7 +561,7 @@ auth_classify(const struct auth *a, const struct auth_report *r, json_t *o)
 	in.acr_code = json_string_value(json_object_get(o, "code"));
 	in.acr_message = json_string_value(json_object_get(o, "message"));
 	in.host = a->a_reg->name;
-	classify_input_result(&in, r->res);
+	upstream_result_classify(&in, r->res);
 	classify(&in, &c);
 	if (c.cause == CLASSIFY_NONE)
 		return;

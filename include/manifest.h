@@ -13,10 +13,10 @@
 
 struct cache;
 struct config;
-struct config_registry;
 struct evhttp_request;
 struct manifest_ctx;
 struct oci_route;
+struct registry;
 struct upstream;
 
 struct manifest_ctx *manifest_ctx_new(struct upstream *up,
@@ -27,7 +27,7 @@ int manifest_ctx_inflight(const struct manifest_ctx *ctx);
 
 /* Answer a GET or HEAD of /v2/<name>/manifests/<reference>. */
 void manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     unsigned long reqid);
 
 #endif

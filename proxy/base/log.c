@@ -19,8 +19,6 @@ static int log_fd = STDERR_FILENO;
 static enum log_level log_min = LOG_LEVEL_INFO;
 
 static const char *log_names[] = { "debug", "info", "warn", "error" };
-static log_tap_fn log_tap;
-static void *log_tap_arg;
 
 int
 log_open(const char *path, enum log_level level)
@@ -66,13 +64,6 @@ log_enabled(enum log_level level)
 }
 
 void
-log_set_tap(log_tap_fn fn, void *arg)
-{
-	log_tap = fn;
-	log_tap_arg = arg;
-}
-
-void
 log_event(enum log_level level, const char *msg, json_t *fields)
 {
 	struct timeval tv;
@@ -82,8 +73,6 @@ log_event(enum log_level level, const char *msg, json_t *fields)
 	size_t len;
 	json_t *o;
 
-	if (log_tap != NULL)
-		log_tap(msg, fields, log_tap_arg);
 	if (!log_enabled(level)) {
 		json_decref(fields);
 		return;

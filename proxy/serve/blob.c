@@ -42,6 +42,7 @@
 #include "oci.h"
 #include "platform.h"
 #include "relay.h"
+#include "registry.h"
 #include "reply.h"
 #include "upstream.h"
 
@@ -61,7 +62,7 @@ struct breader {
 	struct blob_ctx		*r_ctx;
 	struct bfetch		*r_fetch;	/* NULL: the blob is complete */
 	struct reply_client	 r_client;
-	const struct config_registry *r_reg;
+	struct registry		*r_reg;
 	struct oci_route	 r_route;
 	unsigned long		 r_id;
 	struct timeval		 r_t0;
@@ -80,7 +81,7 @@ struct breader {
 struct bfetch {
 	TAILQ_ENTRY(bfetch)	 f_entry;
 	struct blob_ctx		*f_ctx;
-	const struct config_registry *f_reg;
+	struct registry		*f_reg;
 	struct oci_route	 f_route;
 	struct upstream_xfer	*f_xfer;
 	unsigned long		 f_id;
@@ -161,7 +162,7 @@ breader_close(struct breader *r, int abort_client)
 	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_bytes);
 	if (!r->r_relayed)
 		log_request(r->r_id, r->r_head ? "HEAD" : "GET", r->r_uri,
-		    r->r_reg->name, r->r_status, r->r_bytes, &r->r_t0);
+		    registry_name(r->r_reg), r->r_status, r->r_bytes, &r->r_t0);
 	cache_blob_unhold(r->r_ctx->bc_cache, r->r_route.reference);
 	breader_unlink(r);
 	r->r_ctx->bc_nreaders--;
@@ -328,7 +329,7 @@ fail:
 
 static struct breader *
 breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     unsigned long reqid)
 {
 	const char *rh = evhttp_find_header(
@@ -364,7 +365,7 @@ bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
     int client_status, const char *served)
 {
-	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
+	struct reply_failure rf = { f->f_id, registry_name(f->f_reg), f->f_route.name,
 	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
 	    status, error, 0, log_ms_since(&f->f_t0), phase,
 	    x != NULL ? upstream_xfer_result(x) : NULL,
@@ -428,7 +429,7 @@ bfetch_pass_through(struct bfetch *f, const char *why)
 
 	log_event(LOG_LEVEL_WARN, "cache bypassed", json_pack(
 	    "{s:I,s:s,s:s,s:I,s:s}", "id", (json_int_t)f->f_id, "registry",
-	    f->f_reg->name, "digest", f->f_route.reference, "size",
+	    registry_name(f->f_reg), "digest", f->f_route.reference, "size",
 	    (json_int_t)f->f_size, "reason", why));
 	upstream_xfer_cancel(f->f_xfer);
 	f->f_xfer = NULL;
@@ -655,7 +656,7 @@ static void bfetch_on_done(struct upstream_xfer *,
 static void
 bfetch_check_platform(struct bfetch *f, const char *digest)
 {
-	struct platform_mismatch m = { f->f_id, f->f_reg->name,
+	struct platform_mismatch m = { f->f_id, registry_name(f->f_reg),
 	    f->f_route.name, f->f_route.reference, digest,
 	    &f->f_ctx->bc_platform, NULL };
 	char have[128];
@@ -673,15 +674,13 @@ bfetch_send(struct bfetch *f, const char *range)
 {
 	struct upstream_cbs cbs = { bfetch_on_headers, bfetch_on_data,
 	    bfetch_on_done };
-	struct upstream_req ureq;
-	char *url;
+	struct registry_req rr;
 
-	if ((url = relay_url(f->f_reg, &f->f_route, NULL)) == NULL)
+	if (registry_req_init(&rr, f->f_reg, &f->f_route) == -1)
 		return -1;
-	relay_req_init(&ureq, f->f_ctx->bc_cfg, f->f_reg, url);
-	ureq.range = range;
-	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &ureq, &cbs, f);
-	free(url);
+	rr.ureq.range = range;
+	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &rr.ureq, &cbs, f);
+	registry_req_clear(&rr);
 	return f->f_xfer != NULL ? 0 : -1;
 }
 
@@ -702,7 +701,7 @@ bfetch_resume(struct bfetch *f, struct upstream_xfer *x,
 	f->f_resumes++;
 	f->f_resuming = 1;
 	f->f_skip = 0;
-	metrics_retry(metrics_registry(f->f_reg->name));
+	metrics_retry(metrics_registry(registry_name(f->f_reg)));
 	bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, res->status, res->error,
 	    0, "resumed");
 	return 1;
@@ -782,7 +781,7 @@ bfetch_commit(struct bfetch *f, struct upstream_xfer *x)
 	}
 	bfetch_check_platform(f, dgst);
 	log_event(LOG_LEVEL_DEBUG, "blob cached", json_pack("{s:I,s:s,s:s,"
-	    "s:I,s:I}", "id", (json_int_t)f->f_id, "registry", f->f_reg->name,
+	    "s:I,s:I}", "id", (json_int_t)f->f_id, "registry", registry_name(f->f_reg),
 	    "digest", dgst, "size", (json_int_t)f->f_size, "ms",
 	    (json_int_t)log_ms_since(&f->f_t0)));
 	bfetch_close(f, 1, 0, OCI_OK, NULL);
@@ -790,7 +789,7 @@ bfetch_commit(struct bfetch *f, struct upstream_xfer *x)
 
 static struct bfetch *
 bfetch_start(struct blob_ctx *ctx, const struct oci_route *route,
-    const struct config_registry *reg, unsigned long reqid)
+    struct registry *reg, unsigned long reqid)
 {
 	struct bfetch *f;
 
@@ -828,7 +827,7 @@ bfetch_find(struct blob_ctx *ctx, const char *digest)
 
 void
 blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     unsigned long reqid)
 {
 	struct cache_blob_info info;

@@ -29,6 +29,7 @@
 #include "oci.h"
 #include "platform.h"
 #include "relay.h"
+#include "registry.h"
 #include "reply.h"
 #include "upstream.h"
 
@@ -58,7 +59,7 @@ struct mwaiter {
 struct mfetch {
 	TAILQ_ENTRY(mfetch)	 f_entry;
 	struct manifest_ctx	*f_ctx;
-	const struct config_registry *f_reg;
+	struct registry		*f_reg;
 	struct oci_route	 f_route;
 	char			*f_accept;
 	struct upstream_xfer	*f_xfer;
@@ -190,7 +191,7 @@ mwaiter_close(struct mwaiter *w)
 {
 	reply_client_release(&w->w_client, 1, 0);	/* never answered: cut */
 	log_request(w->w_id, w->w_head ? "HEAD" : "GET", w->w_uri,
-	    w->w_fetch->f_reg->name, w->w_status, w->w_bytes, &w->w_t0);
+	    registry_name(w->w_fetch->f_reg), w->w_status, w->w_bytes, &w->w_t0);
 	TAILQ_REMOVE(&w->w_fetch->f_waiters, w, w_entry);
 	w->w_fetch->f_ctx->mc_waiters--;
 	free(w->w_uri);
@@ -232,7 +233,7 @@ mfetch_log_failure(struct mfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
     int client_status, const char *served)
 {
-	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
+	struct reply_failure rf = { f->f_id, registry_name(f->f_reg), f->f_route.name,
 	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
 	    status, error, client_status, log_ms_since(&f->f_t0), phase,
 	    x != NULL ? upstream_xfer_result(x) : NULL,
@@ -308,10 +309,10 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 		    evbuffer_pullup(f->f_body, -1),
 		    evbuffer_get_length(f->f_body), &err);
 		snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
-		    f->f_reg->name, status);
+		    registry_name(f->f_reg), status);
 	} else
 		snprintf(msg, sizeof(msg), "upstream registry %s: %s",
-		    f->f_reg->name, error);
+		    registry_name(f->f_reg), error);
 	mfetch_log_failure(f, x, phase, status, error,
 	    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus, NULL);
 	mfetch_fail_all(f, cstatus, err, msg);
@@ -329,7 +330,7 @@ mfetch_check_platform(struct mfetch *f, const char *digest,
     const void *body, size_t len)
 {
 	struct manifest_ctx *ctx = f->f_ctx;
-	struct platform_mismatch m = { f->f_id, f->f_reg->name,
+	struct platform_mismatch m = { f->f_id, registry_name(f->f_reg),
 	    f->f_route.name, f->f_route.reference, digest, &ctx->mc_platform,
 	    NULL };
 	char have[512];
@@ -395,7 +396,7 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 		    "{s:s,s:s}", "digest", dgst, "error",
 		    cache_strerror(cache)));
 	else if (!f->f_route.by_digest)
-		cache_tag_put(cache, f->f_reg->name, f->f_route.name,
+		cache_tag_put(cache, registry_name(f->f_reg), f->f_route.name,
 		    f->f_route.reference, dgst, manifest_now_ms());
 	while ((w = TAILQ_FIRST(&f->f_waiters)) != NULL) {
 		w->w_bytes = manifest_send(mwaiter_take(w, 200), media, dgst,
@@ -467,7 +468,7 @@ mfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	dcd = upstream_xfer_header(x, "Docker-Content-Digest");
 	if (dcd != NULL && strcmp(dcd, f->f_known) == 0 &&
 	    mfetch_answer_cached(f, f->f_known, 0) == 0) {
-		cache_tag_put(f->f_ctx->mc_cache, f->f_reg->name,
+		cache_tag_put(f->f_ctx->mc_cache, registry_name(f->f_reg),
 		    f->f_route.name, f->f_route.reference, f->f_known,
 		    manifest_now_ms());
 		mfetch_close(f);
@@ -486,23 +487,21 @@ mfetch_get(struct mfetch *f, int head)
 	struct manifest_ctx *ctx = f->f_ctx;
 	struct upstream_cbs cbs = { mfetch_on_headers, mfetch_on_data,
 	    mfetch_on_done };
-	struct upstream_req ureq;
-	char *url;
+	struct registry_req rr;
 
-	if ((url = relay_url(f->f_reg, &f->f_route, NULL)) == NULL)
+	if (registry_req_init(&rr, f->f_reg, &f->f_route) == -1)
 		return -1;
-	relay_req_init(&ureq, ctx->mc_cfg, f->f_reg, url);
-	ureq.head = head;
-	ureq.accept = f->f_accept;
+	rr.ureq.head = head;
+	rr.ureq.accept = f->f_accept;
 	f->f_head = head;
 	evbuffer_drain(f->f_body, evbuffer_get_length(f->f_body));
-	f->f_xfer = upstream_xfer_start(ctx->mc_up, &ureq, &cbs, f);
-	free(url);
+	f->f_xfer = upstream_xfer_start(ctx->mc_up, &rr.ureq, &cbs, f);
+	registry_req_clear(&rr);
 	return f->f_xfer != NULL ? 0 : -1;
 }
 
 static struct mfetch *
-mfetch_find(struct manifest_ctx *ctx, const struct config_registry *reg,
+mfetch_find(struct manifest_ctx *ctx, struct registry *reg,
     const struct oci_route *route)
 {
 	struct mfetch *f;
@@ -517,7 +516,7 @@ mfetch_find(struct manifest_ctx *ctx, const struct config_registry *reg,
 
 static struct mfetch *
 mfetch_new(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     const char *known, unsigned long reqid)
 {
 	const char *accept = evhttp_find_header(
@@ -547,7 +546,7 @@ mfetch_new(struct manifest_ctx *ctx, struct evhttp_request *req,
 
 static void
 manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     const char *known, unsigned long reqid, const struct timeval *t0)
 {
 	struct mfetch *f;
@@ -577,7 +576,7 @@ manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
 
 void
 manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     unsigned long reqid)
 {
 	int head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
@@ -596,7 +595,7 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 			return;
 		}
 		memcpy(digest, route->reference, strlen(route->reference) + 1);
-	} else if (cache_tag_get(ctx->mc_cache, reg->name, route->name,
+	} else if (cache_tag_get(ctx->mc_cache, registry_name(reg), route->name,
 	    route->reference, digest, &fetched) != CACHE_OK)
 		digest[0] = '\0';
 	else if (manifest_now_ms() - fetched >= ttl_ms) {
@@ -610,7 +609,7 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 		metrics_cache(METRICS_CACHE_MANIFEST, 1);
 		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n);
 		log_request(reqid, head ? "HEAD" : "GET",
-		    evhttp_request_get_uri(req), reg->name, 200, n, &t0);
+		    evhttp_request_get_uri(req), registry_name(reg), 200, n, &t0);
 		manifest_send(req, hit.media, digest, hit.body, hit.len,
 		    hit.pin);
 		return;

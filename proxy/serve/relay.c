@@ -25,6 +25,7 @@
 #include "log.h"
 #include "oci.h"
 #include "relay.h"
+#include "registry.h"
 #include "reply.h"
 #include "upstream.h"
 
@@ -40,7 +41,6 @@ enum relay_mode {
 
 struct relay_ctx {
 	struct upstream		*rc_up;
-	const struct config	*rc_cfg;
 	TAILQ_HEAD(, relay)	 rc_relays;
 	int			 rc_inflight;
 };
@@ -50,7 +50,7 @@ struct relay {
 	struct relay_ctx	*r_ctx;
 	struct reply_client	 r_client;
 	struct upstream_xfer	*r_xfer;	/* NULL once done or cancelled */
-	const struct config_registry *r_reg;
+	struct registry		*r_reg;
 	struct oci_route	 r_route;
 	unsigned long		 r_id;
 	int			 r_head;
@@ -68,14 +68,13 @@ struct relay {
 static void relay_close(struct relay *, int abort_client);
 
 struct relay_ctx *
-relay_ctx_new(struct upstream *up, const struct config *cfg)
+relay_ctx_new(struct upstream *up)
 {
 	struct relay_ctx *ctx;
 
 	if ((ctx = calloc(1, sizeof(*ctx))) == NULL)
 		return NULL;
 	ctx->rc_up = up;
-	ctx->rc_cfg = cfg;
 	TAILQ_INIT(&ctx->rc_relays);
 	return ctx;
 }
@@ -118,7 +117,7 @@ relay_close(struct relay *r, int abort_client)
 		r->r_xfer = NULL;
 	}
 	reply_client_release(&r->r_client, abort_client, r->r_started);
-	log_request(r->r_id, method, r->r_uri, r->r_reg->name, r->r_status,
+	log_request(r->r_id, method, r->r_uri, registry_name(r->r_reg), r->r_status,
 	    r->r_bytes, &r->r_t0);
 	TAILQ_REMOVE(&r->r_ctx->rc_relays, r, r_entry);
 	r->r_ctx->rc_inflight--;
@@ -154,7 +153,7 @@ static void
 relay_log_failure(struct relay *r, const struct upstream_xfer *x,
     long upstatus, const char *error, int client_status)
 {
-	struct reply_failure f = { r->r_id, r->r_reg->name, r->r_route.name,
+	struct reply_failure f = { r->r_id, registry_name(r->r_reg), r->r_route.name,
 	    r->r_route.reference, upstream_xfer_url(x), upstatus, error,
 	    client_status, log_ms_since(&r->r_t0), r->r_started ?
 	    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST,
@@ -190,7 +189,7 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 	if (status == 416)
 		relay_copy_header(r, x, "Content-Range");
 	snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
-	    r->r_reg->name, status);
+	    registry_name(r->r_reg), status);
 	/* Before relay_fail, which frees r. */
 	if (status != 416)
 		relay_log_failure(r, x, status, NULL, cstatus);
@@ -313,101 +312,18 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	}
 }
 
-char *
-relay_url(const struct config_registry *reg, const struct oci_route *rt,
-    const char *query)
-{
-	static const char *kinds[] = { [OCI_ROUTE_MANIFEST] = "manifests",
-	    [OCI_ROUTE_BLOB] = "blobs" };
-	char *url = NULL;
-	int n;
-
-	if (rt->kind == OCI_ROUTE_TAGS)
-		n = asprintf(&url, "%s/v2/%s/tags/list%s%s", reg->url,
-		    rt->name, query != NULL ? "?" : "",
-		    query != NULL ? query : "");
-	else
-		n = asprintf(&url, "%s/v2/%s/%s/%s", reg->url, rt->name,
-		    kinds[rt->kind], rt->reference);
-	return n < 0 ? NULL : url;
-}
-
-/*
- * Blobs wait behind everything else. The URL is relay_url's: a blob's
- * ends ".../blobs/<digest>", and neither a tag nor a digest holds a '/'.
- */
-static enum ratelimit_class
-relay_url_class(const char *url)
-{
-	const char *last = strrchr(url, '/');
-
-	return last != NULL && last - url >= 6 &&
-	    strncmp(last - 6, "/blobs", 6) == 0 ? RATELIMIT_LOW :
-	    RATELIMIT_HIGH;
-}
-
-void
-relay_req_init(struct upstream_req *ureq, const struct config *cfg,
-    const struct config_registry *reg, const char *url)
-{
-	memset(ureq, 0, sizeof(*ureq));
-	ureq->url = url;
-	ureq->ca_file = reg->ca_file;
-	ureq->tls_verify = reg->tls_verify;
-	ureq->auth = reg->auth;
-	ureq->ratelimit = reg->ratelimit;
-	ureq->rlclass = relay_url_class(url);
-	ureq->circuit = reg->circuit;
-	ureq->retries = (int)reg->retries;	/* GET and HEAD only */
-	ureq->registry = reg->name;
-	ureq->base = reg->url;
-	ureq->mirrors = reg->mirrors;
-	ureq->nmirrors = reg->nmirrors;
-	ureq->mirror_authorization = reg->mirror_authorization;
-	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
-	ureq->stall_timeout_s = cfg->stall_timeout_s;
-}
-
-/* The client's tags/list paging parameters; ns stays here. */
-static void
-relay_tags_query(struct evhttp_request *req, char *out, size_t outlen)
-{
-	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
-	const char *q = evhttp_uri_get_query(u);
-	struct evkeyvalq params;
-	const char *n, *last;
-	char *el = NULL;
-
-	out[0] = '\0';
-	TAILQ_INIT(&params);
-	if (q == NULL || evhttp_parse_query_str(q, &params) != 0)
-		return;
-	n = evhttp_find_header(&params, "n");
-	last = evhttp_find_header(&params, "last");
-	if (last != NULL)
-		el = evhttp_encode_uri(last);
-	snprintf(out, outlen, "%s%s%s%s%s", n != NULL ? "n=" : "",
-	    n != NULL ? n : "", n != NULL && el != NULL ? "&" : "",
-	    el != NULL ? "last=" : "", el != NULL ? el : "");
-	free(el);
-	evhttp_clear_headers(&params);
-}
-
 void
 relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
+    const struct oci_route *route, struct registry *reg,
     unsigned long reqid)
 {
-	const struct config *cfg = ctx->rc_cfg;
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-	struct upstream_req ureq;
+	struct registry_req rr;
 	struct upstream_cbs cbs = { relay_on_headers, relay_on_data,
 	    relay_on_done };
 	struct oci_range range;
 	const char *rh;
-	char query[512];
 	struct relay *r;
-	char *url;
 
 	if ((r = calloc(1, sizeof(*r))) == NULL) {
 		evhttp_send_error(req, HTTP_SERVUNAVAIL, NULL);
@@ -427,25 +343,19 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	ctx->rc_inflight++;
 	reply_client_hold(&r->r_client, req, relay_gone, r);
 
-	query[0] = '\0';
-	if (route->kind == OCI_ROUTE_TAGS)
-		relay_tags_query(req, query, sizeof(query));
-	url = relay_url(reg, route, query[0] != '\0' ? query : NULL);
-	if (r->r_uri == NULL || r->r_buf == NULL || url == NULL) {
-		free(url);
+	if (r->r_uri == NULL || r->r_buf == NULL ||
+	    registry_req_init(&rr, reg, route) == -1) {
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;
 	}
-
-	relay_req_init(&ureq, cfg, reg, url);
-	ureq.head = r->r_head;
+	rr.ureq.head = r->r_head;
 	/* Only a single, well-formed byte range is passed on. */
 	rh = evhttp_find_header(in, "Range");
 	if (route->kind == OCI_ROUTE_BLOB && rh != NULL &&
 	    oci_range_parse(rh, &range) == 1)
-		ureq.range = rh;
-	r->r_xfer = upstream_xfer_start(ctx->rc_up, &ureq, &cbs, r);
-	free(url);
+		rr.ureq.range = rh;
+	r->r_xfer = upstream_xfer_start(ctx->rc_up, &rr.ureq, &cbs, r);
+	registry_req_clear(&rr);
 	if (r->r_xfer == NULL)
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "cannot start transfer");
 }

@@ -14,10 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
 #include "blob.h"
 #include "cache.h"
-#include "circuit.h"
 #include "classify.h"
 #include "config.h"
 #include "guard.h"
@@ -25,7 +23,7 @@
 #include "manifest.h"
 #include "metrics.h"
 #include "oci.h"
-#include "ratelimit.h"
+#include "registry.h"
 #include "relay.h"
 #include "reply.h"
 #include "server.h"
@@ -47,7 +45,8 @@
 
 struct server {
 	struct event_base	*s_base;
-	struct config		*s_cfg;	/* registries carry their auth */
+	const struct config	*s_cfg;
+	struct registry_set	*s_regs;
 	struct evhttp		*s_http;
 	struct evhttp_bound_socket *s_sock;
 	struct upstream		*s_up;
@@ -218,7 +217,7 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	struct server *srv = arg;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	const struct config_registry *reg;
+	struct registry *reg;
 	const char *path = evhttp_uri_get_path(uri);
 	struct oci_route route;
 	struct timeval t0;
@@ -237,6 +236,9 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	err = oci_route_parse(path, &route);
 	if (err == OCI_OK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
 		err = OCI_ERR_METHOD;
+	if (err == OCI_OK && route.kind == OCI_ROUTE_TAGS &&
+	    oci_query_tags(evhttp_uri_get_query(uri), &route) == -1)
+		err = OCI_ERR_PAGINATION;
 	if (err != OCI_OK) {
 		server_reply_error(req, id, err, NULL, &t0);
 		return;
@@ -261,8 +263,8 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	}
 
 	hasns = oci_query_ns(evhttp_uri_get_query(uri), ns, sizeof(ns));
-	reg = hasns == 1 ? config_registry_find(srv->s_cfg, ns) :
-	    hasns == 0 ? config_registry_find(srv->s_cfg, NULL) : NULL;
+	reg = hasns == 1 ? registry_set_find(srv->s_regs, ns) :
+	    hasns == 0 ? registry_set_find(srv->s_regs, NULL) : NULL;
 	if (reg == NULL) {
 		/* An open ns would let any local process use the node's
 		 * identity against any URL: refuse before any lookup. */
@@ -306,101 +308,20 @@ server_open_cache(struct server *srv)
 	return -1;
 }
 
-/* "Bearer <token>" for the registry's mirrors, read once at start. */
-static int
-server_mirror_token(struct config_registry *reg, char *err, size_t errlen)
-{
-	char why[512], *token;
-
-	if (reg->mirror_token_file == NULL)
-		return 0;
-	if ((token = auth_read_secret(reg->mirror_token_file, why,
-	    sizeof(why))) == NULL) {
-		snprintf(err, errlen, "[registry %s] mirror_token_file: %.300s",
-		    reg->name, why);
-		return -1;
-	}
-	if (asprintf(&reg->mirror_authorization, "Bearer %s", token) == -1)
-		reg->mirror_authorization = NULL;
-	auth_secret_free(token);
-	if (reg->mirror_authorization == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * Each registry's pace and identity, from its config section. The handles
- * ride on the registry (the config's run-time fields) so that
- * relay_req_init gives them to every upstream request for that registry.
- */
+/* Each registry's identity, pace and breakers, from its config section. */
 static int
 server_registries_new(struct server *srv)
 {
-	struct config *cfg = srv->s_cfg;
-	struct config_registry *reg;
 	char err[CONFIG_ERR_MAX];
-	size_t i, m;
 
 	metrics_reset();
-	for (i = 0; i < cfg->nregistries; i++) {
-		reg = &cfg->registries[i];
-		/* A mirror's metrics go by its URL. */
-		for (m = 0; m < reg->nmirrors; m++)
-			if ((reg->mirrors[m].circuit = circuit_new(
-			    reg->mirrors[m].url, reg->circuit_failures,
-			    reg->circuit_open_s)) == NULL)
-				return -1;
-		if ((reg->ratelimit = ratelimit_new(srv->s_base, reg->name,
-		    reg->rate, (double)reg->burst, reg->max_wait_s)) == NULL ||
-		    (reg->circuit = circuit_new(reg->name,
-		    reg->circuit_failures, reg->circuit_open_s)) == NULL)
-			return -1;
-		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
-		    sizeof(err))) == NULL ||
-		    server_mirror_token(reg, err, sizeof(err)) == -1) {
-			fprintf(stderr, "pullproxy: %s\n", err);
-			log_event(LOG_LEVEL_ERROR, "cannot set up registry "
-			    "auth", json_pack("{s:s}", "error", err));
-			return -1;
-		}
-	}
-	return 0;
-}
-
-/* After the requests (they may wait on a token), before the upstream. */
-static void
-server_auth_free(struct server *srv)
-{
-	struct config *cfg = srv->s_cfg;
-	size_t i;
-
-	for (i = 0; i < cfg->nregistries; i++) {
-		auth_free(cfg->registries[i].auth);
-		cfg->registries[i].auth = NULL;
-		auth_secret_free(cfg->registries[i].mirror_authorization);
-		cfg->registries[i].mirror_authorization = NULL;
-	}
-}
-
-/* Last: upstream_free takes its waiting transfers out of their queues. */
-static void
-server_ratelimit_free(struct server *srv)
-{
-	struct config *cfg = srv->s_cfg;
-	size_t i, m;
-
-	for (i = 0; i < cfg->nregistries; i++) {
-		ratelimit_free(cfg->registries[i].ratelimit);
-		cfg->registries[i].ratelimit = NULL;
-		circuit_free(cfg->registries[i].circuit);
-		cfg->registries[i].circuit = NULL;
-		for (m = 0; m < cfg->registries[i].nmirrors; m++) {
-			circuit_free(cfg->registries[i].mirrors[m].circuit);
-			cfg->registries[i].mirrors[m].circuit = NULL;
-		}
-	}
+	if ((srv->s_regs = registry_set_new(srv->s_base, srv->s_up,
+	    srv->s_cfg, err, sizeof(err))) != NULL)
+		return 0;
+	fprintf(stderr, "pullproxy: %s\n", err);
+	log_event(LOG_LEVEL_ERROR, "cannot set up registry auth", json_pack(
+	    "{s:s}", "error", err));
+	return -1;
 }
 
 /*
@@ -421,7 +342,7 @@ server_bev_cb(struct event_base *base, void *arg)
 }
 
 struct server *
-server_new(struct event_base *base, struct config *cfg)
+server_new(struct event_base *base, const struct config *cfg)
 {
 	struct server *srv;
 	char err[CONFIG_ERR_MAX];
@@ -445,7 +366,7 @@ server_new(struct event_base *base, struct config *cfg)
 	}
 	if (srv->s_up == NULL || srv->s_http == NULL ||
 	    server_registries_new(srv) == -1 ||
-	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL ||
+	    (srv->s_relays = relay_ctx_new(srv->s_up)) == NULL ||
 	    (srv->s_blobs = blob_ctx_new(srv->s_up, srv->s_cache, cfg,
 	    srv->s_relays)) == NULL ||
 	    (srv->s_manifests = manifest_ctx_new(srv->s_up, srv->s_cache,
@@ -507,9 +428,9 @@ server_free(struct server *srv)
 	if (srv->s_http != NULL)
 		evhttp_free(srv->s_http);
 	guard_free(srv->s_guard);	/* after evhttp: its connections go */
-	server_auth_free(srv);
+	registry_set_close(srv->s_regs);
 	upstream_free(srv->s_up);
-	server_ratelimit_free(srv);
+	registry_set_free(srv->s_regs);
 	/* After evhttp: queued file segments unpin the cache as they go. */
 	if (srv->s_cache != NULL)
 		cache_close(srv->s_cache);
@@ -589,7 +510,7 @@ server_base_new(void)
 }
 
 int
-server_run(struct config *cfg)
+server_run(const struct config *cfg)
 {
 	struct server_run run;
 	struct event_base *base;

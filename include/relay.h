@@ -11,9 +11,8 @@
 #ifndef PP_RELAY_H
 #define PP_RELAY_H
 
+struct client_request;
 struct evhttp_request;
-struct oci_route;
-struct registry;
 struct relay_ctx;
 struct upstream;
 
@@ -24,11 +23,10 @@ void relay_ctx_free(struct relay_ctx *ctx);
 int relay_ctx_inflight(const struct relay_ctx *ctx);
 
 /*
- * Answer req (GET or HEAD) for route from registry reg. reqid names the
- * request in logs. Always answers the client, whatever happens upstream.
+ * Answer req (GET or HEAD) as rq says. Always answers the client, whatever
+ * happens upstream, and logs it.
  */
 void relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, struct registry *reg,
-    unsigned long reqid);
+    const struct client_request *rq);
 
 #endif

@@ -31,10 +31,11 @@
  * caller sees only the last attempt. Only for idempotent requests.
  *
  * A transfer with mirrors asks them first, in order, skipping those whose
- * circuit is open: the URL's part after base goes under the mirror's
- * URL, with ?ns=<registry> (as containerd asks a mirror), and never the
- * registry's credentials (only the mirrors' own token, if any). A mirror's transport failure or error status (but 416)
- * is not reported: the next one is asked, then the registry.
+ * circuit is open: the request's path goes under the mirror's URL, with
+ * ?ns=<registry> (as containerd asks a mirror), and never the registry's
+ * credentials (only the mirrors' own token, if any). A mirror's transport
+ * failure or error status (but 416) is not reported: the next one is
+ * asked, then the registry.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
@@ -120,7 +121,8 @@ struct upstream_req {
 	struct circuit	*circuit;	/* the registry's breaker, or NULL */
 	int		 retries;	/* sends after the first; 0 unless idempotent */
 	const char	*registry;	/* its name, for metrics, logs and ns */
-	const char	*base;		/* the registry's URL, a prefix of url */
+	/* url's path and query below the registry's URL: what mirrors get. */
+	const char	*path;
 	const struct upstream_mirror *mirrors;	/* asked first, or NULL */
 	size_t		 nmirrors;
 	/* What mirrors get as Authorization (their own token), or NULL. */

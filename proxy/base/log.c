@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "metrics.h"
 
 static int log_fd = STDERR_FILENO;
 static enum log_level log_min = LOG_LEVEL_INFO;
@@ -130,8 +129,6 @@ log_request(unsigned long id, const char *method, const char *uri,
     const char *registry, int status, unsigned long long bytes,
     const struct timeval *start)
 {
-	/* Every client request ends here, whatever served it. */
-	metrics_request(uri, status);
 	if (!log_enabled(LOG_LEVEL_DEBUG))
 		return;
 	log_event(LOG_LEVEL_DEBUG, "request",

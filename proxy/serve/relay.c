@@ -20,9 +20,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "config.h"
-#include "digest.h"
+#include "client.h"
 #include "log.h"
+#include "incident.h"
 #include "oci.h"
 #include "relay.h"
 #include "registry.h"
@@ -48,21 +48,12 @@ struct relay_ctx {
 struct relay {
 	TAILQ_ENTRY(relay)	 r_entry;
 	struct relay_ctx	*r_ctx;
-	struct reply_client	 r_client;
+	struct client		 r_client;
 	struct upstream_xfer	*r_xfer;	/* NULL once done or cancelled */
-	struct registry		*r_reg;
-	struct oci_route	 r_route;
-	unsigned long		 r_id;
-	int			 r_head;
 	enum relay_mode		 r_mode;
-	int			 r_started;	/* status line sent */
 	int			 r_paused;
-	int			 r_status;	/* what the client got */
-	uint64_t		 r_bytes;	/* body bytes to the client */
 	int64_t			 r_expect;	/* upstream Content-Length, -1 */
 	struct evbuffer		*r_buf;
-	struct timeval		 r_t0;
-	char			*r_uri;
 };
 
 static void relay_close(struct relay *, int abort_client);
@@ -110,20 +101,15 @@ relay_gone(void *arg)
 static void
 relay_close(struct relay *r, int abort_client)
 {
-	const char *method = r->r_head ? "HEAD" : "GET";
-
 	if (r->r_xfer != NULL) {
 		upstream_xfer_cancel(r->r_xfer);
 		r->r_xfer = NULL;
 	}
-	reply_client_release(&r->r_client, abort_client, r->r_started);
-	log_request(r->r_id, method, r->r_uri, registry_name(r->r_reg), r->r_status,
-	    r->r_bytes, &r->r_t0);
+	client_end(&r->r_client, abort_client);
 	TAILQ_REMOVE(&r->r_ctx->rc_relays, r, r_entry);
 	r->r_ctx->rc_inflight--;
 	if (r->r_buf != NULL)
 		evbuffer_free(r->r_buf);
-	free(r->r_uri);
 	free(r);
 }
 
@@ -131,37 +117,39 @@ relay_close(struct relay *r, int abort_client)
 static void
 relay_reply(struct relay *r, int status)
 {
-	r->r_status = status;
-	evhttp_send_reply(reply_client_take(&r->r_client), status, NULL, NULL);
+	evhttp_send_reply(client_take(&r->r_client, status), status, NULL,
+	    NULL);
 	relay_close(r, 0);
 }
 
+/* An error answer, or, too late for a status, a cut connection. */
 static void
 relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
 {
-	if (r->r_started) {	/* too late for a status: cut it short */
-		relay_close(r, 1);
-		return;
-	}
-	r->r_status = status;
-	r->r_bytes = reply_error(reply_client_take(&r->r_client), status, err,
-	    msg);
-	relay_close(r, 0);
+	client_error(&r->r_client, status, err, msg);
+	relay_close(r, r->r_client.c_started);
 }
 
 static void
 relay_log_failure(struct relay *r, const struct upstream_xfer *x,
     long upstatus, const char *error, int client_status)
 {
-	struct reply_failure f = { r->r_id, registry_name(r->r_reg), r->r_route.name,
-	    r->r_route.reference, upstream_xfer_url(x), upstatus, error,
-	    client_status, log_ms_since(&r->r_t0), r->r_started ?
-	    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST,
-	    upstream_xfer_result(x),
-	    upstatus >= 400 ? evbuffer_pullup(r->r_buf, -1) : NULL,
-	    upstatus >= 400 ? evbuffer_get_length(r->r_buf) : 0, NULL };
+	struct incident f = {
+		.rq = &r->r_client.c_rq,
+		.url = upstream_xfer_url(x),
+		.status = upstatus,
+		.error = error,
+		.client_status = client_status,
+		.phase = r->r_client.c_started ? CLASSIFY_PHASE_BODY :
+		    CLASSIFY_PHASE_REQUEST,
+		.res = upstream_xfer_result(x),
+	};
 
-	reply_log_failure(&f);
+	if (upstatus >= 400) {
+		f.body = evbuffer_pullup(r->r_buf, -1);
+		f.bodylen = evbuffer_get_length(r->r_buf);
+	}
+	incident_log(&f);
 }
 
 static void
@@ -172,7 +160,7 @@ relay_copy_header(struct relay *r, const struct upstream_xfer *x,
 
 	if (v != NULL)
 		evhttp_add_header(evhttp_request_get_output_headers(
-		    r->r_client.req), name, v);
+		    r->r_client.c_req), name, v);
 }
 
 /* Upstream answered with an error status: tell the client in OCI terms. */
@@ -184,12 +172,12 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 	int cstatus;
 	char msg[256];
 
-	cstatus = reply_upstream_status(r->r_route.kind, status,
+	cstatus = reply_upstream_status(r->r_client.c_rq.route.kind, status,
 	    evbuffer_pullup(r->r_buf, -1), evbuffer_get_length(r->r_buf), &err);
 	if (status == 416)
 		relay_copy_header(r, x, "Content-Range");
 	snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
-	    registry_name(r->r_reg), status);
+	    registry_name(r->r_client.c_rq.reg), status);
 	/* Before relay_fail, which frees r. */
 	if (status != 416)
 		relay_log_failure(r, x, status, NULL, cstatus);
@@ -212,6 +200,8 @@ static void
 relay_on_headers(struct upstream_xfer *x, void *arg)
 {
 	struct relay *r = arg;
+	const struct oci_route *rt = &r->r_client.c_rq.route;
+	struct evkeyvalq *out;
 	long status = upstream_xfer_status(x);
 	const char *cl;
 
@@ -225,21 +215,20 @@ relay_on_headers(struct upstream_xfer *x, void *arg)
 	relay_copy_header(r, x, "Content-Length");
 	relay_copy_header(r, x, "Content-Range");
 	relay_copy_header(r, x, "Link");
-	if (r->r_route.by_digest)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_client.req),
-		    "Docker-Content-Digest", r->r_route.reference);
+	out = evhttp_request_get_output_headers(r->r_client.c_req);
+	if (rt->by_digest)
+		evhttp_add_header(out, "Docker-Content-Digest", rt->reference);
 	else
 		relay_copy_header(r, x, "Docker-Content-Digest");
-	if (r->r_route.kind == OCI_ROUTE_BLOB)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_client.req),
-		    "Accept-Ranges", "bytes");
-	r->r_status = (int)status;
-	if (r->r_head) {
+	if (rt->kind == OCI_ROUTE_BLOB)
+		evhttp_add_header(out, "Accept-Ranges", "bytes");
+	if (r->r_client.c_rq.head) {
 		relay_reply(r, (int)status);
 		return;
 	}
-	r->r_started = 1;
-	evhttp_send_reply_start(r->r_client.req, (int)status, NULL);
+	r->r_client.c_status = (int)status;
+	r->r_client.c_started = 1;
+	evhttp_send_reply_start(r->r_client.c_req, (int)status, NULL);
 }
 
 static void
@@ -258,10 +247,10 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 		break;
 	}
 	evbuffer_add(r->r_buf, buf, len);
-	r->r_bytes += len;
-	evhttp_send_reply_chunk_with_cb(r->r_client.req, r->r_buf,
+	r->r_client.c_bytes += len;
+	evhttp_send_reply_chunk_with_cb(r->r_client.c_req, r->r_buf,
 	    relay_drained, r);
-	evcon = evhttp_request_get_connection(r->r_client.req);
+	evcon = evhttp_request_get_connection(r->r_client.c_req);
 	if (evcon == NULL)
 		return;
 	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
@@ -287,7 +276,7 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		int status = reply_transport_status(res, &err);
 
 		relay_log_failure(r, x, res->status, res->error,
-		    r->r_started ? r->r_status : status);
+		    r->r_client.c_started ? r->r_client.c_status : status);
 		r->r_xfer = NULL;
 		relay_fail(r, status, err, res->throttled ||
 		    res->circuit != CLASSIFY_NONE ? res->error :
@@ -301,10 +290,10 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		break;
 	case RELAY_STREAM:
 		/* Short body: the client must not take it as whole. */
-		if (!r->r_head && r->r_expect >= 0 &&
-		    r->r_bytes != (uint64_t)r->r_expect) {
+		if (!r->r_client.c_rq.head && r->r_expect >= 0 &&
+		    r->r_client.c_bytes != (uint64_t)r->r_expect) {
 			relay_log_failure(r, x, res->status, "short body",
-			    r->r_status);
+			    r->r_client.c_status);
 			relay_close(r, 1);
 		} else
 			relay_close(r, 0);
@@ -314,8 +303,7 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 
 void
 relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, struct registry *reg,
-    unsigned long reqid)
+    const struct client_request *rq)
 {
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	struct registry_req rr;
@@ -325,33 +313,29 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 	const char *rh;
 	struct relay *r;
 
-	if ((r = calloc(1, sizeof(*r))) == NULL) {
-		evhttp_send_error(req, HTTP_SERVUNAVAIL, NULL);
+	if ((r = calloc(1, sizeof(*r))) == NULL ||
+	    client_hold(&r->r_client, rq, req, relay_gone, r) == -1) {
+		free(r);
+		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
+		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
-	gettimeofday(&r->r_t0, NULL);
 	r->r_ctx = ctx;
-	r->r_reg = reg;
-	r->r_route = *route;
-	r->r_id = reqid;
-	r->r_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	r->r_mode = RELAY_STREAM;
 	r->r_expect = -1;
-	r->r_uri = strdup(evhttp_request_get_uri(req));
 	r->r_buf = evbuffer_new();
 	TAILQ_INSERT_TAIL(&ctx->rc_relays, r, r_entry);
 	ctx->rc_inflight++;
-	reply_client_hold(&r->r_client, req, relay_gone, r);
 
-	if (r->r_uri == NULL || r->r_buf == NULL ||
-	    registry_req_init(&rr, reg, route) == -1) {
+	if (r->r_buf == NULL ||
+	    registry_req_init(&rr, rq->reg, &rq->route) == -1) {
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;
 	}
-	rr.ureq.head = r->r_head;
+	rr.ureq.head = rq->head;
 	/* Only a single, well-formed byte range is passed on. */
 	rh = evhttp_find_header(in, "Range");
-	if (route->kind == OCI_ROUTE_BLOB && rh != NULL &&
+	if (rq->route.kind == OCI_ROUTE_BLOB && rh != NULL &&
 	    oci_range_parse(rh, &range) == 1)
 		rr.ureq.range = rh;
 	r->r_xfer = upstream_xfer_start(ctx->rc_up, &rr.ureq, &cbs, r);

@@ -18,7 +18,9 @@
 #include "cache.h"
 #include "classify.h"
 #include "config.h"
+#include "client.h"
 #include "guard.h"
+#include "incident.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
@@ -73,9 +75,21 @@ server_method_name(enum evhttp_cmd_type cmd)
 	}
 }
 
+/* A request the server answers itself: counted under its route's kind. */
+static void
+server_log(unsigned long id, const char *method, const char *uri,
+    enum oci_route_kind kind, int status, size_t bytes,
+    const struct timeval *t0)
+{
+	metrics_request(kind, status);
+	log_request(id, method, uri != NULL ? uri : "-", NULL, status, bytes,
+	    t0);
+}
+
 static void
 server_reply_error(struct evhttp_request *req, unsigned long id,
-    enum oci_err err, const char *msg, const struct timeval *t0)
+    enum oci_route_kind kind, enum oci_err err, const char *msg,
+    const struct timeval *t0)
 {
 	int status = oci_err_status(err);
 	const char *method = server_method_name(evhttp_request_get_command(req));
@@ -83,7 +97,7 @@ server_reply_error(struct evhttp_request *req, unsigned long id,
 	size_t n;
 
 	n = reply_error(req, status, err, msg);	/* frees req */
-	log_request(id, method, uri != NULL ? uri : "-", NULL, status, n, t0);
+	server_log(id, method, uri, kind, status, n, t0);
 	free(uri);
 }
 
@@ -197,8 +211,7 @@ server_guard(struct server *srv, struct evhttp_request *req,
 		evhttp_add_header(h, "Connection", "close");
 		uri = strndup(evhttp_request_get_uri(req), 256);
 		n = reply_error(req, status, OCI_ERR_UNSUPPORTED, why);
-		log_request(id, method, uri != NULL ? uri : "-", NULL, status,
-		    n, t0);
+		server_log(id, method, uri, OCI_ROUTE_NONE, status, n, t0);
 		free(uri);
 		return 1;
 	}
@@ -206,7 +219,7 @@ server_guard(struct server *srv, struct evhttp_request *req,
 	    guard_authorized(srv->s_guard, req))
 		return 0;
 	evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"pullproxy\"");
-	server_reply_error(req, id, OCI_ERR_UNAUTHORIZED,
+	server_reply_error(req, id, OCI_ROUTE_NONE, OCI_ERR_UNAUTHORIZED,
 	    "this mirror needs its client token or certificate", t0);
 	return 1;
 }
@@ -217,33 +230,34 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	struct server *srv = arg;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	struct registry *reg;
 	const char *path = evhttp_uri_get_path(uri);
-	struct oci_route route;
-	struct timeval t0;
+	struct client_request rq;
 	char ns[OCI_NAME_MAX + 1];
 	enum oci_err err;
-	unsigned long id = ++srv->s_nextid;
 	int hasns;
 
-	gettimeofday(&t0, NULL);
+	memset(&rq, 0, sizeof(rq));
+	rq.id = ++srv->s_nextid;
+	rq.head = cmd == EVHTTP_REQ_HEAD;
+	gettimeofday(&rq.t0, NULL);
 	if (path == NULL || *path == '\0')
 		path = "/";
-	if (server_guard(srv, req, path, id, &t0))
+	if (server_guard(srv, req, path, rq.id, &rq.t0))
 		return;
 	if (server_ops(srv, req, path))
 		return;
-	err = oci_route_parse(path, &route);
-	if (err == OCI_OK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
+	if ((err = oci_route_parse(path, &rq.route)) != OCI_OK)
+		rq.route.kind = OCI_ROUTE_NONE;
+	else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
 		err = OCI_ERR_METHOD;
-	if (err == OCI_OK && route.kind == OCI_ROUTE_TAGS &&
-	    oci_query_tags(evhttp_uri_get_query(uri), &route) == -1)
+	else if (rq.route.kind == OCI_ROUTE_TAGS &&
+	    oci_query_tags(evhttp_uri_get_query(uri), &rq.route) == -1)
 		err = OCI_ERR_PAGINATION;
 	if (err != OCI_OK) {
-		server_reply_error(req, id, err, NULL, &t0);
+		server_reply_error(req, rq.id, rq.route.kind, err, NULL, &rq.t0);
 		return;
 	}
-	if (route.kind == OCI_ROUTE_BASE) {
+	if (rq.route.kind == OCI_ROUTE_BASE) {
 		struct evbuffer *body = evbuffer_new();
 		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 
@@ -254,8 +268,8 @@ server_request_cb(struct evhttp_request *req, void *arg)
 			evhttp_add_header(h, "Content-Length", "2");
 		else if (body != NULL)
 			evbuffer_add(body, "{}", 2);
-		log_request(id, server_method_name(cmd),
-		    evhttp_request_get_uri(req), NULL, 200, body != NULL ? evbuffer_get_length(body) : 0, &t0);
+		client_log(&rq, evhttp_request_get_uri(req), 200,
+		    body != NULL ? evbuffer_get_length(body) : 0);
 		evhttp_send_reply(req, 200, "OK", body);
 		if (body != NULL)
 			evbuffer_free(body);
@@ -263,27 +277,29 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	}
 
 	hasns = oci_query_ns(evhttp_uri_get_query(uri), ns, sizeof(ns));
-	reg = hasns == 1 ? registry_set_find(srv->s_regs, ns) :
+	rq.reg = hasns == 1 ? registry_set_find(srv->s_regs, ns) :
 	    hasns == 0 ? registry_set_find(srv->s_regs, NULL) : NULL;
-	if (reg == NULL) {
+	if (rq.reg == NULL) {
 		/* An open ns would let any local process use the node's
 		 * identity against any URL: refuse before any lookup. */
 		log_event(LOG_LEVEL_WARN, "ns refused", server_typo(json_pack(
-		    "{s:I,s:s}", "id", (json_int_t)id, "ns", hasns == 1 ? ns :
+		    "{s:I,s:s}", "id", (json_int_t)rq.id, "ns", hasns == 1 ? ns :
 		    "(malformed)"), hasns == 1 ? ns : NULL));
-		server_reply_error(req, id, OCI_ERR_NAME_UNKNOWN,
-		    "registry not configured on this mirror", &t0);
+		server_reply_error(req, rq.id, rq.route.kind,
+		    OCI_ERR_NAME_UNKNOWN, "registry not configured on this "
+		    "mirror", &rq.t0);
 		return;
 	}
 	/* The cache keys sha256 only: rarer digests pass through. */
-	if (route.by_digest && strncmp(route.reference, "sha256:", 7) != 0)
-		relay_start(srv->s_relays, req, &route, reg, id);
-	else if (route.kind == OCI_ROUTE_MANIFEST)
-		manifest_start(srv->s_manifests, req, &route, reg, id);
-	else if (route.kind == OCI_ROUTE_BLOB)
-		blob_start(srv->s_blobs, req, &route, reg, id);
+	if (rq.route.by_digest &&
+	    strncmp(rq.route.reference, "sha256:", 7) != 0)
+		relay_start(srv->s_relays, req, &rq);
+	else if (rq.route.kind == OCI_ROUTE_MANIFEST)
+		manifest_start(srv->s_manifests, req, &rq);
+	else if (rq.route.kind == OCI_ROUTE_BLOB)
+		blob_start(srv->s_blobs, req, &rq);
 	else
-		relay_start(srv->s_relays, req, &route, reg, id);
+		relay_start(srv->s_relays, req, &rq);
 }
 
 static int
@@ -524,7 +540,7 @@ server_run(const struct config *cfg)
 		return 1;
 	memset(&run, 0, sizeof(run));
 	server_check_names(cfg);
-	if (reply_log_begin(base) == -1)
+	if (incident_begin(base) == -1)
 		goto out;
 	if ((run.sr_srv = server_new(base, cfg)) == NULL)
 		goto out;
@@ -549,7 +565,7 @@ server_run(const struct config *cfg)
 	event_free(run.sr_drain);
 	server_free(run.sr_srv);
 out:
-	reply_log_end();
+	incident_end();
 	event_base_free(base);
 	return rc;
 }

@@ -239,7 +239,7 @@ registry_req_init(struct registry_req *rr, struct registry *reg,
 	u->circuit = reg->r_circuit;
 	u->retries = (int)conf->retries;	/* GET and HEAD only */
 	u->registry = conf->name;
-	u->base = conf->url;
+	u->path = rr->url + strlen(conf->url);
 	u->mirrors = reg->r_mirrors;
 	u->nmirrors = reg->r_nmirrors;
 	u->mirror_authorization = reg->r_mirror_authorization;

@@ -126,7 +126,7 @@ struct upstream_xfer {
 	size_t			 x_next;	/* the next mirror to ask */
 	int			 x_mirror;	/* asked: index; -1 the registry */
 	int			 x_mprobe;	/* the mirror's half-open probe */
-	const char		*x_base;	/* the registry's URL */
+	char			*x_path;	/* what mirrors are asked */
 	const char		*x_mirrorauth;	/* Authorization for mirrors */
 	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + it */
 	char			*x_regurl;	/* the URL at the registry */
@@ -206,6 +206,7 @@ upstream_xfer_free(struct upstream_xfer *x)
 	curl_slist_free_all(x->x_mirrorheaders);
 	free(x->x_url);
 	free(x->x_regurl);
+	free(x->x_path);
 	free(x->x_scope);
 	free(x->x_sent);
 	free(x->x_heldbody);
@@ -363,9 +364,9 @@ upstream_origin(struct upstream_xfer *x)
 		m = &x->x_mirrors[x->x_next];
 		if (!circuit_allow(m->circuit, &x->x_mprobe))
 			continue;
-		if (asprintf(&url, "%s%s%cns=%s", m->url, x->x_regurl +
-		    strlen(x->x_base), strchr(x->x_regurl, '?') != NULL ? '&' :
-		    '?', x->x_registry) == -1) {
+		if (asprintf(&url, "%s%s%cns=%s", m->url, x->x_path,
+		    strchr(x->x_path, '?') != NULL ? '&' : '?',
+		    x->x_registry) == -1) {
 			circuit_abandon(m->circuit, x->x_mprobe);
 			x->x_mprobe = 0;
 			return -1;
@@ -1181,11 +1182,13 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_retries = req->body == NULL ? req->retries : 0;
 	x->x_registry = req->registry;
 	x->x_mirror = -1;
-	if (req->nmirrors > 0 && req->base != NULL && req->registry != NULL &&
-	    strncmp(req->url, req->base, strlen(req->base)) == 0) {
+	if (req->nmirrors > 0 && req->path != NULL && req->registry != NULL) {
 		x->x_mirrors = req->mirrors;
 		x->x_nmirrors = req->nmirrors;
-		x->x_base = req->base;
+		if ((x->x_path = strdup(req->path)) == NULL) {
+			upstream_xfer_free(x);
+			return NULL;
+		}
 		x->x_mirrorauth = req->mirror_authorization;
 		x->x_mirror = UPSTREAM_CHOOSE;
 	}

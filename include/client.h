@@ -39,6 +39,7 @@ struct client {
 	int			 c_started;	/* status line sent */
 	int			 c_status;	/* what it got; 0: nothing */
 	uint64_t		 c_bytes;	/* body bytes sent */
+	int			 c_cut;		/* its body was cut short */
 	int			 c_handed;	/* another holder logs it */
 };
 

@@ -98,6 +98,9 @@ struct config {
 	char	*tls_key_file;
 	char	*client_ca_file;	/* NULL: no client certificate asked */
 	long	 header_timeout_s;	/* 10 */
+	/* A connection with nothing to read or write for this long is
+	 * closed: kept-alive idle ones, and clients that stopped reading. */
+	long	 idle_timeout_s;	/* 60 */
 	size_t	 nregistries;
 	struct config_registry registries[CONFIG_REGISTRY_MAX];
 };

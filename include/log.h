@@ -34,7 +34,7 @@ long log_ms_since(const struct timeval *start);
 
 /* The debug line for one client request, written when it ends. */
 void log_request(unsigned long id, const char *method, const char *uri,
-    const char *registry, int status, unsigned long long bytes,
+    const char *registry, int status, unsigned long long bytes, int cut,
     const struct timeval *start);
 
 #endif

@@ -126,14 +126,18 @@ log_ms_since(const struct timeval *start)
 
 void
 log_request(unsigned long id, const char *method, const char *uri,
-    const char *registry, int status, unsigned long long bytes,
+    const char *registry, int status, unsigned long long bytes, int cut,
     const struct timeval *start)
 {
+	json_t *o;
+
 	if (!log_enabled(LOG_LEVEL_DEBUG))
 		return;
-	log_event(LOG_LEVEL_DEBUG, "request",
-	    json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}",
-	    "id", (json_int_t)id, "method", method, "path", uri,
-	    "registry", registry, "status", status,
-	    "bytes", (json_int_t)bytes, "ms", (json_int_t)log_ms_since(start)));
+	o = json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}", "id", (json_int_t)id,
+	    "method", method, "path", uri, "registry", registry, "status",
+	    status, "bytes", (json_int_t)bytes, "ms",
+	    (json_int_t)log_ms_since(start));
+	if (o != NULL && cut)
+		json_object_set_new(o, "cut", json_true());
+	log_event(LOG_LEVEL_DEBUG, "request", o);
 }

@@ -294,7 +294,9 @@ breader_pump(struct breader *r)
 		evhttp_send_reply_chunk_with_cb(r->r_client.c_req, buf,
 		    breader_drained, r);
 	evbuffer_free(buf);
-	if (r->r_pos == r->r_end)
+	/* Done only once the fetch has verified the blob: a body of no
+	 * bytes (Content-Length: 0) is all "sent" before the check. */
+	if (r->r_pos == r->r_end && r->r_fetch == NULL)
 		breader_close(r, 0);
 	return;
 fail:
@@ -469,6 +471,13 @@ bfetch_on_headers(struct upstream_xfer *x, void *arg)
 		bfetch_pass_through(f, cerr == CACHE_FULL ?
 		    "larger than the free cache budget" :
 		    cache_strerror(cache));
+		return;
+	}
+	/* Memory for the chunk in hand once there is a body to hold: a cold
+	 * burst of many digests waiting for their turn costs none. */
+	if ((f->f_chunk = malloc(f->f_size < CACHE_CHUNK ?
+	    (size_t)f->f_size + 1 : CACHE_CHUNK)) == NULL) {
+		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;
 	}
 	f->f_sized = 1;
@@ -779,10 +788,9 @@ bfetch_start(struct blob_ctx *ctx, const struct client_request *rq)
 	TAILQ_INIT(&f->f_readers);
 	TAILQ_INSERT_TAIL(&ctx->bc_fetches, f, f_entry);
 	cache_blob_hold(ctx->bc_cache, rq->route.reference);
-	f->f_chunk = malloc(CACHE_CHUNK);
 	f->f_digest = digest_new();
 	f->f_errbody = evbuffer_new();
-	if (f->f_chunk == NULL || f->f_digest == NULL ||
+	if (f->f_digest == NULL ||
 	    f->f_errbody == NULL || bfetch_send(f, NULL) == -1) {
 		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return NULL;

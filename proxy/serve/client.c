@@ -4,6 +4,8 @@
  */
 #include <sys/time.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +85,24 @@ client_hand_over(struct client *c)
 	return client_unwatch(c);
 }
 
+/*
+ * A body cut short: what was queued but never left is not counted as
+ * sent, and the log line says the client did not get it all.
+ */
+static void
+client_cut(struct client *c, struct evhttp_connection *evcon)
+{
+	struct evbuffer *out;
+	size_t unsent;
+
+	if (!c->c_started)
+		return;
+	c->c_cut = 1;
+	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
+	unsent = evbuffer_get_length(out);
+	c->c_bytes -= unsent < c->c_bytes ? unsent : c->c_bytes;
+}
+
 void
 client_end(struct client *c, int abort_client)
 {
@@ -93,8 +113,10 @@ client_end(struct client *c, int abort_client)
 		evcon = evhttp_request_get_connection(req);
 		if (evcon == NULL)
 			evhttp_request_free(req);
-		else if (abort_client)
+		else if (abort_client) {
+			client_cut(c, evcon);
 			evhttp_connection_free(evcon);	/* frees req */
+		}
 		else if (c->c_started)
 			evhttp_send_reply_end(req);
 		else {
@@ -103,8 +125,12 @@ client_end(struct client *c, int abort_client)
 			    "internal error");
 		}
 	}
-	if (!c->c_handed)
-		client_log(&c->c_rq, c->c_uri, c->c_status, c->c_bytes);
+	if (!c->c_handed) {
+		metrics_request(c->c_rq.route.kind, c->c_status);
+		log_request(c->c_rq.id, c->c_rq.head ? "HEAD" : "GET",
+		    c->c_uri, registry_name(c->c_rq.reg), c->c_status,
+		    c->c_bytes, c->c_cut, &c->c_rq.t0);
+	}
 	free(c->c_uri);
 	c->c_uri = NULL;
 }
@@ -115,5 +141,5 @@ client_log(const struct client_request *rq, const char *uri, int status,
 {
 	metrics_request(rq->route.kind, status);
 	log_request(rq->id, rq->head ? "HEAD" : "GET", uri, rq->reg != NULL ?
-	    registry_name(rq->reg) : NULL, status, bytes, &rq->t0);
+	    registry_name(rq->reg) : NULL, status, bytes, 0, &rq->t0);
 }

@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "client.h"
+#include "digest.h"
 #include "log.h"
 #include "incident.h"
 #include "oci.h"
@@ -54,6 +55,13 @@ struct relay {
 	int			 r_paused;
 	int64_t			 r_expect;	/* upstream Content-Length, -1 */
 	struct evbuffer		*r_buf;
+	/*
+	 * A whole body that claims a digest (by-digest routes) is hashed on
+	 * the way, and its latest piece held back until the hash matched: no
+	 * client gets a complete wrong body, cached or not.
+	 */
+	struct digest		*r_digest;
+	struct evbuffer		*r_held;
 };
 
 static void relay_close(struct relay *, int abort_client);
@@ -110,6 +118,9 @@ relay_close(struct relay *r, int abort_client)
 	r->r_ctx->rc_inflight--;
 	if (r->r_buf != NULL)
 		evbuffer_free(r->r_buf);
+	if (r->r_held != NULL)
+		evbuffer_free(r->r_held);
+	digest_free(r->r_digest);
 	free(r);
 }
 
@@ -132,7 +143,8 @@ relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
 
 static void
 relay_log_failure(struct relay *r, const struct upstream_xfer *x,
-    long upstatus, const char *error, int client_status)
+    enum classify_phase phase, long upstatus, const char *error,
+    int client_status)
 {
 	struct incident f = {
 		.rq = &r->r_client.c_rq,
@@ -140,8 +152,7 @@ relay_log_failure(struct relay *r, const struct upstream_xfer *x,
 		.status = upstatus,
 		.error = error,
 		.client_status = client_status,
-		.phase = r->r_client.c_started ? CLASSIFY_PHASE_BODY :
-		    CLASSIFY_PHASE_REQUEST,
+		.phase = phase,
 		.res = upstream_xfer_result(x),
 	};
 
@@ -180,7 +191,8 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 	    registry_name(r->r_client.c_rq.reg), status);
 	/* Before relay_fail, which frees r. */
 	if (status != 416)
-		relay_log_failure(r, x, status, NULL, cstatus);
+		relay_log_failure(r, x, CLASSIFY_PHASE_REQUEST, status, NULL,
+		    cstatus);
 	relay_fail(r, cstatus, err, msg);
 }
 
@@ -226,6 +238,14 @@ relay_on_headers(struct upstream_xfer *x, void *arg)
 		relay_reply(r, (int)status);
 		return;
 	}
+	if (status == 200 && rt->by_digest &&
+	    ((r->r_digest = digest_new_for(rt->reference)) == NULL ||
+	    (r->r_held = evbuffer_new()) == NULL)) {
+		upstream_xfer_cancel(x);
+		r->r_xfer = NULL;
+		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return;
+	}
 	r->r_client.c_status = (int)status;
 	r->r_client.c_started = 1;
 	evhttp_send_reply_start(r->r_client.c_req, (int)status, NULL);
@@ -246,8 +266,15 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 	case RELAY_STREAM:
 		break;
 	}
-	evbuffer_add(r->r_buf, buf, len);
-	r->r_client.c_bytes += len;
+	if (r->r_digest != NULL) {
+		digest_update(r->r_digest, buf, len);
+		evbuffer_add_buffer(r->r_buf, r->r_held);
+		evbuffer_add(r->r_held, buf, len);
+	} else
+		evbuffer_add(r->r_buf, buf, len);
+	if (evbuffer_get_length(r->r_buf) == 0)
+		return;
+	r->r_client.c_bytes += evbuffer_get_length(r->r_buf);
 	evhttp_send_reply_chunk_with_cb(r->r_client.c_req, r->r_buf,
 	    relay_drained, r);
 	evcon = evhttp_request_get_connection(r->r_client.c_req);
@@ -258,6 +285,39 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 		r->r_paused = 1;
 		upstream_xfer_pause(x);
 	}
+}
+
+/*
+ * The body came whole as far as the transfer knows: the client must not
+ * take it as whole if it is short, or if it does not hash to the digest
+ * it was asked by (the held-back bytes are then never sent).
+ */
+static void
+relay_stream_done(struct relay *r, struct upstream_xfer *x,
+    const struct upstream_result *res)
+{
+	uint64_t got = r->r_client.c_bytes;
+
+	if (r->r_held != NULL)
+		got += evbuffer_get_length(r->r_held);
+	if (r->r_expect >= 0 && got != (uint64_t)r->r_expect) {
+		relay_log_failure(r, x, CLASSIFY_PHASE_BODY, res->status,
+		    "short body", r->r_client.c_status);
+		relay_close(r, 1);
+		return;
+	}
+	if (r->r_digest != NULL && !digest_matches(r->r_digest,
+	    r->r_client.c_rq.route.reference)) {
+		relay_log_failure(r, x, CLASSIFY_PHASE_DIGEST, res->status,
+		    "digest mismatch", r->r_client.c_status);
+		relay_close(r, 1);
+		return;
+	}
+	if (r->r_held != NULL && evbuffer_get_length(r->r_held) > 0) {
+		r->r_client.c_bytes += evbuffer_get_length(r->r_held);
+		evhttp_send_reply_chunk(r->r_client.c_req, r->r_held);
+	}
+	relay_close(r, 0);
 }
 
 static void
@@ -275,8 +335,10 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		enum oci_err err;
 		int status = reply_transport_status(res, &err);
 
-		relay_log_failure(r, x, res->status, res->error,
-		    r->r_client.c_started ? r->r_client.c_status : status);
+		relay_log_failure(r, x, r->r_client.c_started ?
+		    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST, res->status,
+		    res->error, r->r_client.c_started ? r->r_client.c_status :
+		    status);
 		r->r_xfer = NULL;
 		relay_fail(r, status, err, res->throttled ||
 		    res->circuit != CLASSIFY_NONE ? res->error :
@@ -289,14 +351,7 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		relay_upstream_error(r, x, res->status);
 		break;
 	case RELAY_STREAM:
-		/* Short body: the client must not take it as whole. */
-		if (!r->r_client.c_rq.head && r->r_expect >= 0 &&
-		    r->r_client.c_bytes != (uint64_t)r->r_expect) {
-			relay_log_failure(r, x, res->status, "short body",
-			    r->r_client.c_status);
-			relay_close(r, 1);
-		} else
-			relay_close(r, 0);
+		relay_stream_done(r, x, res);
 		break;
 	}
 }

@@ -27,7 +27,7 @@ reply_error(struct evhttp_request *req, int status, enum oci_err err,
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	struct evbuffer *body = evbuffer_new();
 	char buf[1024], len[32];
-	int n;
+	int n, head;
 
 	n = oci_err_body(buf, sizeof(buf), err, msg, NULL);
 	if (n < 0 || body == NULL)
@@ -40,11 +40,11 @@ reply_error(struct evhttp_request *req, int status, enum oci_err err,
 		evhttp_add_header(h, "Allow", "GET, HEAD");
 	snprintf(len, sizeof(len), "%d", n);
 	evhttp_add_header(h, "Content-Length", len);
-	evhttp_send_reply(req, status, NULL,
-	    evhttp_request_get_command(req) == EVHTTP_REQ_HEAD ? NULL : body);
+	head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+	evhttp_send_reply(req, status, NULL, head ? NULL : body);
 	if (body != NULL)
 		evbuffer_free(body);
-	return (size_t)n;
+	return head ? 0 : (size_t)n;
 }
 
 void

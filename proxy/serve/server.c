@@ -38,7 +38,6 @@
  */
 #define SERVER_MAX_HEADERS	(32 * 1024)
 #define SERVER_MAX_BODY		4096		/* the pull API takes none */
-#define SERVER_IDLE_TIMEOUT	120		/* seconds, keep-alive or slow */
 /*
  * Bytes one write event may send. libevent's default, 16 KiB, costs a
  * sendfile call and an epoll round per 16 KiB of a cached layer.
@@ -83,7 +82,7 @@ server_log(unsigned long id, const char *method, const char *uri,
 {
 	metrics_request(kind, status);
 	log_request(id, method, uri != NULL ? uri : "-", NULL, status, bytes,
-	    t0);
+	    0, t0);
 }
 
 static void
@@ -397,7 +396,7 @@ server_new(struct event_base *base, const struct config *cfg)
 	    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_max_headers_size(srv->s_http, SERVER_MAX_HEADERS);
 	evhttp_set_max_body_size(srv->s_http, SERVER_MAX_BODY);
-	evhttp_set_timeout(srv->s_http, SERVER_IDLE_TIMEOUT);
+	evhttp_set_timeout(srv->s_http, (int)cfg->idle_timeout_s);
 	evhttp_set_gencb(srv->s_http, server_request_cb, srv);
 	evhttp_set_bevcb(srv->s_http, server_bev_cb, srv);
 	srv->s_sock = evhttp_bind_socket_with_handle(srv->s_http,

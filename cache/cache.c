@@ -168,7 +168,7 @@ cache_env_try(struct cache *c, const struct cache_opts *opts)
 	if (rc == 0)
 		rc = mdb_env_set_maxdbs(c->c_env, 8);
 	if (rc == 0)
-		rc = mdb_env_set_maxreaders(c->c_env, 4096);
+		rc = mdb_env_set_maxreaders(c->c_env, CACHE_READERS);
 	if (rc == 0)
 		rc = mdb_env_open(c->c_env, c->c_dir, flags, 0600);
 	if (rc != 0) {
@@ -236,8 +236,8 @@ cache_dbis(struct cache *c)
 	MDB_txn *txn;
 	int rc;
 
-	if ((rc = mdb_txn_begin(c->c_env, NULL,
-	    c->c_readonly ? MDB_RDONLY : 0, &txn)) != 0)
+	if ((rc = c->c_readonly ? cache_read_begin(c, &txn) :
+	    mdb_txn_begin(c->c_env, NULL, 0, &txn)) != 0)
 		return rc;
 	if ((rc = mdb_dbi_open(txn, "chunks", flags, &c->c_chunks)) == 0 &&
 	    (rc = mdb_dbi_open(txn, "blobs", flags, &c->c_blobs)) == 0 &&
@@ -346,8 +346,8 @@ cache_load(struct cache *c, char *err, size_t errlen)
 	/* Reader slots of killed processes would pin old pages forever. */
 	if (fix && (rc = mdb_reader_check(c->c_env, &dead)) != 0)
 		goto fail;
-	if ((rc = mdb_txn_begin(c->c_env, NULL, fix ? 0 : MDB_RDONLY,
-	    &txn)) != 0)
+	if ((rc = fix ? mdb_txn_begin(c->c_env, NULL, 0, &txn) :
+	    cache_read_begin(c, &txn)) != 0)
 		goto fail;
 	if ((rc = cache_scan(c, txn, fix, &dropped)) != 0) {
 		mdb_txn_abort(txn);
@@ -493,7 +493,7 @@ cache_close(struct cache *c)
 		pin->cp_txn = NULL;
 		pin->cp_cache = NULL;
 	}
-	cache_pins_free(&c->c_idle);
+	cache_pins_free(c);
 	if (c->c_env != NULL)
 		mdb_env_close(c->c_env);
 	while ((e = TAILQ_FIRST(&c->c_ents)) != NULL) {

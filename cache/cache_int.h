@@ -26,6 +26,7 @@
 #define CACHE_KEYLEN		32	/* raw sha256 */
 #define CACHE_CKEYLEN		(CACHE_KEYLEN + 4)
 #define CACHE_BLOB_HDR		25	/* version, size, created, atime */
+#define CACHE_READERS		4096	/* lock.mdb's table, all processes */
 #define CACHE_KEY_MAX		511	/* LMDB's default key size limit */
 
 struct cache_ent {
@@ -42,9 +43,16 @@ struct cache_ent {
 };
 TAILQ_HEAD(cache_ents, cache_ent);
 
+/*
+ * A read transaction, shared: every pin taken while no write committed
+ * since it began refers to the same one (counted in cp_refs), so pins
+ * cost no reader slot each. See reads.c.
+ */
 struct cache_pin {
-	struct cache		*cp_cache;
+	struct cache		*cp_cache;	/* NULL: outlived cache_close */
 	MDB_txn			*cp_txn;
+	unsigned		 cp_refs;
+	uint64_t		 cp_gen;	/* c_gen when it began */
 	LIST_ENTRY(cache_pin)	 cp_entry;
 };
 LIST_HEAD(cache_pins, cache_pin);
@@ -91,7 +99,11 @@ struct cache {
 	size_t			 c_pendcap;
 
 	struct cache_pins	 c_idle;	/* reset read transactions */
-	struct cache_pins	 c_busy;
+	struct cache_pins	 c_busy;	/* with pins out */
+	struct cache_pin	*c_shared;	/* the newest of c_busy */
+	unsigned		 c_nidle;
+	unsigned		 c_nbusy;
+	uint64_t		 c_gen;		/* write commits so far */
 
 	pthread_t		 c_syncer;
 	int			 c_syncing;
@@ -149,8 +161,9 @@ void cache_lru_flush(struct cache *c);
 enum cache_err cache_make_room(struct cache *c, uint64_t size);
 
 /* reads.c */
+int cache_read_begin(struct cache *c, MDB_txn **txn);
 enum cache_err cache_pin_get(struct cache *c, struct cache_pin **pinp);
-void cache_pins_free(struct cache_pins *list);
+void cache_pins_free(struct cache *c);
 
 /* syncer.c */
 int cache_sync_start(struct cache *c);

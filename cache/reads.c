@@ -11,17 +11,70 @@
 #include "cache.h"
 #include "cache_int.h"
 #include "digest.h"
+#include "log.h"
 
 #define CACHE_FLUSH_SECS	10
 
+/*
+ * Read transactions and the reader table. Every read transaction takes a
+ * slot in lock.mdb's table, shared by every process using the cache
+ * (CACHE_READERS slots; a server, `pullproxy cache` beside it). A reset
+ * transaction keeps its slot. So: pins share one transaction until a
+ * write commits (c_gen), a server never holds more than CACHE_PINS_MAX
+ * with pins out nor CACHE_IDLE_MAX reset ones, and a full table is
+ * recovered from (idle slots given back, dead processes' slots cleared)
+ * rather than failing until restart.
+ */
+#define CACHE_PINS_MAX		(CACHE_READERS / 4)
+#define CACHE_IDLE_MAX		8
+
+/* Gives back the slots of idle transactions and of dead processes. */
+static void
+cache_readers_recover(struct cache *c)
+{
+	int dead = 0;
+
+	cache_pins_free(c);
+	if (mdb_reader_check(c->c_env, &dead) == 0 && dead > 0)
+		log_msg(LOG_LEVEL_INFO, "cache %s: cleared %d stale readers",
+		    c->c_dir, dead);
+}
+
+/* A read transaction, once more after recovering a full reader table. */
+int
+cache_read_begin(struct cache *c, MDB_txn **txn)
+{
+	int rc;
+
+	if ((rc = mdb_txn_begin(c->c_env, NULL, MDB_RDONLY, txn)) ==
+	    MDB_READERS_FULL) {
+		cache_readers_recover(c);
+		rc = mdb_txn_begin(c->c_env, NULL, MDB_RDONLY, txn);
+	}
+	return rc;
+}
+
+/*
+ * A pin on what the cache holds now: the shared transaction if no write
+ * committed since it began, else a new one. At CACHE_PINS_MAX the newest
+ * is shared even if older: it may lack what was written since (the
+ * caller's lookup then misses), but the table is never exhausted.
+ */
 enum cache_err
 cache_pin_get(struct cache *c, struct cache_pin **pinp)
 {
-	struct cache_pin *pin;
+	struct cache_pin *pin = c->c_shared;
 	int rc;
 
+	if (pin != NULL && (pin->cp_gen == c->c_gen ||
+	    c->c_nbusy >= CACHE_PINS_MAX)) {
+		pin->cp_refs++;
+		*pinp = pin;
+		return CACHE_OK;
+	}
 	if ((pin = LIST_FIRST(&c->c_idle)) != NULL) {
 		LIST_REMOVE(pin, cp_entry);
+		c->c_nidle--;
 		if ((rc = mdb_txn_renew(pin->cp_txn)) != 0) {
 			mdb_txn_abort(pin->cp_txn);
 			free(pin);
@@ -31,43 +84,62 @@ cache_pin_get(struct cache *c, struct cache_pin **pinp)
 		if ((pin = calloc(1, sizeof(*pin))) == NULL)
 			return cache_err_from_mdb(c, ENOMEM, "pin");
 		pin->cp_cache = c;
-		if ((rc = mdb_txn_begin(c->c_env, NULL, MDB_RDONLY,
-		    &pin->cp_txn)) != 0) {
+		if ((rc = cache_read_begin(c, &pin->cp_txn)) != 0) {
 			free(pin);
 			return cache_err_from_mdb(c, rc, "read transaction");
 		}
 	}
+	pin->cp_refs = 1;
+	pin->cp_gen = c->c_gen;
 	LIST_INSERT_HEAD(&c->c_busy, pin, cp_entry);
+	c->c_nbusy++;
+	c->c_shared = pin;
 	*pinp = pin;
 	return CACHE_OK;
 }
 
+/*
+ * The last pin of a transaction ends its snapshot at once (so pages
+ * freed since can be reused); a few reset ones are kept for reuse, the
+ * others give their slot back.
+ */
 void
 cache_unpin(struct cache_pin *pin)
 {
 	struct cache *c;
 
-	if (pin == NULL)
+	if (pin == NULL || --pin->cp_refs > 0)
 		return;
 	if ((c = pin->cp_cache) == NULL) {	/* outlived cache_close */
 		free(pin);
 		return;
 	}
 	LIST_REMOVE(pin, cp_entry);
+	c->c_nbusy--;
+	if (c->c_shared == pin)
+		c->c_shared = NULL;
+	if (c->c_nidle >= CACHE_IDLE_MAX) {
+		mdb_txn_abort(pin->cp_txn);
+		free(pin);
+		return;
+	}
 	mdb_txn_reset(pin->cp_txn);
 	LIST_INSERT_HEAD(&c->c_idle, pin, cp_entry);
+	c->c_nidle++;
 }
 
+/* Ends the idle transactions, giving their slots back. */
 void
-cache_pins_free(struct cache_pins *list)
+cache_pins_free(struct cache *c)
 {
 	struct cache_pin *pin;
 
-	while ((pin = LIST_FIRST(list)) != NULL) {
+	while ((pin = LIST_FIRST(&c->c_idle)) != NULL) {
 		LIST_REMOVE(pin, cp_entry);
 		mdb_txn_abort(pin->cp_txn);
 		free(pin);
 	}
+	c->c_nidle = 0;
 }
 
 /*

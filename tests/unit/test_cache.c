@@ -2,6 +2,8 @@
 #include <sys/wait.h>
 
 #include <fcntl.h>
+#include <lmdb.h>
+#include <signal.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -786,6 +788,137 @@ test_cachecmd(void **state)
 	free(buf);
 }
 
+/*
+ * Another process's view of the reader table: how many read transactions
+ * it can begin before MDB_READERS_FULL (each a slot in lock.mdb). With
+ * hold, it keeps them and is killed with -9, leaving its slots behind as
+ * a crashed process would. The count comes back through a pipe.
+ */
+static int
+free_readers(const char *dir, int hold)
+{
+	static MDB_txn *txns[8192];
+	MDB_env *env;
+	pid_t pid;
+	int fds[2], n = 0, status;
+
+	assert_int_equal(pipe(fds), 0);
+	if ((pid = fork()) == 0) {
+		close(fds[0]);
+		if (mdb_env_create(&env) != 0 || mdb_env_set_maxdbs(env, 8) ||
+		    mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600) != 0)
+			_exit(1);
+		while (n < 8192 && mdb_txn_begin(env, NULL, MDB_RDONLY,
+		    &txns[n]) == 0)
+			n++;
+		if (write(fds[1], &n, sizeof(n)) != sizeof(n))
+			_exit(1);
+		if (hold)
+			pause();	/* killed */
+		mdb_env_close(env);
+		_exit(0);
+	}
+	assert_true(pid > 0);
+	close(fds[1]);
+	assert_int_equal(read(fds[0], &n, sizeof(n)), sizeof(n));
+	close(fds[0]);
+	if (hold)
+		kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return n;
+}
+
+/* cache stats from another process, as `pullproxy cache stats` does. */
+static int
+stats_elsewhere(const struct fixture *f)
+{
+	struct cache_opts o = opts_for(f, 64 * MIB, 0, 1);
+	struct cache_stats st;
+	struct cache *c;
+	char err[256];
+	pid_t pid;
+	int status;
+
+	if ((pid = fork()) == 0) {
+		if (cache_open(&c, &o, err, sizeof(err)) != CACHE_OK ||
+		    cache_stats(c, &st) != CACHE_OK || st.blobs == 0)
+			_exit(1);
+		cache_close(c);
+		_exit(0);
+	}
+	assert_true(pid > 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * Pins share read transactions: thousands of chunks pinned at once (1,500
+ * clients that never read, four chunks ahead each) take few reader slots,
+ * a write in between is seen by the pins after it, and once they are let
+ * go the table is free for `pullproxy cache stats` beside the server.
+ */
+static void
+test_pins_share_readers(void **state)
+{
+	struct fixture *f = *state;
+	enum { NPINS = 6000 };
+	static struct cache_pin *pins[NPINS];
+	char a[CACHE_DIGEST_MAX], b[CACHE_DIGEST_MAX];
+	struct cache_pin *pin;
+	unsigned char *buf;
+	const void *ptr;
+	struct cache *c;
+	size_t len;
+	int i;
+
+	buf = make_bytes(4 * MIB, 50);
+	c = open_server(f, 64 * MIB);
+	put_blob(c, buf, 3 * MIB, 0, a);
+	for (i = 0; i < NPINS / 2; i++)
+		assert_int_equal(cache_chunk_pin(c, a, (uint32_t)(i % 3),
+		    &pins[i], &ptr, &len), CACHE_OK);
+	/* Others (an admin command, a reader of another blob) still can. */
+	assert_true(free_readers(f->dir, 0) >= 4096 - 16);
+	put_blob(c, buf + 3 * MIB, MIB, 0, b);
+	for (; i < NPINS; i++) {
+		assert_int_equal(cache_chunk_pin(c, i % 2 ? a : b, 0,
+		    &pins[i], &ptr, &len), CACHE_OK);
+		assert_memory_equal(ptr, i % 2 ? buf : buf + 3 * MIB, 64);
+	}
+	assert_int_equal(stats_elsewhere(f), 0);
+	for (i = 0; i < NPINS; i++)
+		cache_unpin(pins[i]);
+	assert_true(free_readers(f->dir, 0) >= 4096 - 16);
+	assert_int_equal(stats_elsewhere(f), 0);
+
+	/*
+	 * A write between every pin (clients arriving while downloads
+	 * commit): the server still leaves most of the table to others.
+	 */
+	for (i = 0; i < 1500; i++) {
+		assert_int_equal(cache_tag_put(c, "r.io", "app", "v1", a,
+		    (uint64_t)i), CACHE_OK);
+		assert_int_equal(cache_chunk_pin(c, a, 1, &pins[i], &ptr,
+		    &len), CACHE_OK);
+		assert_memory_equal(ptr, buf + MIB, 64);
+	}
+	assert_true(free_readers(f->dir, 0) >= 4096 - 4096 / 4 - 16);
+	assert_int_equal(stats_elsewhere(f), 0);
+	for (i = 0; i < 1500; i++)
+		cache_unpin(pins[i]);
+
+	/* A process killed with the table full: recovered without restart. */
+	assert_true(free_readers(f->dir, 1) >= 4096 - 16);
+	assert_int_equal(cache_tag_put(c, "r.io", "app", "v1", b, 1),
+	    CACHE_OK);
+	assert_int_equal(cache_chunk_pin(c, b, 0, &pin, &ptr, &len),
+	    CACHE_OK);
+	cache_unpin(pin);
+	assert_int_equal(stats_elsewhere(f), 0);
+	cache_close(c);
+	free(buf);
+}
+
 int
 main(void)
 {
@@ -811,6 +944,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_damaged_pages, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_cachecmd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pins_share_readers, setup,
+		    teardown),
 	};
 
 	return cmocka_run_group_tests_name("cache", tests, NULL, NULL);

@@ -269,11 +269,12 @@ cache_write(struct cache *c, const char *what, uint64_t need, cache_txfn fn,
 	for (;;) {
 		if ((rc = mdb_txn_begin(c->c_env, NULL, 0, &txn)) != 0)
 			return cache_err_from_mdb(c, rc, what);
-		if ((rc = fn(c, txn, arg)) == 0 &&
-		    (rc = mdb_txn_commit(txn)) == 0)
-			c->c_gen++;	/* pins from now on see it */
-		else if (rc != 0)
+		if ((rc = fn(c, txn, arg)) == 0)
+			rc = mdb_txn_commit(txn);	/* ends txn, even failing */
+		else
 			mdb_txn_abort(txn);
+		if (rc == 0)
+			c->c_gen++;	/* pins from now on see it */
 		full = rc != 0 && cache_no_room(c, rc);
 		if (!full || retried || c->c_evicting) {
 			ce = cache_err_from_mdb(c, rc, what);

@@ -1,5 +1,5 @@
 /*
- * cache: the LMDB store of blobs, manifests and tags (cache/cache.c).
+ * cache: the LMDB store of blobs, manifests and tags (cache/).
  *
  * Layout (named databases in DIR/data.mdb):
  *   chunks     (32-byte sha256 | u32 big-endian index) -> CACHE_CHUNK bytes
@@ -105,10 +105,12 @@ void cache_blob_unhold(struct cache *c, const char *digest);
 /*
  * Pin chunk idx of digest (complete, or committed so far by a writer). On
  * CACHE_OK, *ptr and *len are the bytes inside the map, valid until
- * cache_unpin. Pins are cheap (a reset read transaction is reused) and many
- * may be open at once. Copy the bytes out before unpinning: LMDB may reuse
- * the pages right after (which is why hits are not sent with sendfile: the
- * socket would still reference the pages).
+ * cache_unpin. Pins are cheap (pins taken while no write committed share
+ * one read transaction) and many may be open at once: however many, they
+ * leave most of LMDB's reader table to others (`pullproxy cache`). Copy
+ * the bytes out before unpinning: LMDB may reuse the pages right after
+ * (which is why hits are not sent with sendfile: the socket would still
+ * reference the pages).
  */
 enum cache_err cache_chunk_pin(struct cache *c, const char *digest,
     uint32_t idx, struct cache_pin **pin, const void **ptr, size_t *len);

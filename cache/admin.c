@@ -77,7 +77,7 @@ cache_blob_foreach(struct cache *c,
 			continue;
 		memcpy(info.digest, k.mv_data, DIGEST_STR_LEN);
 		info.digest[DIGEST_STR_LEN] = '\0';
-		if ((e = cache_ent_find(c, key)) != NULL &&
+		if ((e = cache_ent_find(c, CACHE_KIND_BLOB, key)) != NULL &&
 		    e->ce_atime > info.last_access)
 			info.last_access = e->ce_atime;
 		if (fn(&info, arg) != 0) {
@@ -166,7 +166,8 @@ cache_blob_evict(struct cache *c, const char *digest)
 	struct cache_ent *e;
 
 	if (cache_key(digest, key) == -1 ||
-	    (e = cache_ent_find(c, key)) == NULL || !e->ce_stored)
+	    (e = cache_ent_find(c, CACHE_KIND_BLOB, key)) == NULL ||
+	    !e->ce_stored)
 		return CACHE_NOTFOUND;
 	if (e->ce_holds > 0)
 		return CACHE_BUSY;
@@ -177,9 +178,9 @@ enum cache_err
 cache_evict_to(struct cache *c, uint64_t target, uint64_t *evicted)
 {
 	*evicted = 0;
-	if (c->c_blob_bytes <= target)
+	if (cache_total(c) <= target)
 		return CACHE_OK;
-	return cache_evict_lru(c, c->c_blob_bytes - target, evicted);
+	return cache_evict_lru(c, cache_total(c) - target, evicted);
 }
 
 static int
@@ -211,7 +212,5 @@ cache_purge(struct cache *c)
 		cache_ent_unstore(c, e);
 		cache_ent_drop(c, e);
 	}
-	c->c_nmanifests = 0;
-	c->c_manifest_bytes = 0;
 	return CACHE_OK;
 }

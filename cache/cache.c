@@ -263,9 +263,8 @@ cache_scan(struct cache *c, MDB_txn *txn, int fix, uint64_t *dropped)
 	struct cache_blob_info info;
 	struct cache_ent *e;
 	MDB_cursor *cur;
-	const void *body;
+	struct cache_mrec m;
 	MDB_val k, v;
-	size_t len;
 	int rc, bad, have = 0, orphan = 0;
 
 	if ((rc = mdb_cursor_open(txn, c->c_blobs, &cur)) != 0)
@@ -275,16 +274,13 @@ cache_scan(struct cache *c, MDB_txn *txn, int fix, uint64_t *dropped)
 		bad = cache_digest_key(k.mv_data, k.mv_size, key) == -1 ||
 		    cache_blob_decode(&v, &info) == -1;
 		if (!bad) {
-			if ((e = cache_ent_get(c, key)) == NULL) {
+			if ((e = cache_ent_get(c, CACHE_KIND_BLOB,
+			    key)) == NULL) {
 				rc = ENOMEM;
 				break;
 			}
-			e->ce_stored = 1;
-			e->ce_size = info.size;
-			e->ce_created = info.created;
-			e->ce_atime = info.last_access;
-			c->c_nblobs++;
-			c->c_blob_bytes += info.size;
+			cache_ent_store(c, e, info.size, info.created,
+			    info.last_access);
 		} else if (fix) {
 			if ((rc = mdb_cursor_del(cur, 0)) != 0)
 				break;
@@ -299,9 +295,16 @@ cache_scan(struct cache *c, MDB_txn *txn, int fix, uint64_t *dropped)
 		return rc;
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
 	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		if (cache_manifest_decode(&v, &body, &len, NULL) == 0) {
-			c->c_nmanifests++;
-			c->c_manifest_bytes += len;
+		bad = cache_digest_key(k.mv_data, k.mv_size, key) == -1 ||
+		    cache_manifest_decode(&v, &m) == -1;
+		if (!bad) {
+			if ((e = cache_ent_get(c, CACHE_KIND_MANIFEST,
+			    key)) == NULL) {
+				rc = ENOMEM;
+				break;
+			}
+			cache_ent_store(c, e, m.mr_len, m.mr_created,
+			    m.mr_atime);
 		} else if (fix) {
 			if ((rc = mdb_cursor_del(cur, 0)) != 0)
 				break;
@@ -324,7 +327,7 @@ cache_scan(struct cache *c, MDB_txn *txn, int fix, uint64_t *dropped)
 		    memcmp(k.mv_data, last, CACHE_KEYLEN) != 0) {
 			memcpy(last, k.mv_data, CACHE_KEYLEN);
 			have = 1;
-			e = cache_ent_find(c, last);
+			e = cache_ent_find(c, CACHE_KIND_BLOB, last);
 			orphan = e == NULL || !e->ce_stored;
 			if (orphan)
 				(*dropped)++;

@@ -23,22 +23,31 @@
 #include "cache.h"
 
 #define CACHE_REC_V1		1	/* first byte of every record */
+#define CACHE_REC_V2		2	/* manifests with times */
 #define CACHE_KEYLEN		32	/* raw sha256 */
 #define CACHE_CKEYLEN		(CACHE_KEYLEN + 4)
 #define CACHE_BLOB_HDR		25	/* version, size, created, atime */
+#define CACHE_MANIFEST_HDR	17	/* version, created, atime */
 #define CACHE_READERS		4096	/* lock.mdb's table, all processes */
 #define CACHE_KEY_MAX		511	/* LMDB's default key size limit */
 
+/* Entries of both kinds are in the LRU; the digest spaces are apart. */
+enum cache_kind {
+	CACHE_KIND_BLOB,
+	CACHE_KIND_MANIFEST,
+};
+
 struct cache_ent {
+	enum cache_kind		 ce_kind;
 	unsigned char		 ce_key[CACHE_KEYLEN];
 	TAILQ_ENTRY(cache_ent)	 ce_entry;
-	uint64_t		 ce_size;	/* committed blob size */
+	uint64_t		 ce_size;	/* blob or manifest bytes */
 	uint64_t		 ce_created;
 	uint64_t		 ce_atime;
 	uint64_t		 ce_reserved;	/* claimed by its writer */
 	int			 ce_claimed;	/* even a 0-byte reservation */
 	unsigned		 ce_holds;
-	int			 ce_stored;	/* has a blob record */
+	int			 ce_stored;	/* has a record */
 	int			 ce_dirty;	/* ce_atime newer than record */
 };
 TAILQ_HEAD(cache_ents, cache_ent);
@@ -116,6 +125,15 @@ struct cache {
 	int			 c_mdbrc;	/* code behind c_errstr */
 };
 
+/* A manifest record, decoded: pointers into the record. */
+struct cache_mrec {
+	const char		*mr_media;
+	const void		*mr_body;
+	size_t			 mr_len;
+	uint64_t		 mr_created;
+	uint64_t		 mr_atime;
+};
+
 typedef int (*cache_txfn)(struct cache *, MDB_txn *, void *);
 
 /* store.c */
@@ -129,8 +147,8 @@ void cache_chunk_key(unsigned char *ck, const unsigned char *key, uint32_t idx);
 size_t cache_blob_encode(unsigned char *buf, uint64_t size, uint64_t created,
     uint64_t atime, const char *media);
 int cache_blob_decode(const MDB_val *v, struct cache_blob_info *info);
-int cache_manifest_decode(const MDB_val *v, const void **body, size_t *len,
-    char *media);
+size_t cache_manifest_encode(unsigned char *buf, const struct cache_mrec *m);
+int cache_manifest_decode(const MDB_val *v, struct cache_mrec *m);
 int cache_path(const struct cache *c, const char *name, char *buf, size_t len);
 int cache_del_blob(struct cache *c, MDB_txn *txn, const unsigned char *key);
 int cache_tx_layout(struct cache *c, MDB_txn *txn, void *arg);
@@ -138,16 +156,23 @@ enum cache_err cache_write(struct cache *c, const char *what, uint64_t need,
     cache_txfn fn, void *arg);
 int cache_tag_key(char *buf, size_t len, const char *registry,
     const char *repo, const char *tag);
+int cache_tag_decode(const MDB_val *v, const char **digest,
+    uint64_t *fetched_ms);
 
 /* entries.c */
 int cache_ent_cmp(const void *a, const void *b);
-struct cache_ent *cache_ent_find(struct cache *c, const unsigned char *key);
-struct cache_ent *cache_ent_get(struct cache *c, const unsigned char *key);
+struct cache_ent *cache_ent_find(struct cache *c, enum cache_kind kind,
+    const unsigned char *key);
+struct cache_ent *cache_ent_get(struct cache *c, enum cache_kind kind,
+    const unsigned char *key);
 void cache_ent_drop(struct cache *c, struct cache_ent *e);
 void cache_ent_unstore(struct cache *c, struct cache_ent *e);
+void cache_ent_store(struct cache *c, struct cache_ent *e, uint64_t size,
+    uint64_t created, uint64_t atime);
 void cache_claim(struct cache *c, struct cache_ent *e);
 void cache_release(struct cache *c, const unsigned char *key);
-void cache_touch(struct cache *c, const unsigned char *key);
+void cache_touch(struct cache *c, enum cache_kind kind,
+    const unsigned char *key);
 
 /* space.c */
 uint64_t cache_total(const struct cache *c);

@@ -142,6 +142,16 @@ cache_pins_free(struct cache *c)
 	c->c_nidle = 0;
 }
 
+/* A hit: counts for the LRU. Hits cost no write: access times go back in
+ * batches. */
+static void
+cache_accessed(struct cache *c, enum cache_kind kind, const unsigned char *key)
+{
+	cache_touch(c, kind, key);
+	if (!c->c_readonly && time(NULL) - c->c_flushed >= CACHE_FLUSH_SECS)
+		cache_lru_flush(c);
+}
+
 /*
  * The record of digest in dbi, read under a pin the caller owns on
  * CACHE_OK (the value lives in the map until cache_unpin); key is filled
@@ -190,13 +200,11 @@ cache_blob_lookup(struct cache *c, const char *digest,
 	if (bad)
 		return CACHE_NOTFOUND;
 	memcpy(info->digest, digest, DIGEST_STR_LEN + 1);
-	if ((e = cache_ent_find(c, key)) != NULL && e->ce_stored &&
+	if ((e = cache_ent_find(c, CACHE_KIND_BLOB, key)) != NULL &&
+	    e->ce_stored &&
 	    e->ce_atime > info->last_access)
 		info->last_access = e->ce_atime;
-	cache_touch(c, key);
-	/* Hits cost no write: access times go back in batches. */
-	if (!c->c_readonly && time(NULL) - c->c_flushed >= CACHE_FLUSH_SECS)
-		cache_lru_flush(c);
+	cache_accessed(c, CACHE_KIND_BLOB, key);
 	return CACHE_OK;
 }
 
@@ -222,7 +230,7 @@ cache_chunk_pin(struct cache *c, const char *digest, uint32_t idx,
 		return cache_err_from_mdb(c, rc, "pin");
 	}
 	if (idx == 0)
-		cache_touch(c, key);
+		cache_touch(c, CACHE_KIND_BLOB, key);
 	*pinp = pin;
 	*ptr = v.mv_data;
 	*len = v.mv_size;
@@ -235,6 +243,7 @@ cache_manifest_pin(struct cache *c, const char *digest,
     char media_type[CACHE_MEDIA_MAX])
 {
 	unsigned char key[CACHE_KEYLEN];
+	struct cache_mrec m;
 	struct cache_pin *pin;
 	enum cache_err ce;
 	MDB_val v;
@@ -242,10 +251,15 @@ cache_manifest_pin(struct cache *c, const char *digest,
 	if ((ce = cache_record_pin(c, c->c_manifests, digest, key, &pin, &v,
 	    "manifest")) != CACHE_OK)
 		return ce;
-	if (cache_manifest_decode(&v, body, len, media_type) == -1) {
+	if (cache_manifest_decode(&v, &m) == -1) {
 		cache_unpin(pin);
 		return CACHE_NOTFOUND;
 	}
+	if (media_type != NULL)
+		memcpy(media_type, m.mr_media, strlen(m.mr_media) + 1);
+	*body = m.mr_body;
+	*len = m.mr_len;
+	cache_accessed(c, CACHE_KIND_MANIFEST, key);
 	*pinp = pin;
 	return CACHE_OK;
 }
@@ -256,7 +270,7 @@ cache_tag_get(struct cache *c, const char *registry, const char *repo,
 {
 	char tk[CACHE_KEY_MAX + 1];
 	struct cache_pin *pin = NULL;
-	const unsigned char *p;
+	const char *d;
 	enum cache_err ce;
 	MDB_val k, v;
 	int n, rc;
@@ -267,16 +281,11 @@ cache_tag_get(struct cache *c, const char *registry, const char *repo,
 		return ce;
 	k.mv_data = tk;
 	k.mv_size = (size_t)n;
-	/* Tag record v1: version, digest, NUL, fetched_ms. */
 	if ((rc = mdb_get(pin->cp_txn, c->c_tags, &k, &v)) == 0) {
-		p = v.mv_data;
-		if (v.mv_size != 1 + DIGEST_STR_LEN + 1 + 8 ||
-		    p[0] != CACHE_REC_V1 || p[1 + DIGEST_STR_LEN] != '\0')
+		if (cache_tag_decode(&v, &d, fetched_ms) == -1)
 			rc = MDB_NOTFOUND;
-		else {
-			memcpy(digest, p + 1, DIGEST_STR_LEN + 1);
-			*fetched_ms = cache_get64(p + 1 + DIGEST_STR_LEN + 1);
-		}
+		else
+			memcpy(digest, d, DIGEST_STR_LEN + 1);
 	}
 	cache_unpin(pin);
 	return cache_err_from_mdb(c, rc, "tag");

@@ -84,17 +84,66 @@ struct cache_victims {
 	size_t			  v_n;
 };
 
+/*
+ * Tags go with the manifest they point at: a tag whose manifest is not
+ * stored (evicted in this transaction) or whose record is unreadable is
+ * dropped, so tags stay as few as the manifests, and the next pull of the
+ * tag fetches it again as a first one does.
+ */
+static int
+cache_del_tags(struct cache *c, MDB_txn *txn)
+{
+	MDB_cursor *cur;
+	const char *digest;
+	uint64_t ms;
+	MDB_val k, v, mk, mv;
+	int rc;
+
+	if ((rc = mdb_cursor_open(txn, c->c_tags, &cur)) != 0)
+		return rc;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (cache_tag_decode(&v, &digest, &ms) == 0) {
+			mk.mv_data = (void *)digest;
+			mk.mv_size = DIGEST_STR_LEN;
+			if ((rc = mdb_get(txn, c->c_manifests, &mk, &mv)) == 0)
+				continue;
+			if (rc != MDB_NOTFOUND)
+				break;
+		}
+		if ((rc = mdb_cursor_del(cur, 0)) != 0)
+			break;
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
 static int
 cache_tx_evict(struct cache *c, MDB_txn *txn, void *arg)
 {
 	struct cache_victims *vs = arg;
+	char digest[CACHE_DIGEST_MAX];
+	struct cache_ent *e;
+	int rc, manifests = 0;
 	size_t i;
-	int rc;
+	MDB_val k;
 
-	for (i = 0; i < vs->v_n; i++)
-		if ((rc = cache_del_blob(c, txn, vs->v_ents[i]->ce_key)) != 0)
+	for (i = 0; i < vs->v_n; i++) {
+		e = vs->v_ents[i];
+		if (e->ce_kind == CACHE_KIND_BLOB) {
+			if ((rc = cache_del_blob(c, txn, e->ce_key)) != 0)
+				return rc;
+			continue;
+		}
+		cache_digest_str(e->ce_key, digest);
+		k.mv_data = digest;
+		k.mv_size = DIGEST_STR_LEN;
+		if ((rc = mdb_del(txn, c->c_manifests, &k, NULL)) != 0 &&
+		    rc != MDB_NOTFOUND)
 			return rc;
-	return 0;
+		manifests = 1;
+	}
+	return manifests ? cache_del_tags(c, txn) : 0;
 }
 
 enum cache_err
@@ -103,7 +152,7 @@ cache_evict_ents(struct cache *c, struct cache_ent **ents, size_t n)
 	struct cache_victims vs;
 	enum cache_err ce;
 	uint64_t bytes = 0, high, low;
-	size_t i;
+	size_t i, nman = 0;
 
 	vs.v_ents = ents;
 	vs.v_n = n;
@@ -116,14 +165,16 @@ cache_evict_ents(struct cache *c, struct cache_ent **ents, size_t n)
 		return ce;
 	for (i = 0; i < n; i++) {
 		bytes += ents[i]->ce_size;
+		nman += ents[i]->ce_kind == CACHE_KIND_MANIFEST;
 		cache_ent_unstore(c, ents[i]);
 		cache_ent_drop(c, ents[i]);
 	}
 	c->c_evictions += n;
 	if (c->c_server)
-		log_msg(LOG_LEVEL_INFO, "cache: evicted %zu blobs, %" PRIu64
-		    " bytes; %" PRIu64 " of %" PRIu64 " bytes used", n, bytes,
-		    cache_total(c), cache_budget(c, &high, &low));
+		log_msg(LOG_LEVEL_INFO, "cache: evicted %zu blobs and %zu "
+		    "manifests, %" PRIu64 " bytes; %" PRIu64 " of %" PRIu64
+		    " bytes used", n - nman, nman, bytes, cache_total(c),
+		    cache_budget(c, &high, &low));
 	return CACHE_OK;
 }
 
@@ -140,7 +191,10 @@ cache_lru_cmp(const void *a, const void *b)
 	return memcmp(x->ce_key, y->ce_key, CACHE_KEYLEN);
 }
 
-/* Evicts unheld blobs, least recently used first, until need bytes went. */
+/*
+ * Evicts unheld blobs and manifests, least recently used first, until
+ * need bytes went.
+ */
 enum cache_err
 cache_evict_lru(struct cache *c, uint64_t need, uint64_t *evicted)
 {
@@ -150,9 +204,10 @@ cache_evict_lru(struct cache *c, uint64_t need, uint64_t *evicted)
 	size_t n = 0, k;
 
 	*evicted = 0;
-	if (need == 0 || c->c_nblobs == 0)
+	if (need == 0 || c->c_nblobs + c->c_nmanifests == 0)
 		return CACHE_OK;
-	if ((ents = calloc(c->c_nblobs, sizeof(*ents))) == NULL)
+	if ((ents = calloc(c->c_nblobs + c->c_nmanifests, sizeof(*ents))) ==
+	    NULL)
 		return cache_err_from_mdb(c, ENOMEM, "evict");
 	TAILQ_FOREACH(e, &c->c_ents, ce_entry)
 		if (e->ce_stored && e->ce_holds == 0)
@@ -165,6 +220,32 @@ cache_evict_lru(struct cache *c, uint64_t need, uint64_t *evicted)
 	if (ce == CACHE_OK)
 		*evicted = k;
 	return ce;
+}
+
+/* A manifest's record again with its new access time (k: its digest). */
+static int
+cache_flush_manifest(struct cache *c, MDB_txn *txn, MDB_val *k,
+    uint64_t atime)
+{
+	struct cache_mrec m;
+	unsigned char *buf;
+	MDB_val v;
+	int rc;
+
+	if ((rc = mdb_get(txn, c->c_manifests, k, &v)) != 0)
+		return rc == MDB_NOTFOUND ? 0 : rc;
+	if (cache_manifest_decode(&v, &m) == -1)
+		return 0;
+	/* Copied first: the put may reuse the pages m points into. */
+	if ((buf = malloc(CACHE_MANIFEST_HDR + CACHE_MEDIA_MAX + m.mr_len)) ==
+	    NULL)
+		return ENOMEM;
+	m.mr_atime = atime;
+	v.mv_data = buf;
+	v.mv_size = cache_manifest_encode(buf, &m);
+	rc = mdb_put(txn, c->c_manifests, k, &v, 0);
+	free(buf);
+	return rc;
 }
 
 static int
@@ -184,6 +265,12 @@ cache_tx_flush(struct cache *c, MDB_txn *txn, void *arg)
 		cache_digest_str(e->ce_key, digest);
 		k.mv_data = digest;
 		k.mv_size = DIGEST_STR_LEN;
+		if (e->ce_kind == CACHE_KIND_MANIFEST) {
+			if ((rc = cache_flush_manifest(c, txn, &k,
+			    e->ce_atime)) != 0)
+				return rc;
+			continue;
+		}
 		if ((rc = mdb_get(txn, c->c_blobs, &k, &v)) == MDB_NOTFOUND)
 			continue;
 		if (rc != 0)

@@ -152,24 +152,46 @@ cache_blob_decode(const MDB_val *v, struct cache_blob_info *info)
 	return 0;
 }
 
-/* Manifest record v1: version, media type, NUL, body. */
+/*
+ * Manifest record v2: version, created, last_access, media type, NUL,
+ * body; buf holds CACHE_MANIFEST_HDR + the media type, its NUL and the
+ * body.
+ */
+size_t
+cache_manifest_encode(unsigned char *buf, const struct cache_mrec *m)
+{
+	size_t mlen = strlen(m->mr_media);
+
+	buf[0] = CACHE_REC_V2;
+	cache_put64(buf + 1, m->mr_created);
+	cache_put64(buf + 9, m->mr_atime);
+	memcpy(buf + CACHE_MANIFEST_HDR, m->mr_media, mlen + 1);
+	if (m->mr_len > 0)
+		memcpy(buf + CACHE_MANIFEST_HDR + mlen + 1, m->mr_body,
+		    m->mr_len);
+	return CACHE_MANIFEST_HDR + mlen + 1 + m->mr_len;
+}
+
+/* v2, or v1 (version, media type, NUL, body: times unknown, so 0). */
 int
-cache_manifest_decode(const MDB_val *v, const void **body, size_t *len,
-    char *media)
+cache_manifest_decode(const MDB_val *v, struct cache_mrec *m)
 {
 	const unsigned char *p = v->mv_data, *nul;
-	size_t mlen;
+	size_t hdr;
 
-	if (v->mv_size < 2 || p[0] != CACHE_REC_V1 ||
-	    (nul = memchr(p + 1, '\0', v->mv_size - 1)) == NULL)
+	if (v->mv_size < 1)
 		return -1;
-	mlen = (size_t)(nul - (p + 1));
-	if (mlen >= CACHE_MEDIA_MAX)
+	hdr = p[0] == CACHE_REC_V2 ? CACHE_MANIFEST_HDR : 1;
+	if ((p[0] != CACHE_REC_V1 && p[0] != CACHE_REC_V2) ||
+	    v->mv_size <= hdr ||
+	    (nul = memchr(p + hdr, '\0', v->mv_size - hdr)) == NULL ||
+	    (size_t)(nul - (p + hdr)) >= CACHE_MEDIA_MAX)
 		return -1;
-	if (media != NULL)
-		memcpy(media, p + 1, mlen + 1);
-	*body = nul + 1;
-	*len = v->mv_size - 1 - mlen - 1;
+	m->mr_created = hdr == 1 ? 0 : cache_get64(p + 1);
+	m->mr_atime = hdr == 1 ? 0 : cache_get64(p + 9);
+	m->mr_media = (const char *)p + hdr;
+	m->mr_body = nul + 1;
+	m->mr_len = v->mv_size - (size_t)(nul + 1 - p);
 	return 0;
 }
 
@@ -270,7 +292,7 @@ cache_write(struct cache *c, const char *what, uint64_t need, cache_txfn fn,
 		if ((rc = mdb_txn_begin(c->c_env, NULL, 0, &txn)) != 0)
 			return cache_err_from_mdb(c, rc, what);
 		if ((rc = fn(c, txn, arg)) == 0)
-			rc = mdb_txn_commit(txn);	/* ends txn, even failing */
+			rc = mdb_txn_commit(txn);	/* ends it, even failing */
 		else
 			mdb_txn_abort(txn);
 		if (rc == 0)
@@ -295,6 +317,20 @@ cache_write(struct cache *c, const char *what, uint64_t need, cache_txfn fn,
 				return ce;
 		}
 	}
+}
+
+/* Tag record v1: version, digest, NUL, fetched_ms. */
+int
+cache_tag_decode(const MDB_val *v, const char **digest, uint64_t *fetched_ms)
+{
+	const unsigned char *p = v->mv_data;
+
+	if (v->mv_size != 1 + DIGEST_STR_LEN + 1 + 8 ||
+	    p[0] != CACHE_REC_V1 || p[1 + DIGEST_STR_LEN] != '\0')
+		return -1;
+	*digest = (const char *)p + 1;
+	*fetched_ms = cache_get64(p + 1 + DIGEST_STR_LEN + 1);
+	return 0;
 }
 
 int

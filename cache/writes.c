@@ -56,7 +56,8 @@ cache_chunk_put(struct cache *c, const char *digest, uint32_t idx,
 
 	if (cache_key(digest, key) == -1 || len > CACHE_CHUNK)
 		return cache_err_from_mdb(c, EINVAL, "chunk put");
-	if (c->c_npending > 0 && (e = cache_ent_get(c, key)) != NULL)
+	if (c->c_npending > 0 &&
+	    (e = cache_ent_get(c, CACHE_KIND_BLOB, key)) != NULL)
 		cache_claim(c, e);
 	memset(&a, 0, sizeof(a));
 	a.a_key = key;
@@ -86,7 +87,7 @@ cache_blob_commit(struct cache *c, const struct cache_blob_info *info,
 	 * Allocated first so that a stored blob is always counted, and held
 	 * so that a MAP_FULL eviction cannot free it under us.
 	 */
-	if ((e = cache_ent_get(c, key)) == NULL)
+	if ((e = cache_ent_get(c, CACHE_KIND_BLOB, key)) == NULL)
 		return cache_err_from_mdb(c, ENOMEM, "commit");
 	created = info->created ? info->created : now;
 	memset(&a, 0, sizeof(a));
@@ -105,13 +106,7 @@ cache_blob_commit(struct cache *c, const struct cache_blob_info *info,
 		cache_ent_drop(c, e);
 		return ce;
 	}
-	cache_ent_unstore(c, e);
-	e->ce_stored = 1;
-	e->ce_size = info->size;
-	e->ce_created = created;
-	e->ce_atime = now;
-	c->c_nblobs++;
-	c->c_blob_bytes += info->size;
+	cache_ent_store(c, e, info->size, created, now);
 	cache_release(c, key);
 	return CACHE_OK;
 }
@@ -133,7 +128,7 @@ cache_blob_discard(struct cache *c, const char *digest)
 	/* Left-over chunks are removed by the next server open. */
 	if (cache_write(c, "discard", 0, cache_tx_discard, key) != CACHE_OK)
 		log_msg(LOG_LEVEL_WARN, "cache: %s", c->c_errstr);
-	else if ((e = cache_ent_find(c, key)) != NULL) {
+	else if ((e = cache_ent_find(c, CACHE_KIND_BLOB, key)) != NULL) {
 		cache_ent_unstore(c, e);
 		cache_ent_drop(c, e);
 	}
@@ -144,26 +139,16 @@ struct cache_manifest_arg {
 	const char		*m_digest;
 	const unsigned char	*m_rec;
 	size_t			 m_reclen;
-	size_t			 m_oldlen;	/* out: body replaced, if any */
-	int			 m_replaced;
 };
 
 static int
 cache_tx_manifest(struct cache *c, MDB_txn *txn, void *arg)
 {
 	struct cache_manifest_arg *a = arg;
-	const void *body;
 	MDB_val k, v;
-	int rc;
 
 	k.mv_data = (void *)a->m_digest;
 	k.mv_size = DIGEST_STR_LEN;
-	a->m_replaced = 0;
-	if ((rc = mdb_get(txn, c->c_manifests, &k, &v)) == 0)
-		a->m_replaced = cache_manifest_decode(&v, &body, &a->m_oldlen,
-		    NULL) == 0;
-	else if (rc != MDB_NOTFOUND)
-		return rc;
 	v.mv_data = (void *)a->m_rec;
 	v.mv_size = a->m_reclen;
 	return mdb_put(txn, c->c_manifests, &k, &v, 0);
@@ -175,33 +160,41 @@ cache_manifest_put(struct cache *c, const char *digest,
 {
 	unsigned char key[CACHE_KEYLEN], *rec;
 	struct cache_manifest_arg a;
+	struct cache_mrec m;
+	struct cache_ent *e;
 	enum cache_err ce;
-	size_t mlen;
+	uint64_t now = (uint64_t)time(NULL);
 
 	if (cache_key(digest, key) == -1 || len > OCI_MANIFEST_MAX ||
-	    (mlen = strlen(media_type)) >= CACHE_MEDIA_MAX)
+	    strlen(media_type) >= CACHE_MEDIA_MAX)
 		return cache_err_from_mdb(c, EINVAL, "manifest put");
 	if (cache_make_room(c, len) != CACHE_OK)
 		return CACHE_FULL;
-	if ((rec = malloc(1 + mlen + 1 + len)) == NULL)
+	/* Held, as a commit's: a MAP_FULL eviction cannot free it. */
+	if ((e = cache_ent_get(c, CACHE_KIND_MANIFEST, key)) == NULL ||
+	    (rec = malloc(CACHE_MANIFEST_HDR + CACHE_MEDIA_MAX + len)) ==
+	    NULL) {
+		if (e != NULL)
+			cache_ent_drop(c, e);
 		return cache_err_from_mdb(c, ENOMEM, "manifest put");
-	rec[0] = CACHE_REC_V1;
-	memcpy(rec + 1, media_type, mlen + 1);
-	if (len > 0)
-		memcpy(rec + 1 + mlen + 1, body, len);
-	memset(&a, 0, sizeof(a));
+	}
+	m.mr_media = media_type;
+	m.mr_body = body;
+	m.mr_len = len;
+	m.mr_created = now;
+	m.mr_atime = now;
 	a.m_digest = digest;
 	a.m_rec = rec;
-	a.m_reclen = 1 + mlen + 1 + len;
+	a.m_reclen = cache_manifest_encode(rec, &m);
+	e->ce_holds++;
 	ce = cache_write(c, "manifest put", len, cache_tx_manifest, &a);
+	e->ce_holds--;
 	free(rec);
-	if (ce != CACHE_OK)
+	if (ce != CACHE_OK) {
+		cache_ent_drop(c, e);
 		return ce;
-	if (a.m_replaced)
-		c->c_manifest_bytes -= a.m_oldlen;
-	else
-		c->c_nmanifests++;
-	c->c_manifest_bytes += len;
+	}
+	cache_ent_store(c, e, len, now, now);
 	return CACHE_OK;
 }
 

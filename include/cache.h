@@ -9,8 +9,12 @@
  *              Written in the same transaction as the last chunk, only after
  *              the caller verified the digest: a blob is visible to lookups
  *              only once it is complete and correct.
- *   manifests  "sha256:<hex>" -> media type, body (<= OCI_MANIFEST_MAX)
+ *   manifests  "sha256:<hex>" -> created, last access, media type, body
+ *              (<= OCI_MANIFEST_MAX)
  *   tags       "<registry>/<repo>:<tag>" -> digest, time fetched
+ *
+ * Blobs and manifests share one LRU under the budget; a tag goes with the
+ * manifest it points at.
  *
  * Content is addressed by digest alone: the same layer pulled from two
  * repositories or registries is stored once.
@@ -162,7 +166,8 @@ enum cache_err cache_blob_foreach(struct cache *c,
 enum cache_err cache_blob_verify(struct cache *c, const char *digest,
     char actual[CACHE_DIGEST_MAX]);
 enum cache_err cache_blob_evict(struct cache *c, const char *digest);
-/* Evict LRU blobs until blob bytes <= target; returns how many went. */
+/* Evict least recently used blobs and manifests until their bytes <=
+ * target; returns how many went. */
 enum cache_err cache_evict_to(struct cache *c, uint64_t target,
     uint64_t *evicted);
 enum cache_err cache_purge(struct cache *c);	/* everything */

@@ -1,15 +1,19 @@
-"""The cache's read transactions against many clients that never read: the
-reader table (4,096 slots shared by pullproxy and `pullproxy cache`) is
-never exhausted, downloads beside them stay whole, and admin commands work
-while they are there and after they left."""
+"""The cache under pressure. Many clients that never read: the reader
+table (4,096 slots shared by pullproxy and `pullproxy cache`) is never
+exhausted, downloads beside them stay whole, and admin commands work while
+they are there and after they left. Large manifests: they are evicted as
+blobs are, so they never starve the blobs of the budget."""
 
+import json
 import resource
 import select
 import socket
 import time
 
-from conftest import (LOCALHOST, MiB, blob_chunks, push_blob_stream, run,
-                      sha256_digest, wait_for)
+from conftest import (ACCEPT_ALL, LOCALHOST, MT_OCI_CONFIG, MT_OCI_LAYER_GZIP,
+                      MT_OCI_MANIFEST, MiB, blob_chunks, canonical_json,
+                      http_request, push_blob_stream, run, sha256_digest,
+                      wait_for)
 
 STALLED = 1500
 
@@ -84,3 +88,49 @@ def test_stalled_clients_do_not_exhaust_the_readers(registry, pullproxy_factory)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     r = pp.get(path, timeout=60)
     assert r.status == 200 and sha256_digest(r.body) == digest
+
+
+def test_large_manifests_do_not_starve_blobs(registry, pullproxy_factory):
+    """Twenty 1 MiB manifests on a 16 MiB budget used to leave no room for
+    any blob, for good: every later layer "cache bypassed"."""
+    repo = "pp/fat"
+    config = canonical_json({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": []}})
+    cfg_digest, _ = push_blob_stream(registry, repo, [config])
+    layers = [push_blob_stream(registry, repo, blob_chunks(950 + i, 3 * MiB))[0]
+              for i in range(3)]
+    manifests = []
+    for i in range(20):
+        body = canonical_json({
+            "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": cfg_digest,
+                       "size": len(config)},
+            "layers": [{"mediaType": MT_OCI_LAYER_GZIP, "digest": layers[0],
+                        "size": 3 * MiB}],
+            "annotations": {"pad": "%d" % i + "x" * MiB}})
+        r = http_request(registry.port, "PUT", "/v2/%s/manifests/t%d" % (repo, i),
+                         headers={"Content-Type": MT_OCI_MANIFEST}, body=body)
+        assert r.status == 201, (r.status, r.body[:200])
+        manifests.append(body)
+
+    pp = pullproxy_factory(args=["--cache-max-size", "16M"])
+    for i, body in enumerate(manifests):
+        r = pp.get("/v2/%s/manifests/t%d" % (repo, i), headers={"Accept": ACCEPT_ALL})
+        assert r.status == 200 and r.body == body
+    for d in layers:
+        r = pp.get("/v2/%s/blobs/%s" % (repo, d), timeout=60)
+        assert r.status == 200 and sha256_digest(r.body) == d
+    assert not pp.logs("cache bypassed"), pp.logs("cache bypassed")[:3]
+    cached = {l["digest"] for l in pp.logs("blob cached")}
+    assert cached == set(layers)
+    stats = json.loads(run([pp.argv[0], "cache", "--cache-dir", str(pp.cache_dir),
+                            "stats", "--json"]).stdout)
+    assert stats["blobs"] == 3, stats
+    assert stats["blob_bytes"] + stats["manifest_bytes"] <= 16 * MiB, stats
+    # The first tag's manifest went (and its tag with it): asked again, it
+    # is fetched again and served whole.
+    mark = registry.mark()
+    r = pp.get("/v2/%s/manifests/t0" % repo, headers={"Accept": ACCEPT_ALL})
+    assert r.status == 200 and r.body == manifests[0]
+    assert any(q.method == "GET" and q.uri.endswith("/manifests/t0")
+               for q in registry.requests_since(mark))

@@ -919,6 +919,162 @@ test_pins_share_readers(void **state)
 	free(buf);
 }
 
+/* A 1 MiB manifest body, different per seed, and its digest. */
+static unsigned char *
+put_manifest(struct cache *c, size_t len, uint32_t seed,
+    char digest[CACHE_DIGEST_MAX], enum cache_err want)
+{
+	unsigned char *body = make_bytes(len, seed);
+
+	digest_of(body, len, digest);
+	assert_int_equal(cache_manifest_put(c, digest,
+	    "application/vnd.oci.image.manifest.v1+json", body, len), want);
+	return body;
+}
+
+static int
+has_manifest(struct cache *c, const char *digest)
+{
+	char media[CACHE_MEDIA_MAX];
+	struct cache_pin *pin;
+	const void *body;
+	size_t len;
+
+	if (cache_manifest_pin(c, digest, &pin, &body, &len, media) !=
+	    CACHE_OK)
+		return 0;
+	cache_unpin(pin);
+	return 1;
+}
+
+/*
+ * Manifests are in the LRU with blobs: twenty 1 MiB manifests on a 16 MiB
+ * budget used to leave no room for any blob, for good. The least recently
+ * used go first, whatever their kind, and their tags with them.
+ */
+static void
+test_evict_manifests(void **state)
+{
+	struct fixture *f = *state;
+	char m[20][CACHE_DIGEST_MAX], b[4][CACHE_DIGEST_MAX];
+	char tag[16], got[CACHE_DIGEST_MAX];
+	unsigned char *body[20], *buf;
+	struct cache_blob_info info;
+	struct cache_stats st;
+	struct cache *c;
+	uint64_t ms;
+	int i, gone = 0;
+
+	c = open_server(f, 16 * MIB);	/* high 14.4, low 12.8 MiB */
+	for (i = 0; i < 10; i++) {
+		body[i] = put_manifest(c, MIB, 60 + (uint32_t)i, m[i],
+		    CACHE_OK);
+		snprintf(tag, sizeof(tag), "t%d", i);
+		assert_int_equal(cache_tag_put(c, "r.io", "app", tag, m[i],
+		    1), CACHE_OK);
+	}
+	next_second();
+	assert_true(has_manifest(c, m[0]));	/* used: kept longer */
+	next_second();
+	for (; i < 20; i++) {
+		body[i] = put_manifest(c, MIB, 60 + (uint32_t)i, m[i],
+		    CACHE_OK);
+		snprintf(tag, sizeof(tag), "t%d", i);
+		assert_int_equal(cache_tag_put(c, "r.io", "app", tag, m[i],
+		    1), CACHE_OK);
+		assert_within_budget(c, 16 * MIB);
+	}
+	assert_true(has_manifest(c, m[0]));
+	for (i = 1; i < 10; i++) {
+		snprintf(tag, sizeof(tag), "t%d", i);
+		if (has_manifest(c, m[i])) {
+			assert_int_equal(cache_tag_get(c, "r.io", "app", tag,
+			    got, &ms), CACHE_OK);
+			continue;
+		}
+		gone++;
+		/* Its tag went with it: the next pull fetches both again. */
+		assert_int_equal(cache_tag_get(c, "r.io", "app", tag, got,
+		    &ms), CACHE_NOTFOUND);
+	}
+	assert_true(gone >= 6);
+	for (i = 10; i < 20; i++)
+		assert_true(has_manifest(c, m[i]));
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.tags, 20 - (uint64_t)gone);
+
+	/* Blobs still get room: the manifests, used longer ago, make way. */
+	next_second();
+	buf = make_bytes(3 * MIB, 70);
+	for (i = 0; i < 4; i++) {
+		buf[0] = (unsigned char)i;
+		assert_int_equal(cache_blob_reserve(c, 3 * MIB), CACHE_OK);
+		put_blob(c, buf, 3 * MIB, 0, b[i]);
+		assert_within_budget(c, 16 * MIB);
+	}
+	for (i = 0; i < 4; i++)
+		assert_int_equal(cache_blob_lookup(c, b[i], &info), CACHE_OK);
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.blobs, 4);
+	assert_true(st.manifests <= 2);
+	cache_close(c);
+
+	/* What was counted is what a restart finds. */
+	c = open_server(f, 16 * MIB);
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.blobs, 4);
+	assert_true(st.blob_bytes + st.manifest_bytes <= 16 * MIB);
+	assert_int_equal(cache_purge(c), CACHE_OK);
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.manifests + st.manifest_bytes + st.tags, 0);
+	cache_close(c);
+	for (i = 0; i < 20; i++)
+		free(body[i]);
+	free(buf);
+}
+
+/*
+ * A manifest's access time outlives a restart, as a blob's does: of two
+ * manifests stored at once, the one read since is kept, even when its key
+ * would break the tie first.
+ */
+static void
+test_manifest_access_survives_restart(void **state)
+{
+	struct fixture *f = *state;
+	char m[2][CACHE_DIGEST_MAX], tmp[CACHE_DIGEST_MAX], d[CACHE_DIGEST_MAX];
+	unsigned char *body[3];
+	struct cache *c;
+	int first;
+
+	c = open_server(f, 16 * MIB);
+	body[0] = put_manifest(c, 2 * MIB, 80, m[0], CACHE_OK);
+	body[1] = put_manifest(c, 2 * MIB, 81, m[1], CACHE_OK);
+	/* m[0]: the one an equal-time tie would evict first. */
+	first = strcmp(m[0], m[1]) < 0 ? 0 : 1;
+	if (first == 1) {
+		memcpy(tmp, m[0], sizeof(tmp));
+		memcpy(m[0], m[1], sizeof(tmp));
+		memcpy(m[1], tmp, sizeof(tmp));
+	}
+	next_second();
+	assert_true(has_manifest(c, m[0]));
+	cache_close(c);
+
+	c = open_server(f, 16 * MIB);
+	/* 13.5 MiB in use; 1 MiB more is past the high mark by one victim. */
+	assert_int_equal(cache_blob_reserve(c, 9 * MIB + MIB / 2), CACHE_OK);
+	body[2] = put_manifest(c, MIB, 82, d, CACHE_OK);
+	assert_true(has_manifest(c, m[0]));
+	assert_false(has_manifest(c, m[1]));
+	assert_true(has_manifest(c, d));
+	cache_blob_discard(c, d);	/* gives the reservation back */
+	cache_close(c);
+	free(body[0]);
+	free(body[1]);
+	free(body[2]);
+}
+
 int
 main(void)
 {
@@ -946,6 +1102,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_cachecmd, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pins_share_readers, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(test_evict_manifests, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_manifest_access_survives_restart, setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("cache", tests, NULL, NULL);

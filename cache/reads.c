@@ -186,7 +186,7 @@ cache_blob_lookup(struct cache *c, const char *digest,
     struct cache_blob_info *info)
 {
 	unsigned char key[CACHE_KEYLEN];
-	struct cache_pin *pin;
+	struct cache_pin *pin = NULL;
 	struct cache_ent *e;
 	enum cache_err ce;
 	MDB_val v;
@@ -244,7 +244,7 @@ cache_manifest_pin(struct cache *c, const char *digest,
 {
 	unsigned char key[CACHE_KEYLEN];
 	struct cache_mrec m;
-	struct cache_pin *pin;
+	struct cache_pin *pin = NULL;
 	enum cache_err ce;
 	MDB_val v;
 

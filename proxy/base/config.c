@@ -35,6 +35,9 @@ config_init(struct config *cfg)
 	cfg->stall_timeout_s = 30;
 	cfg->shutdown_timeout_s = 30;
 	cfg->header_timeout_s = 10;
+	cfg->fleet.fanout = 4;
+	cfg->fleet.resolve_s = 5;
+	cfg->fleet.stale_s = 30;
 }
 
 static const char *config_auth_names[] = {
@@ -68,10 +71,24 @@ config_registry_clear(struct config_registry *r)
 	memset(r, 0, sizeof(*r));
 }
 
+static void
+config_peers_clear(struct config_fleet *f)
+{
+	while (f->npeers > 0)
+		free(f->peers[--f->npeers].host);
+	free(f->peers);
+	f->peers = NULL;
+}
+
 void
 config_free(struct config *cfg)
 {
 	size_t i;
+
+	config_peers_clear(&cfg->fleet);
+	free(cfg->fleet.peers_dns);
+	free(cfg->fleet.peer_listen_host);
+	free(cfg->fleet.peer_token_file);
 
 	free(cfg->listen_host);
 	free(cfg->cache_dir);
@@ -95,8 +112,9 @@ config_set_str(char **dst, const char *value)
 
 /* Each setter returns NULL, or what is wrong with the value. */
 
+/* HOST:PORT or [V6]:PORT into a new string and a port. */
 static const char *
-config_set_listen(struct config *cfg, const char *value)
+config_hostport(const char *value, char **hostp, int *portp)
 {
 	const char *colon = strrchr(value, ':');
 	char host[256], *end;
@@ -120,8 +138,24 @@ config_set_listen(struct config *cfg, const char *value)
 		return "port must be 1-65535";
 	memcpy(host, value, hlen);
 	host[hlen] = '\0';
-	config_set_str(&cfg->listen_host, host);
-	cfg->listen_port = (int)port;
+	if ((*hostp = strdup(host)) == NULL)
+		return "out of memory";
+	*portp = (int)port;
+	return NULL;
+}
+
+static const char *
+config_set_listen(struct config *cfg, const char *value)
+{
+	const char *msg;
+	char *host;
+	int port;
+
+	if ((msg = config_hostport(value, &host, &port)) != NULL)
+		return msg;
+	free(cfg->listen_host);
+	cfg->listen_host = host;
+	cfg->listen_port = port;
 	return NULL;
 }
 
@@ -420,6 +454,86 @@ config_set_registry(struct config_registry *r, const char *key,
 	return "unknown key";
 }
 
+/* "HOST:PORT, HOST:PORT ...": comma or space separated; again replaces. */
+static const char *
+config_set_peers(struct config_fleet *f, const char *value)
+{
+	struct config_peer *p;
+	char *copy, *tok, *last;
+	const char *msg = NULL;
+	size_t n = 1;
+
+	config_peers_clear(f);
+	for (tok = strpbrk(value, ", \t"); tok != NULL;
+	    tok = strpbrk(tok + 1, ", \t"))
+		n++;
+	if ((copy = strdup(value)) == NULL ||
+	    (f->peers = calloc(n, sizeof(*f->peers))) == NULL) {
+		free(copy);
+		return "out of memory";
+	}
+	for (tok = strtok_r(copy, ", \t", &last); tok != NULL && msg == NULL;
+	    tok = strtok_r(NULL, ", \t", &last)) {
+		p = &f->peers[f->npeers];
+		if ((msg = config_hostport(tok, &p->host, &p->port)) == NULL)
+			f->npeers++;
+	}
+	free(copy);
+	if (msg == NULL && f->npeers == 0)
+		msg = "needs at least one HOST:PORT";
+	return msg;
+}
+
+/* A DNS name (letters, digits, '-', '.'), as a headless Service's. */
+static const char *
+config_set_dns_name(char **dst, const char *value)
+{
+	size_t i, len = strlen(value);
+
+	if (len == 0 || len > 253)
+		return "expected a DNS name";
+	for (i = 0; i < len; i++)
+		if (!(value[i] >= 'a' && value[i] <= 'z') &&
+		    !(value[i] >= 'A' && value[i] <= 'Z') &&
+		    !(value[i] >= '0' && value[i] <= '9') &&
+		    value[i] != '-' && value[i] != '.')
+			return "expected a DNS name (no port: see peers_port)";
+	config_set_str(dst, value);
+	return NULL;
+}
+
+static const char *
+config_set_fleet(struct config_fleet *f, const char *key, const char *value)
+{
+	const char *msg;
+	long v;
+
+	if (strcmp(key, "peers") == 0)
+		return config_set_peers(f, value);
+	if (strcmp(key, "peers_dns") == 0)
+		return config_set_dns_name(&f->peers_dns, value);
+	if (strcmp(key, "peers_port") == 0) {
+		if ((msg = config_set_long(&v, value, 1, 65535)) == NULL)
+			f->peers_port = (int)v;
+		return msg;
+	}
+	if (strcmp(key, "peer_listen") == 0) {
+		free(f->peer_listen_host);
+		f->peer_listen_host = NULL;
+		return config_hostport(value, &f->peer_listen_host,
+		    &f->peer_listen_port);
+	}
+	if (strcmp(key, "peer_token_file") == 0)
+		return config_set_nonempty(&f->peer_token_file, value);
+	if (strcmp(key, "fanout") == 0)
+		return config_set_long(&f->fanout, value, 1, 64);
+	if (strcmp(key, "resolve_s") == 0)
+		return config_set_long(&f->resolve_s, value, 1, 3600);
+	if (strcmp(key, "stale_s") == 0)
+		return config_set_long(&f->stale_s, value, 0, 86400);
+	return "unknown key";
+}
+
 struct config_file_ctx {
 	struct config	*cfg;
 	char		 err[CONFIG_ERR_MAX];
@@ -435,6 +549,8 @@ config_ini_handler(void *user, const char *section, const char *key,
 
 	if (strcmp(section, "server") == 0)
 		msg = config_set_server(ctx->cfg, key, value);
+	else if (strcmp(section, "fleet") == 0)
+		msg = config_set_fleet(&ctx->cfg->fleet, key, value);
 	else if (strncmp(section, "registry ", 9) == 0) {
 		if (!oci_host_valid(section + 9))
 			msg = "registry name must be HOST or HOST:PORT";
@@ -444,7 +560,8 @@ config_ini_handler(void *user, const char *section, const char *key,
 		else
 			msg = config_set_registry(r, key, value);
 	} else
-		msg = "unknown section (expected [server] or [registry HOST])";
+		msg = "unknown section (expected [server], [fleet] or "
+		    "[registry HOST])";
 	if (msg == NULL)
 		return 1;
 	/* inih reports only the first error's line: keep its message. */
@@ -647,6 +764,52 @@ config_loopback(const char *host)
 	return 0;
 }
 
+/* Every address of the node. */
+static int
+config_wildcard(const char *host)
+{
+	return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+}
+
+int
+config_fleet_on(const struct config *cfg)
+{
+	return cfg->fleet.npeers > 0 || cfg->fleet.peers_dns != NULL;
+}
+
+/*
+ * A fleet needs its own listener (peers never reach containerd's) and the
+ * token that keeps the rest of the network off it.
+ */
+static int
+config_check_fleet(const struct config *cfg, char *err, size_t errlen)
+{
+	const struct config_fleet *f = &cfg->fleet;
+
+	if (!config_fleet_on(cfg)) {
+		if (f->peer_listen_host != NULL || f->peer_token_file != NULL ||
+		    f->peers_port != 0)
+			return config_err(err, errlen, "[fleet] %s: only used "
+			    "with peers or peers_dns", f->peer_listen_host !=
+			    NULL ? "peer_listen" : f->peer_token_file != NULL ?
+			    "peer_token_file" : "peers_port");
+		return 0;
+	}
+	if (f->peer_listen_host == NULL)
+		return config_err(err, errlen, "[fleet] peer_listen: missing "
+		    "(the address peers reach this node on)");
+	if (f->peer_token_file == NULL)
+		return config_err(err, errlen, "[fleet] peer_token_file: missing "
+		    "(peers send and require the cluster's token)");
+	if (f->peer_listen_port == cfg->listen_port &&
+	    (strcmp(f->peer_listen_host, cfg->listen_host) == 0 ||
+	    !config_loopback(cfg->listen_host) || config_wildcard(
+	    f->peer_listen_host)))
+		return config_err(err, errlen, "[fleet] peer_listen: must not "
+		    "share [server] listen's address and port");
+	return 0;
+}
+
 int
 config_check(const struct config *cfg, char *err, size_t errlen)
 {
@@ -668,6 +831,8 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 		return config_err(err, errlen, "[server] client_ca_file: only "
 		    "used with TLS (tls_cert_file and tls_key_file)");
 
+	if (config_check_fleet(cfg, err, errlen) == -1)
+		return -1;
 	if (cfg->cache_low_pct >= cfg->cache_high_pct)
 		return config_err(err, errlen, "[server] cache_low_pct: must be "
 		    "below cache_high_pct (%d)", cfg->cache_high_pct);

@@ -116,7 +116,7 @@ fleet_peer_new(const struct fleet_entry *e)
 	memcpy(p->p_id, e->e_id, sizeof(p->p_id));
 	p->p_hash = rendezvous_node(p->p_id);
 	p->p_self = e->e_self;
-	if ((p->p_circuit = circuit_new(p->p_id, FLEET_CIRCUIT_FAILURES,
+	if ((p->p_circuit = circuit_new_peer(p->p_id, FLEET_CIRCUIT_FAILURES,
 	    FLEET_CIRCUIT_OPEN_S)) == NULL) {
 		free(p);
 		return NULL;

@@ -258,16 +258,17 @@ fleet_round(struct fleet *f)
 		return NULL;
 	if (f->f_self_host[0] == '\0' && getifaddrs(&ifs) == -1)
 		ifs = NULL;
+	/* One time for the round: a source that answered in it is fresh. */
+	now = fleet_now();
 	for (i = 0; i < f->f_nsources; i++) {
 		if (fleet_resolve(f, &f->f_sources[i], ifs, err,
 		    sizeof(err)) == 0)
-			f->f_sources[i].s_ok_at = fleet_now();
+			f->f_sources[i].s_ok_at = now;
 		else if (a->a_err[0] == '\0')
 			snprintf(a->a_err, sizeof(a->a_err), "%s", err);
 	}
 	if (ifs != NULL)
 		freeifaddrs(ifs);
-	now = fleet_now();
 	for (i = 0; i < f->f_nsources; i++)
 		if (f->f_sources[i].s_ok_at > 0 &&
 		    now - f->f_sources[i].s_ok_at <= (double)f->f_stale_s)

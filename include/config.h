@@ -91,15 +91,27 @@ struct config_peer {
 /*
  * [fleet]: other pullproxies of the cluster, asked before the registry
  * (docs/fleet.md). Members come from peers (a static list: write it the
- * same on every node) and from peers_dns (a name whose A/AAAA records are
+ * same on every node) and from peers_dns (names whose A/AAAA records are
  * the members, e.g. a headless Service), resolved again every resolve_s
  * off the event loop. On when either is set.
  */
 struct config_fleet {
 	struct config_peer *peers;	/* NULL */
 	size_t	 npeers;
-	char	*peers_dns;		/* NULL */
+	/*
+	 * One DNS answer holds at most 64 KiB, about 4,000 A records: a
+	 * bigger fleet is several names (a Service per node pool).
+	 */
+	char	**peers_dns;		/* NULL */
+	size_t	 npeers_dns;
 	int	 peers_port;		/* 0: peer_listen's port */
+	/*
+	 * Ask peers_dns of this server (IPv4, e.g. kube-dns's ClusterIP)
+	 * instead of the node's resolv.conf: a hostNetwork pod with
+	 * dnsPolicy Default cannot resolve cluster names otherwise.
+	 */
+	char	*peers_dns_server;	/* NULL: the system's resolver */
+	int	 peers_dns_server_port;	/* 53 */
 	/*
 	 * The peer listener, apart from containerd's; a wildcard host
 	 * (0.0.0.0, ::) listens on every address, and the node then knows

@@ -80,13 +80,23 @@ config_peers_clear(struct config_fleet *f)
 	f->peers = NULL;
 }
 
+static void
+config_peers_dns_clear(struct config_fleet *f)
+{
+	while (f->npeers_dns > 0)
+		free(f->peers_dns[--f->npeers_dns]);
+	free(f->peers_dns);
+	f->peers_dns = NULL;
+}
+
 void
 config_free(struct config *cfg)
 {
 	size_t i;
 
 	config_peers_clear(&cfg->fleet);
-	free(cfg->fleet.peers_dns);
+	config_peers_dns_clear(&cfg->fleet);
+	free(cfg->fleet.peers_dns_server);
 	free(cfg->fleet.peer_listen_host);
 	free(cfg->fleet.peer_token_file);
 
@@ -454,26 +464,39 @@ config_set_registry(struct config_registry *r, const char *key,
 	return "unknown key";
 }
 
-/* "HOST:PORT, HOST:PORT ...": comma or space separated; again replaces. */
+/* Items of a list: comma or space separated. */
+#define CONFIG_LIST_SEP	", \t"
+
+/* An upper bound on the items of a list, for one allocation. */
+static size_t
+config_list_count(const char *value)
+{
+	const char *tok;
+	size_t n = 1;
+
+	for (tok = strpbrk(value, CONFIG_LIST_SEP); tok != NULL;
+	    tok = strpbrk(tok + 1, CONFIG_LIST_SEP))
+		n++;
+	return n;
+}
+
+/* "HOST:PORT, HOST:PORT ...": the key again replaces the list. */
 static const char *
 config_set_peers(struct config_fleet *f, const char *value)
 {
 	struct config_peer *p;
 	char *copy, *tok, *last;
 	const char *msg = NULL;
-	size_t n = 1;
 
 	config_peers_clear(f);
-	for (tok = strpbrk(value, ", \t"); tok != NULL;
-	    tok = strpbrk(tok + 1, ", \t"))
-		n++;
 	if ((copy = strdup(value)) == NULL ||
-	    (f->peers = calloc(n, sizeof(*f->peers))) == NULL) {
+	    (f->peers = calloc(config_list_count(value),
+	    sizeof(*f->peers))) == NULL) {
 		free(copy);
 		return "out of memory";
 	}
-	for (tok = strtok_r(copy, ", \t", &last); tok != NULL && msg == NULL;
-	    tok = strtok_r(NULL, ", \t", &last)) {
+	for (tok = strtok_r(copy, CONFIG_LIST_SEP, &last); tok != NULL &&
+	    msg == NULL; tok = strtok_r(NULL, CONFIG_LIST_SEP, &last)) {
 		p = &f->peers[f->npeers];
 		if ((msg = config_hostport(tok, &p->host, &p->port)) == NULL)
 			f->npeers++;
@@ -485,20 +508,72 @@ config_set_peers(struct config_fleet *f, const char *value)
 }
 
 /* A DNS name (letters, digits, '-', '.'), as a headless Service's. */
-static const char *
-config_set_dns_name(char **dst, const char *value)
+static int
+config_dns_name(const char *name)
 {
-	size_t i, len = strlen(value);
+	size_t i, len = strlen(name);
 
 	if (len == 0 || len > 253)
-		return "expected a DNS name";
+		return 0;
 	for (i = 0; i < len; i++)
-		if (!(value[i] >= 'a' && value[i] <= 'z') &&
-		    !(value[i] >= 'A' && value[i] <= 'Z') &&
-		    !(value[i] >= '0' && value[i] <= '9') &&
-		    value[i] != '-' && value[i] != '.')
-			return "expected a DNS name (no port: see peers_port)";
-	config_set_str(dst, value);
+		if (!(name[i] >= 'a' && name[i] <= 'z') &&
+		    !(name[i] >= 'A' && name[i] <= 'Z') &&
+		    !(name[i] >= '0' && name[i] <= '9') &&
+		    name[i] != '-' && name[i] != '.')
+			return 0;
+	return 1;
+}
+
+/* "NAME, NAME ...": the key again replaces the list. */
+static const char *
+config_set_peers_dns(struct config_fleet *f, const char *value)
+{
+	char *copy, *tok, *last;
+	const char *msg = NULL;
+
+	config_peers_dns_clear(f);
+	if ((copy = strdup(value)) == NULL ||
+	    (f->peers_dns = calloc(config_list_count(value),
+	    sizeof(*f->peers_dns))) == NULL) {
+		free(copy);
+		return "out of memory";
+	}
+	for (tok = strtok_r(copy, CONFIG_LIST_SEP, &last); tok != NULL &&
+	    msg == NULL; tok = strtok_r(NULL, CONFIG_LIST_SEP, &last)) {
+		if (!config_dns_name(tok))
+			msg = "expected DNS names (no port: see peers_port)";
+		else if ((f->peers_dns[f->npeers_dns] = strdup(tok)) == NULL)
+			msg = "out of memory";
+		else
+			f->npeers_dns++;
+	}
+	free(copy);
+	if (msg == NULL && f->npeers_dns == 0)
+		msg = "needs at least one name";
+	return msg;
+}
+
+/* IPv4[:PORT]: a DNS server by address (naming it would need DNS). */
+static const char *
+config_set_dns_server(struct config_fleet *f, const char *value)
+{
+	struct in_addr a;
+	const char *msg;
+	char *host;
+	int port = 53;
+
+	if (strchr(value, ':') != NULL) {
+		if ((msg = config_hostport(value, &host, &port)) != NULL)
+			return msg;
+	} else if ((host = strdup(value)) == NULL)
+		return "out of memory";
+	if (inet_pton(AF_INET, host, &a) != 1) {
+		free(host);
+		return "expected an IPv4 address with an optional :PORT";
+	}
+	free(f->peers_dns_server);
+	f->peers_dns_server = host;
+	f->peers_dns_server_port = port;
 	return NULL;
 }
 
@@ -511,7 +586,9 @@ config_set_fleet(struct config_fleet *f, const char *key, const char *value)
 	if (strcmp(key, "peers") == 0)
 		return config_set_peers(f, value);
 	if (strcmp(key, "peers_dns") == 0)
-		return config_set_dns_name(&f->peers_dns, value);
+		return config_set_peers_dns(f, value);
+	if (strcmp(key, "peers_dns_server") == 0)
+		return config_set_dns_server(f, value);
 	if (strcmp(key, "peers_port") == 0) {
 		if ((msg = config_set_long(&v, value, 1, 65535)) == NULL)
 			f->peers_port = (int)v;
@@ -774,7 +851,7 @@ config_wildcard(const char *host)
 int
 config_fleet_on(const struct config *cfg)
 {
-	return cfg->fleet.npeers > 0 || cfg->fleet.peers_dns != NULL;
+	return cfg->fleet.npeers > 0 || cfg->fleet.npeers_dns > 0;
 }
 
 /*
@@ -786,6 +863,9 @@ config_check_fleet(const struct config *cfg, char *err, size_t errlen)
 {
 	const struct config_fleet *f = &cfg->fleet;
 
+	if (f->peers_dns_server != NULL && f->npeers_dns == 0)
+		return config_err(err, errlen, "[fleet] peers_dns_server: only "
+		    "used with peers_dns");
 	if (!config_fleet_on(cfg)) {
 		if (f->peer_listen_host != NULL || f->peer_token_file != NULL ||
 		    f->peers_port != 0)

@@ -8,11 +8,16 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <netinet/in.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <resolv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +65,8 @@ struct fleet_answer {
 struct fleet_source {
 	const char		*s_host;
 	char			 s_port[8];
+	struct sockaddr_in	 s_server;	/* peers_dns_server, or */
+	int			 s_at_server;	/* 0: getaddrinfo */
 	struct fleet_entry	*s_entries;
 	size_t			 s_n;
 	double			 s_ok_at;	/* last answer, 0: never */
@@ -189,11 +196,41 @@ fleet_local_addr(const struct ifaddrs *ifs, const char *host)
 }
 
 /*
- * Resolve one source into s->s_entries. Returns 0, or -1 with err set
- * (a failure, or an answer without addresses: both mean "nothing new").
+ * One member found at host (numeric) and port: its identity, and whether
+ * it is this node. Returns -1 when it cannot be one (too long).
  */
 static int
-fleet_resolve(struct fleet *f, struct fleet_source *s,
+fleet_entry_set(const struct fleet *f, struct fleet_entry *e, int family,
+    const char *host, const char *port, const struct ifaddrs *ifs)
+{
+	if (snprintf(e->e_id, sizeof(e->e_id), family == AF_INET6 ?
+	    "[%s]:%s" : "%s:%s", host, port) >= (int)sizeof(e->e_id))
+		return -1;
+	e->e_self = strcmp(port, f->f_self_port) == 0 &&
+	    (f->f_self_host[0] != '\0' ? strcmp(host, f->f_self_host) == 0 :
+	    fleet_local_addr(ifs, host));
+	return 0;
+}
+
+/* Take entries as s's answer; none is a failure, as a failed lookup. */
+static int
+fleet_source_set(struct fleet_source *s, struct fleet_entry *e, size_t n,
+    char *err, size_t errlen)
+{
+	if (n == 0) {
+		free(e);
+		snprintf(err, errlen, "%s: no addresses", s->s_host);
+		return -1;
+	}
+	free(s->s_entries);
+	s->s_entries = e;
+	s->s_n = n;
+	return 0;
+}
+
+/* The system's resolver: /etc/hosts, resolv.conf, nsswitch. */
+static int
+fleet_resolve_system(struct fleet *f, struct fleet_source *s,
     const struct ifaddrs *ifs, char *err, size_t errlen)
 {
 	struct addrinfo hints, *res, *ai;
@@ -217,31 +254,100 @@ fleet_resolve(struct fleet *f, struct fleet_source *s,
 		return -1;
 	}
 	n = 0;
-	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+		if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
 		    getnameinfo(ai->ai_addr, ai->ai_addrlen, host, sizeof(host),
-		    port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-			continue;
-		if (snprintf(e[n].e_id, sizeof(e[n].e_id),
-		    ai->ai_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
-		    port) >= (int)sizeof(e[n].e_id))
-			continue;
-		e[n].e_self = strcmp(port, f->f_self_port) == 0 &&
-		    (f->f_self_host[0] != '\0' ?
-		    strcmp(host, f->f_self_host) == 0 :
-		    fleet_local_addr(ifs, host));
-		n++;
-	}
+		    port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) == 0 &&
+		    fleet_entry_set(f, &e[n], ai->ai_family, host, port,
+		    ifs) == 0)
+			n++;
 	freeaddrinfo(res);
-	if (n == 0) {
-		free(e);
-		snprintf(err, errlen, "%s: no addresses", s->s_host);
+	return fleet_source_set(s, e, n, err, errlen);
+}
+
+/*
+ * One server (peers_dns_server), A then AAAA, through libresolv: it
+ * parses the answers and goes over TCP when one does not fit a datagram
+ * (a Service with thousands of pods).
+ */
+static int
+fleet_resolve_server(struct fleet *f, struct fleet_source *s,
+    const struct ifaddrs *ifs, char *err, size_t errlen)
+{
+	static const int types[] = { ns_t_a, ns_t_aaaa };
+	struct __res_state rs;
+	struct fleet_entry *e = NULL, *grown;
+	unsigned char *ans;
+	char host[INET6_ADDRSTRLEN];
+	size_t n = 0, cap = 0;
+	ns_msg msg;
+	ns_rr rr;
+	int len, i, t, herr = 0;
+
+	if ((ans = malloc(NS_MAXMSG)) == NULL) {
+		snprintf(err, errlen, "%s: out of memory", s->s_host);
 		return -1;
 	}
-	free(s->s_entries);
-	s->s_entries = e;
-	s->s_n = n;
-	return 0;
+	memset(&rs, 0, sizeof(rs));
+	if (res_ninit(&rs) == -1) {
+		free(ans);
+		snprintf(err, errlen, "%s: resolver: cannot initialise",
+		    s->s_host);
+		return -1;
+	}
+	rs.nscount = 1;
+	rs.nsaddr_list[0] = s->s_server;
+	rs.retrans = 2;		/* seconds, then once more */
+	rs.retry = 2;
+	for (t = 0; t < 2; t++) {
+		len = res_nquery(&rs, s->s_host, ns_c_in, types[t], ans,
+		    NS_MAXMSG);
+		if (len < 0 || ns_initparse(ans, len, &msg) == -1) {
+			if (t == 0)
+				herr = rs.res_h_errno;
+			continue;
+		}
+		for (i = 0; i < ns_msg_count(msg, ns_s_an); i++) {
+			if (ns_parserr(&msg, ns_s_an, i, &rr) == -1)
+				break;
+			if (!(ns_rr_type(rr) == ns_t_a && ns_rr_rdlen(rr) == 4) &&
+			    !(ns_rr_type(rr) == ns_t_aaaa &&
+			    ns_rr_rdlen(rr) == 16))
+				continue;
+			if (n == cap) {
+				cap = cap > 0 ? cap * 2 : 16;
+				if ((grown = reallocarray(e, cap,
+				    sizeof(*e))) == NULL)
+					break;
+				e = grown;
+			}
+			if (inet_ntop(ns_rr_rdlen(rr) == 4 ? AF_INET : AF_INET6,
+			    ns_rr_rdata(rr), host, sizeof(host)) != NULL &&
+			    fleet_entry_set(f, &e[n], ns_rr_rdlen(rr) == 4 ?
+			    AF_INET : AF_INET6, host, s->s_port, ifs) == 0)
+				n++;
+		}
+	}
+	res_nclose(&rs);
+	free(ans);
+	if (n == 0 && herr != 0) {
+		free(e);
+		snprintf(err, errlen, "%s: %s", s->s_host, hstrerror(herr));
+		return -1;
+	}
+	return fleet_source_set(s, e, n, err, errlen);
+}
+
+/*
+ * Resolve one source into s->s_entries. Returns 0, or -1 with err set
+ * (a failure, or an answer without addresses: both mean "nothing new").
+ */
+static int
+fleet_resolve(struct fleet *f, struct fleet_source *s,
+    const struct ifaddrs *ifs, char *err, size_t errlen)
+{
+	return s->s_at_server ? fleet_resolve_server(f, s, ifs, err, errlen) :
+	    fleet_resolve_system(f, s, ifs, err, errlen);
 }
 
 /* One round: every source, then the union of those not stale. */
@@ -481,21 +587,36 @@ fleet_self(struct fleet *f, const struct config_fleet *cfg, char *err,
 static int
 fleet_sources(struct fleet *f, const struct config_fleet *cfg)
 {
-	size_t i, n = cfg->npeers + (cfg->peers_dns != NULL);
+	struct fleet_source *src;
+	size_t i, n = cfg->npeers + cfg->npeers_dns;
 
 	if ((f->f_sources = calloc(n > 0 ? n : 1, sizeof(*f->f_sources))) ==
 	    NULL)
 		return -1;
 	for (i = 0; i < cfg->npeers; i++) {
-		f->f_sources[i].s_host = cfg->peers[i].host;
-		snprintf(f->f_sources[i].s_port, sizeof(f->f_sources[i].s_port),
-		    "%d", cfg->peers[i].port);
+		src = &f->f_sources[i];
+		src->s_host = cfg->peers[i].host;
+		snprintf(src->s_port, sizeof(src->s_port), "%d",
+		    cfg->peers[i].port);
 	}
-	if (cfg->peers_dns != NULL) {
-		f->f_sources[i].s_host = cfg->peers_dns;
-		snprintf(f->f_sources[i].s_port, sizeof(f->f_sources[i].s_port),
-		    "%d", cfg->peers_port != 0 ? cfg->peers_port :
+	for (i = 0; i < cfg->npeers_dns; i++) {
+		src = &f->f_sources[cfg->npeers + i];
+		src->s_host = cfg->peers_dns[i];
+		snprintf(src->s_port, sizeof(src->s_port), "%d",
+		    cfg->peers_port != 0 ? cfg->peers_port :
 		    cfg->peer_listen_port);
+		if (cfg->peers_dns_server == NULL)
+			continue;
+		src->s_server.sin_family = AF_INET;
+		src->s_server.sin_port = htons((uint16_t)
+		    cfg->peers_dns_server_port);
+		/* Checked by config: an IPv4 address. */
+		if (inet_pton(AF_INET, cfg->peers_dns_server,
+		    &src->s_server.sin_addr) != 1) {
+			errno = EINVAL;
+			return -1;
+		}
+		src->s_at_server = 1;
 	}
 	f->f_nsources = n;
 	return 0;

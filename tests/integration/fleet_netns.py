@@ -12,7 +12,9 @@ pods, and the script changes them while two `pullproxy fleet` processes
   phase 1  .11 .12 .13       both nodes see three members, themselves
                              among them, and agree on every owner
   phase 2  .12 .13 .14       a node joined and one left
-  phase 3  no records        the members stay for stale_s, then none
+  phase 3  1,000 records     more than a datagram holds: glibc asks
+                             again over TCP
+  phase 4  no records        the members stay for stale_s, then none
 
 Prints one JSON object: each node's lines, the queries the server saw,
 and the exit statuses. Standard library only; PULLPROXY_BIN names the
@@ -37,18 +39,27 @@ KEYS = ["sha256:%064x" % i for i in range(8)] + \
 
 
 class DNS:
-    """A records for NAME from self.addrs; no records for anything else
-    (NOERROR, empty), as an empty headless Service answers."""
+    """A and AAAA records for NAME from self.addrs (IPv4 and IPv6
+    strings); no records for anything else (NOERROR, empty), as an empty
+    headless Service answers. UDP and TCP on one port: an answer that
+    does not fit 512 bytes goes out truncated over UDP (TC set), whole
+    over TCP, as a real server does."""
 
-    def __init__(self):
+    def __init__(self, port=53):
         self.addrs = []
         self.queries = 0
+        self.tcp_queries = 0
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 53))
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(16)
         self.stop = False
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        for target in (self.serve, self.serve_tcp):
+            threading.Thread(target=target, daemon=True).start()
 
     def serve(self):
         while not self.stop:
@@ -57,11 +68,37 @@ class DNS:
                 continue
             q, peer = self.sock.recvfrom(512)
             try:
-                self.sock.sendto(self.answer(q), peer)
+                self.sock.sendto(self.answer(q, 512), peer)
             except (ValueError, IndexError, struct.error):
                 continue
 
-    def answer(self, q):
+    def serve_tcp(self):
+        while not self.stop:
+            r, _, _ = select.select([self.tcp], [], [], 0.2)
+            if not r:
+                continue
+            conn, _ = self.tcp.accept()
+            threading.Thread(target=self.serve_conn, args=(conn,),
+                             daemon=True).start()
+
+    def serve_conn(self, conn):
+        """Queries one after the other until the client closes: glibc
+        sends A and AAAA on one connection."""
+        with conn:
+            conn.settimeout(5)
+            try:
+                while True:
+                    head = conn.recv(2, socket.MSG_WAITALL)
+                    if len(head) < 2:
+                        return
+                    q = conn.recv(struct.unpack("!H", head)[0],
+                                  socket.MSG_WAITALL)
+                    a = self.answer(q, 65535, tcp=True)
+                    conn.sendall(struct.pack("!H", len(a)) + a)
+            except (OSError, ValueError, IndexError, struct.error):
+                return
+
+    def answer(self, q, limit, tcp=False):
         qid, = struct.unpack("!H", q[:2])
         labels, i = [], 12
         while q[i]:
@@ -73,11 +110,19 @@ class DNS:
         with self.lock:
             if name == NAME:
                 self.queries += 1
-            addrs = list(self.addrs) if name == NAME and qtype == 1 else []
-        head = struct.pack("!HHHHHH", qid, 0x8180, 1, len(addrs), 0, 0)
-        body = b"".join(struct.pack("!HHHIH", 0xC00C, 1, 1, 0, 4) +
-                        socket.inet_aton(a) for a in addrs)
-        return head + question + body
+                self.tcp_queries += tcp
+            addrs = list(self.addrs) if name == NAME else []
+        family = {1: socket.AF_INET, 28: socket.AF_INET6}.get(qtype)
+        rdata = [socket.inet_pton(family, a) for a in addrs
+                 if family is not None and
+                 (":" in a) == (family == socket.AF_INET6)]
+        body = b"".join(struct.pack("!HHHIH", 0xC00C, qtype, 1, 0, len(r)) +
+                        r for r in rdata)
+        flags, count = 0x8180, len(rdata)
+        if 12 + len(question) + len(body) > limit:
+            flags, count, body = flags | 0x0200, 0, b""
+        return struct.pack("!HHHHHH", qid, flags, 1, count, 0, 0) + \
+            question + body
 
     def set(self, addrs):
         with self.lock:
@@ -104,7 +149,7 @@ class Node:
                     "peer_listen = %s:%d\n"
                     "peer_token_file = %s/token\n"
                     "resolve_s = 1\n"
-                    "stale_s = 3\n" % (NAME, addr, PORT, tmp))
+                    "stale_s = 5\n" % (NAME, addr, PORT, tmp))
         self.addr = addr
         self.lines = []
         self.proc = subprocess.Popen(
@@ -151,7 +196,7 @@ def main():
     dns.set(["127.0.0.11", "127.0.0.12", "127.0.0.13"])
     nodes = [Node(tmp, "127.0.0.11"), Node(tmp, "127.0.0.12")]
     out = {"phases": {}}
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 90
     out["phases"]["1"] = [n.wait_for(["127.0.0.11", "127.0.0.12",
                                       "127.0.0.13"], deadline)
                           for n in nodes]
@@ -159,9 +204,12 @@ def main():
     out["phases"]["2"] = [n.wait_for(["127.0.0.12", "127.0.0.13",
                                       "127.0.0.14"], deadline)
                           for n in nodes]
+    many = ["127.0.%d.%d" % (1 + i // 250, 1 + i % 250) for i in range(1000)]
+    dns.set(many)
+    out["phases"]["3"] = [n.wait_for(many, deadline) for n in nodes]
     dns.set([])
     empty_at = time.monotonic()
-    out["phases"]["3"] = [n.wait_for([], deadline) for n in nodes]
+    out["phases"]["4"] = [n.wait_for([], deadline) for n in nodes]
     out["empty_after_s"] = time.monotonic() - empty_at
     out["exits"] = []
     out["stderr"] = []
@@ -171,6 +219,7 @@ def main():
         out["stderr"].append(err[-2000:])
     out["lines"] = [n.lines for n in nodes]
     out["queries"] = dns.queries
+    out["tcp_queries"] = dns.tcp_queries
     dns.stop = True
     json.dump(out, sys.stdout)
 

@@ -508,8 +508,10 @@ test_fleet(void **state)
 
 	assert_int_equal(load_and_check(&cfg, "[fleet]\n"
 	    "peers = 10.0.0.1:5001, 10.0.0.2:5001 [fd00::3]:5001\n"
-	    "peers_dns = pullproxy-peers.kube-system.svc.cluster.local\n"
+	    "peers_dns = pullproxy-peers.kube-system.svc.cluster.local,"
+	    "pool2.kube-system.svc.cluster.local\n"
 	    "peers_port = 5002\n"
+	    "peers_dns_server = 10.0.0.10\n"
 	    "peer_listen = 0.0.0.0:5001\n"
 	    "peer_token_file = /etc/pullproxy/peer-token\n"
 	    "fanout = 8\nresolve_s = 2\nstale_s = 60\n", err), 0);
@@ -518,9 +520,14 @@ test_fleet(void **state)
 	assert_string_equal(cfg.fleet.peers[0].host, "10.0.0.1");
 	assert_int_equal(cfg.fleet.peers[0].port, 5001);
 	assert_string_equal(cfg.fleet.peers[2].host, "fd00::3");
-	assert_string_equal(cfg.fleet.peers_dns,
+	assert_int_equal(cfg.fleet.npeers_dns, 2);
+	assert_string_equal(cfg.fleet.peers_dns[0],
 	    "pullproxy-peers.kube-system.svc.cluster.local");
+	assert_string_equal(cfg.fleet.peers_dns[1],
+	    "pool2.kube-system.svc.cluster.local");
 	assert_int_equal(cfg.fleet.peers_port, 5002);
+	assert_string_equal(cfg.fleet.peers_dns_server, "10.0.0.10");
+	assert_int_equal(cfg.fleet.peers_dns_server_port, 53);
 	assert_string_equal(cfg.fleet.peer_listen_host, "0.0.0.0");
 	assert_int_equal(cfg.fleet.peer_listen_port, 5001);
 	assert_string_equal(cfg.fleet.peer_token_file,
@@ -528,6 +535,13 @@ test_fleet(void **state)
 	assert_int_equal(cfg.fleet.fanout, 8);
 	assert_int_equal(cfg.fleet.resolve_s, 2);
 	assert_int_equal(cfg.fleet.stale_s, 60);
+	config_free(&cfg);
+
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers_dns = p.test\n"
+	    "peers_dns_server = 127.0.0.1:5353\n"
+	    "peer_listen = 10.0.0.1:5001\npeer_token_file = t\n", err), 0);
+	assert_string_equal(cfg.fleet.peers_dns_server, "127.0.0.1");
+	assert_int_equal(cfg.fleet.peers_dns_server_port, 5353);
 	config_free(&cfg);
 
 	/* The key again replaces the list. */
@@ -552,9 +566,16 @@ test_bad_fleet(void **state)
 	    "2: [fleet] peers: port must be 1-65535");
 	expect_file_error("[fleet]\npeers = ,\n",
 	    "2: [fleet] peers: needs at least one HOST:PORT");
-	expect_file_error("[fleet]\npeers_dns = peers.svc:5001\n",
-	    "2: [fleet] peers_dns: expected a DNS name (no port: see "
+	expect_file_error("[fleet]\npeers_dns = a.svc, peers.svc:5001\n",
+	    "2: [fleet] peers_dns: expected DNS names (no port: see "
 	    "peers_port)");
+	expect_file_error("[fleet]\npeers_dns = ,\n",
+	    "2: [fleet] peers_dns: needs at least one name");
+	expect_file_error("[fleet]\npeers_dns_server = kube-dns\n",
+	    "2: [fleet] peers_dns_server: expected an IPv4 address with an "
+	    "optional :PORT");
+	expect_file_error("[fleet]\npeers_dns_server = 10.0.0.10:0\n",
+	    "2: [fleet] peers_dns_server: port must be 1-65535");
 	expect_file_error("[fleet]\n\npeers_port = 70000\n",
 	    "3: [fleet] peers_port: expected a whole number 1-65535");
 	expect_file_error("[fleet]\npeer_listen = 5001\n",
@@ -582,6 +603,12 @@ test_bad_fleet(void **state)
 	    "peer_listen = 0.0.0.0:5000\npeer_token_file = t\n", err), -1);
 	assert_string_equal(err, "[fleet] peer_listen: must not share "
 	    "[server] listen's address and port");
+	config_free(&cfg);
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers = a:1\n"
+	    "peers_dns_server = 10.0.0.10\npeer_listen = 10.0.0.1:5001\n"
+	    "peer_token_file = t\n", err), -1);
+	assert_string_equal(err, "[fleet] peers_dns_server: only used with "
+	    "peers_dns");
 	config_free(&cfg);
 	assert_int_equal(load_and_check(&cfg, "[fleet]\n"
 	    "peer_listen = 10.0.0.1:5001\n", err), -1);

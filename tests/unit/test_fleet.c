@@ -440,44 +440,54 @@ hosts_mount(void)
 static void
 test_dns_name_with_several_addresses(void **state)
 {
+	char *names[] = { "peers.fleet.test", "pool2.fleet.test" };
 	struct config_fleet cfg;
 	struct fleet_peer *out[4];
 	struct run r;
-	int self, mine;
+	int self, mine, i;
 
 	(void)state;
 	if (hosts_mount() == -1)
 		skip();
+	/* Two names (two node pools' Services): their union. */
 	hosts_write("127.0.0.1 localhost\n"
 	    "127.0.0.11 peers.fleet.test\n"
 	    "127.0.0.12 peers.fleet.test\n"
-	    "127.0.0.13 peers.fleet.test\n");
+	    "127.0.0.13 peers.fleet.test\n"
+	    "127.0.0.21 pool2.fleet.test\n");
 	config_of(&cfg, NULL, 0, "127.0.0.12", 7001);
-	cfg.peers_dns = "peers.fleet.test";
-	cfg.stale_s = 2;
+	cfg.peers_dns = names;
+	cfg.npeers_dns = 2;
+	cfg.stale_s = 4;
 	start(&r, &cfg);
 	run_until(&r, 1);
-	assert_int_equal(fleet_size(r.fleet), 3);
+	assert_int_equal(fleet_size(r.fleet), 4);
 	assert_true(member(r.fleet, "127.0.0.11:7001", &self) && !self);
 	assert_true(member(r.fleet, "127.0.0.12:7001", &self) && self);
 	assert_true(member(r.fleet, "127.0.0.13:7001", &self) && !self);
+	assert_true(member(r.fleet, "127.0.0.21:7001", &self) && !self);
 
 	/* A pod became ready, another went: the next resolution sees it. */
 	hosts_write("127.0.0.12 peers.fleet.test\n"
 	    "127.0.0.13 peers.fleet.test\n"
-	    "127.0.0.14 peers.fleet.test\n");
-	while (!member(r.fleet, "127.0.0.14:7001", &self))
+	    "127.0.0.14 peers.fleet.test\n"
+	    "127.0.0.21 pool2.fleet.test\n");
+	/* Bounded: 60 answers are a minute at resolve_s 1. */
+	for (i = 0; i < 60 && !member(r.fleet, "127.0.0.14:7001", &self); i++)
 		run_until(&r, fleet_answers(r.fleet) + 1);
-	assert_int_equal(fleet_size(r.fleet), 3);
+	assert_true(member(r.fleet, "127.0.0.14:7001", &self));
+	assert_int_equal(fleet_size(r.fleet), 4);
 	assert_false(member(r.fleet, "127.0.0.11:7001", &self));
 
 	/*
-	 * The name stops resolving: the last members stay for stale_s, then
+	 * The names stop resolving: the last members stay for stale_s, then
 	 * there is no fleet (and no owner), not a fleet of one.
 	 */
 	hosts_write("127.0.0.1 localhost\n");
-	while (fleet_size(r.fleet) > 0)
+	for (i = 0; i < 60 && fleet_size(r.fleet) > 0; i++)
 		run_until(&r, fleet_answers(r.fleet) + 1);
+	/* Not at once: the first answer without the names kept them. */
+	assert_true(i > 1);
 	assert_int_equal(fleet_candidates(r.fleet, key_of(1), out, 4, &mine),
 	    0);
 	assert_int_equal(mine, 0);

@@ -7,10 +7,12 @@
  * any realm, each an upstream transfer on the loop, one in flight per
  * (registry, scope) with every waiter queued behind it.
  *
- * upstream.c is the run-time user: a transfer started with an auth handle
- * carries the cached token of its scope; a 401 with a challenge is kept
- * from the caller while auth_wait() gets a fresh token, and the transfer
- * is sent once more with it.
+ * Transfers see it through auth_upstream() (struct upstream_auth): a
+ * transfer started with it carries the cached token of its scope; a 401
+ * with a challenge is kept from the caller while auth_wait() gets a fresh
+ * token, and the transfer is sent once more with it. The scope is the
+ * request's ("repository:<name>:pull", auth_scope_name), never dug out of
+ * a URL.
  *
  * A token is kept until its JWT "exp", else "expires_in", else 60 s, and
  * a new one is fetched from a margin before that (auth_margin). Failures
@@ -24,12 +26,16 @@
 #include <stddef.h>
 #include <time.h>
 
+#include <jansson.h>
+
 struct auth;
 struct auth_wait;
 struct config;
 struct config_registry;
 struct event_base;
+struct ratelimit;
 struct upstream;
+struct upstream_auth;
 
 /*
  * Reads the registry's secret files once, so that a missing one stops the
@@ -37,39 +43,51 @@ struct upstream;
  * the registry) when it cannot.
  */
 struct auth *auth_new(struct event_base *base, struct upstream *up,
-    const struct config *cfg, const struct config_registry *reg,
-    char *err, size_t errlen);
+    struct ratelimit *pace, const struct config *cfg,
+    const struct config_registry *reg, char *err, size_t errlen);
 /*
  * Cancels the fetches. Cancel the transfers that wait here first, and
  * free this before the upstream engine.
  */
 void auth_free(struct auth *a);
 
+/* This identity as transfers take it (upstream_req.auth). */
+const struct upstream_auth *auth_upstream(struct auth *a);
+
 /*
- * The Authorization value for a request to url when one is known and
+ * The fields of the last "auth failure" line (phase, cause, hint, status,
+ * the service's code and message...), or NULL; auth_forget_failure
+ * clears it. For `pullproxy check`, which reports the daemon's own
+ * reading of a failure.
+ */
+const json_t *auth_last_failure(const struct auth *a);
+void auth_forget_failure(struct auth *a);
+
+/*
+ * The Authorization value for a request in scope when one is known and
  * current, else NULL. Inside its margin a token is still returned and a
  * new one is fetched meanwhile. Valid until the loop runs again.
  */
-const char *auth_header(struct auth *a, const char *url);
+const char *auth_header(struct auth *a, const char *scope);
 
 /*
- * A request to url was answered 401 with this WWW-Authenticate value
+ * A request in scope was answered 401 with this WWW-Authenticate value
  * after sending refused (the Authorization value, or NULL). Learns the
  * challenge and forgets the refused token. Returns 0 when a token can
  * answer it (see auth_header, then auth_wait), -1 when the caller should
  * take the 401 as it is (malformed, unsupported scheme, no credentials).
  */
-int auth_challenge(struct auth *a, const char *url, const char *challenge,
+int auth_challenge(struct auth *a, const char *scope, const char *challenge,
     const char *refused);
 
 /*
- * Wait for a token for url's scope: cb runs later from the loop, never
+ * Wait for a token for scope: cb runs later from the loop, never
  * from inside this call, with the Authorization value (valid during the
  * call) or NULL when the fetch failed (already logged). Returns NULL when
  * no fetch can start (no challenge seen yet, out of memory).
  */
 typedef void (*auth_cb)(void *arg, const char *authorization);
-struct auth_wait *auth_wait(struct auth *a, const char *url, auth_cb cb,
+struct auth_wait *auth_wait(struct auth *a, const char *scope, auth_cb cb,
     void *arg);
 /* cb will not run. */
 void auth_wait_cancel(struct auth_wait *w);
@@ -129,9 +147,9 @@ long auth_lifetime(const char *token, long expires_in, time_t now);
 long auth_margin(long lifetime);
 
 /*
- * "repository:<name>:pull" for a registry URL's path (manifests, blobs
- * or tags/list under /v2/). Returns -1, with out empty, for any other.
+ * "repository:<name>:pull", the scope of a request for repository; -1,
+ * with out empty, when there is none or it does not fit.
  */
-int auth_scope(const char *url, char *out, size_t outlen);
+int auth_scope_name(const char *repository, char *out, size_t outlen);
 
 #endif

@@ -16,10 +16,9 @@
 
 struct blob_ctx;
 struct cache;
+struct client_request;
 struct config;
-struct config_registry;
 struct evhttp_request;
-struct oci_route;
 struct relay_ctx;
 struct upstream;
 
@@ -31,7 +30,6 @@ int blob_ctx_inflight(const struct blob_ctx *ctx);
 
 /* Answer a GET or HEAD of /v2/<name>/blobs/<digest>. */
 void blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid);
+    const struct client_request *rq);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * cache: the LMDB store of blobs, manifests and tags (cache/cache.c).
+ * cache: the LMDB store of blobs, manifests and tags (cache/).
  *
  * Layout (named databases in DIR/data.mdb):
  *   chunks     (32-byte sha256 | u32 big-endian index) -> CACHE_CHUNK bytes
@@ -9,8 +9,12 @@
  *              Written in the same transaction as the last chunk, only after
  *              the caller verified the digest: a blob is visible to lookups
  *              only once it is complete and correct.
- *   manifests  "sha256:<hex>" -> media type, body (<= OCI_MANIFEST_MAX)
+ *   manifests  "sha256:<hex>" -> created, last access, media type, body
+ *              (<= OCI_MANIFEST_MAX)
  *   tags       "<registry>/<repo>:<tag>" -> digest, time fetched
+ *
+ * Blobs and manifests share one LRU under the budget; a tag goes with the
+ * manifest it points at.
  *
  * Content is addressed by digest alone: the same layer pulled from two
  * repositories or registries is stored once.
@@ -105,10 +109,12 @@ void cache_blob_unhold(struct cache *c, const char *digest);
 /*
  * Pin chunk idx of digest (complete, or committed so far by a writer). On
  * CACHE_OK, *ptr and *len are the bytes inside the map, valid until
- * cache_unpin. Pins are cheap (a reset read transaction is reused) and many
- * may be open at once. Copy the bytes out before unpinning: LMDB may reuse
- * the pages right after (which is why hits are not sent with sendfile: the
- * socket would still reference the pages).
+ * cache_unpin. Pins are cheap (pins taken while no write committed share
+ * one read transaction) and many may be open at once: however many, they
+ * leave most of LMDB's reader table to others (`pullproxy cache`). Copy
+ * the bytes out before unpinning: LMDB may reuse the pages right after
+ * (which is why hits are not sent with sendfile: the socket would still
+ * reference the pages).
  */
 enum cache_err cache_chunk_pin(struct cache *c, const char *digest,
     uint32_t idx, struct cache_pin **pin, const void **ptr, size_t *len);
@@ -160,7 +166,8 @@ enum cache_err cache_blob_foreach(struct cache *c,
 enum cache_err cache_blob_verify(struct cache *c, const char *digest,
     char actual[CACHE_DIGEST_MAX]);
 enum cache_err cache_blob_evict(struct cache *c, const char *digest);
-/* Evict LRU blobs until blob bytes <= target; returns how many went. */
+/* Evict least recently used blobs and manifests until their bytes <=
+ * target; returns how many went. */
 enum cache_err cache_evict_to(struct cache *c, uint64_t target,
     uint64_t *evicted);
 enum cache_err cache_purge(struct cache *c);	/* everything */

@@ -13,10 +13,6 @@
 #define CONFIG_ERR_MAX		512
 #define CONFIG_IMDS_URL		"http://169.254.169.254"
 
-struct auth;
-struct circuit;
-struct ratelimit;
-
 /* Who pullproxy is to a registry (auth.h does the work). */
 enum config_auth {
 	CONFIG_AUTH_ANONYMOUS = 0,	/* Bearer challenges, no credentials */
@@ -31,7 +27,6 @@ enum config_auth {
  */
 struct config_mirror {
 	char		*url;		/* base URL, as the registry's */
-	struct circuit	*circuit;	/* run time: its own breaker */
 };
 
 struct config_registry {
@@ -75,11 +70,6 @@ struct config_registry {
 	size_t	 nmirrors;
 	/* A client token the mirrors want (a pullproxy off loopback does). */
 	char	*mirror_token_file;
-	/* Run time: made by the server at start-up, NULL in a parsed config. */
-	struct auth *auth;
-	struct ratelimit *ratelimit;
-	struct circuit *circuit;
-	char	*mirror_authorization;	/* "Bearer <mirror token>", or NULL */
 };
 
 /* A peer as written in [fleet] peers: a name or an address, and a port. */
@@ -151,6 +141,9 @@ struct config {
 	char	*tls_key_file;
 	char	*client_ca_file;	/* NULL: no client certificate asked */
 	long	 header_timeout_s;	/* 10 */
+	/* A connection with nothing to read or write for this long is
+	 * closed: kept-alive idle ones, and clients that stopped reading. */
+	long	 idle_timeout_s;	/* 60 */
 	struct config_fleet fleet;
 	size_t	 nregistries;
 	struct config_registry registries[CONFIG_REGISTRY_MAX];

@@ -24,14 +24,6 @@ int log_enabled(enum log_level level);
 /* Writes fields plus time, level and msg as one line; takes the reference. */
 void log_event(enum log_level level, const char *msg, json_t *fields);
 
-/*
- * Every event, whatever the level, is shown to the tap first (fields may
- * be NULL). For a command that reports what the daemon's code found in
- * its own words (pullproxy check).
- */
-typedef void (*log_tap_fn)(const char *msg, json_t *fields, void *arg);
-void log_set_tap(log_tap_fn fn, void *arg);
-
 /* printf-style message with no extra fields. */
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -42,7 +34,7 @@ long log_ms_since(const struct timeval *start);
 
 /* The debug line for one client request, written when it ends. */
 void log_request(unsigned long id, const char *method, const char *uri,
-    const char *registry, int status, unsigned long long bytes,
+    const char *registry, int status, unsigned long long bytes, int cut,
     const struct timeval *start);
 
 #endif

@@ -12,11 +12,10 @@
 #define PP_MANIFEST_H
 
 struct cache;
+struct client_request;
 struct config;
-struct config_registry;
 struct evhttp_request;
 struct manifest_ctx;
-struct oci_route;
 struct upstream;
 
 struct manifest_ctx *manifest_ctx_new(struct upstream *up,
@@ -27,7 +26,6 @@ int manifest_ctx_inflight(const struct manifest_ctx *ctx);
 
 /* Answer a GET or HEAD of /v2/<name>/manifests/<reference>. */
 void manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid);
+    const struct client_request *rq);
 
 #endif

@@ -13,6 +13,8 @@
 
 #include <stdint.h>
 
+#include "oci.h"
+
 struct evbuffer;
 
 #define METRICS_REGISTRY_MAX	32
@@ -37,8 +39,8 @@ void metrics_reset(void);
 /* The slot of a registry, added when new; -1 when the table is full. */
 int metrics_registry(const char *name);
 
-/* A client request ended (uri as received, status 0: no answer). */
-void metrics_request(const char *uri, int status);
+/* A client request for a route of this kind ended (status 0: no answer). */
+void metrics_request(enum oci_route_kind kind, int status);
 /* A request answered from the cache (hit) or sent upstream (miss). */
 void metrics_cache(enum metrics_cache kind, int hit);
 /* Body bytes sent to clients from the cache. */

@@ -40,6 +40,7 @@ enum oci_err {
 	OCI_ERR_NOT_FOUND,	/* 404 for paths outside the API: "NOT_FOUND" */
 	OCI_ERR_UPSTREAM,	/* 502: the registry failed; "UNAVAILABLE" */
 	OCI_ERR_TIMEOUT,	/* 504: the registry did not answer in time */
+	OCI_ERR_PAGINATION,	/* 400: tags/list n or last malformed */
 };
 
 struct oci_route {
@@ -47,6 +48,9 @@ struct oci_route {
 	char name[OCI_NAME_MAX + 1];
 	char reference[OCI_REF_MAX + 1];	/* tag or digest; empty for BASE/TAGS */
 	int by_digest;				/* reference is a digest */
+	/* tags/list paging (oci_query_tags): -1 and "" when not asked. */
+	long tags_n;
+	char tags_last[OCI_REF_MAX + 1];
 };
 
 /* Grammar checks from distribution-spec v1.1; return 1 when valid. */
@@ -73,6 +77,14 @@ enum oci_err oci_route_parse(const char *path, struct oci_route *route);
  * (too long, empty, or not a plausible host[:port]).
  */
 int oci_query_ns(const char *query, char *out, size_t outlen);
+
+/*
+ * The paging parameters of a tags/list query, n (a count) and last (a
+ * tag), into route. Returns 0, or -1 when either is malformed or given
+ * twice: what is forwarded is written from these values, so nothing a
+ * client smuggles into them reaches the registry.
+ */
+int oci_query_tags(const char *query, struct oci_route *route);
 
 /* One byte range: "bytes=first-" or "bytes=first-last" (suffix ranges too). */
 struct oci_range {

@@ -11,34 +11,22 @@
 #ifndef PP_RELAY_H
 #define PP_RELAY_H
 
-struct config;
-struct config_registry;
+struct client_request;
 struct evhttp_request;
-struct oci_route;
 struct relay_ctx;
 struct upstream;
-struct upstream_req;
 
-/* What every relay shares: the upstream engine, settings, the open relays. */
-struct relay_ctx *relay_ctx_new(struct upstream *up, const struct config *cfg);
+/* What every relay shares: the upstream engine and the open relays. */
+struct relay_ctx *relay_ctx_new(struct upstream *up);
 /* Aborts open relays (their clients see a cut connection). */
 void relay_ctx_free(struct relay_ctx *ctx);
 int relay_ctx_inflight(const struct relay_ctx *ctx);
 
 /*
- * Answer req (GET or HEAD) for route from registry reg. reqid names the
- * request in logs. Always answers the client, whatever happens upstream.
+ * Answer req (GET or HEAD) as rq says. Always answers the client, whatever
+ * happens upstream, and logs it.
  */
 void relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid);
-
-/* The registry URL for a route (tags/list with an optional query). */
-char *relay_url(const struct config_registry *reg,
-    const struct oci_route *route, const char *query);
-
-/* An upstream request to reg with the configured TLS and timeouts. */
-void relay_req_init(struct upstream_req *ureq, const struct config *cfg,
-    const struct config_registry *reg, const char *url);
+    const struct client_request *rq);
 
 #endif

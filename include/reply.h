@@ -2,6 +2,7 @@
  * reply: answering a client in OCI terms, shared by every way a request is
  * served (from the cache, coalesced behind a fetch, or relayed), so a
  * client sees the same status and body for the same upstream answer.
+ * Pure mappings, plus reply_error, which sends.
  */
 #ifndef PP_REPLY_H
 #define PP_REPLY_H
@@ -15,30 +16,6 @@
 struct event_base;
 struct evhttp_request;
 struct upstream_result;
-
-/*
- * A client request held across callbacks. A client that goes away is
- * reported through the connection's close callback: the holder's gone()
- * runs with the request already released (and freed if evhttp had
- * detached it), so the holder's one teardown path can run.
- */
-struct reply_client {
-	struct evhttp_request	*req;		/* NULL once released */
-	void			(*gone)(void *arg);
-	void			*arg;
-};
-
-void reply_client_hold(struct reply_client *c, struct evhttp_request *req,
-    void (*gone)(void *), void *arg);
-/* Stop watching the client; the request (or NULL) is the caller's to answer. */
-struct evhttp_request *reply_client_take(struct reply_client *c);
-/*
- * Let go of a client still held: abort_client cuts the connection (the only
- * way to tell a client that a body under way is incomplete), started ends
- * the body, anything else answers 500.
- */
-void reply_client_release(struct reply_client *c, int abort_client,
-    int started);
 
 /*
  * Send a complete error reply with an OCI body and its Content-Length
@@ -72,42 +49,5 @@ void reply_body_error(const void *body, size_t len, json_t **doc,
  */
 int reply_transport_status(const struct upstream_result *res,
     enum oci_err *err);
-
-/*
- * What the "upstream failure" log line says. The line carries the cause,
- * hint and phase classify.h makes of the rest.
- */
-struct reply_failure {
-	unsigned long	 id;
-	const char	*registry;
-	const char	*repository;
-	const char	*reference;
-	const char	*url;		/* without query: no SAS tokens */
-	long		 status;	/* upstream HTTP status, 0 if none */
-	const char	*error;		/* transport error or what was wrong */
-	int		 client_status;	/* what the client got; 0: none waiting */
-	long		 ms;
-	enum classify_phase phase;	/* request, body or digest */
-	const struct upstream_result *res;	/* the transfer's end, or NULL */
-	const void	*body;		/* upstream's error body, or NULL */
-	size_t		 bodylen;
-	/* What clients got instead of an error, or NULL: "stale", "resumed". */
-	const char	*served;
-};
-
-/*
- * Logs one line per failure, and counts it in the registry's metrics
- * by cause (repeats included). A failure with the same registry, cause and
- * repository as one logged less than REPLY_REPEAT_MS ago is counted
- * instead; each count is logged as one "upstream failure repeated" line
- * when its window closes (on the loop's timer, or at the next failure
- * without one) or at reply_log_end().
- */
-#define REPLY_REPEAT_MS	10000
-void reply_log_failure(const struct reply_failure *f);
-/* The window timer runs on base; without this, windows close lazily. */
-int reply_log_begin(struct event_base *base);
-/* Logs the counts still open, frees everything. */
-void reply_log_end(void);
 
 #endif

@@ -11,13 +11,13 @@ struct config;
 struct server;
 
 /* Binds and starts listening. Returns NULL with a logged reason. */
-struct server *server_new(struct event_base *base, struct config *cfg);
+struct server *server_new(struct event_base *base, const struct config *cfg);
 /* Stop accepting; in-flight requests go on. */
 void server_stop_accepting(struct server *srv);
 int server_inflight(const struct server *srv);
 void server_free(struct server *srv);
 
 /* Runs the daemon until SIGTERM/SIGINT and a drain. Returns the exit code. */
-int server_run(struct config *cfg);
+int server_run(const struct config *cfg);
 
 #endif

@@ -8,10 +8,13 @@
  * more times), on_done (always, unless cancelled). Redirects are followed;
  * an Authorization header is only sent to the host it was meant for.
  *
- * A transfer with an auth handle (auth.h) sends the cached token of its
- * scope. A 401 with a challenge from the host asked is not reported: the
- * transfer waits for a fresh token and is sent once more with it; a
- * second 401, or one no token came for, is reported as usual.
+ * A transfer with an identity (struct upstream_auth: auth.h makes one per
+ * registry) sends the cached token of its scope. A 401 with a challenge
+ * from the host asked is not reported: the transfer waits for a fresh
+ * token and is sent once more with it; a second 401, or one no token came
+ * for, is reported as usual. The transport knows the identity only
+ * through that interface, so auth, which fetches its tokens with
+ * transfers, sits above it.
  *
  * A transfer with a ratelimit handle (ratelimit.h) waits for a token of
  * its class before each send; a wait past the limit ends the transfer
@@ -28,10 +31,11 @@
  * caller sees only the last attempt. Only for idempotent requests.
  *
  * A transfer with mirrors asks them first, in order, skipping those whose
- * circuit is open: the URL's part after base goes under the mirror's
- * URL, with ?ns=<registry> (as containerd asks a mirror), and never the
- * registry's credentials (only the mirrors' own token, if any). A mirror's transport failure or error status (but 416)
- * is not reported: the next one is asked, then the registry.
+ * circuit is open: the request's path goes under the mirror's URL, with
+ * ?ns=<registry> (as containerd asks a mirror), and never the registry's
+ * credentials (only the mirrors' own token, if any). A mirror's transport
+ * failure or error status (but 416) is not reported: the next one is
+ * asked, then the registry.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
@@ -42,9 +46,7 @@
 #include "classify.h"
 #include "ratelimit.h"
 
-struct auth;
 struct circuit;
-struct config_mirror;
 struct event_base;
 struct upstream;
 struct upstream_xfer;
@@ -75,6 +77,33 @@ struct upstream_cbs {
 		    const struct upstream_result *, void *arg);
 };
 
+/*
+ * An identity as the transport sees it. scope names the token a request
+ * needs ("repository:<name>:pull", or "" outside a repository).
+ */
+struct upstream_auth {
+	void	*ctx;
+	/* The Authorization value for scope when one is current, else NULL;
+	 * valid until the loop runs again. */
+	const char *(*header)(void *ctx, const char *scope);
+	/* A 401 with this challenge came after sending refused (or NULL):
+	 * 0 when a token can answer it, -1 to report the 401 as it is. */
+	int	(*challenge)(void *ctx, const char *scope,
+		    const char *challenge, const char *refused);
+	/* Wait for a token: cb runs later from the loop with the value, or
+	 * NULL when none came. Returns NULL when no fetch can start. */
+	void	*(*wait)(void *ctx, const char *scope,
+		    void (*cb)(void *arg, const char *authorization),
+		    void *arg);
+	void	(*wait_cancel)(void *wait);
+};
+
+/* A mirror asked before the registry, with its own breaker. */
+struct upstream_mirror {
+	const char	*url;		/* base URL, as the registry's */
+	struct circuit	*circuit;
+};
+
 struct upstream_req {
 	const char	*url;
 	int		 head;		/* HEAD instead of GET */
@@ -85,14 +114,16 @@ struct upstream_req {
 	size_t		 bodylen;
 	/* More "Name: value" lines, NULL-terminated, or NULL. */
 	const char *const *headers;
-	struct auth	*auth;		/* the registry's identity, or NULL */
+	const struct upstream_auth *auth;	/* the registry's, or NULL */
+	const char	*scope;		/* the token auth sends; "" for none */
 	struct ratelimit *ratelimit;	/* the registry's pace, or NULL */
 	enum ratelimit_class rlclass;
 	struct circuit	*circuit;	/* the registry's breaker, or NULL */
 	int		 retries;	/* sends after the first; 0 unless idempotent */
 	const char	*registry;	/* its name, for metrics, logs and ns */
-	const char	*base;		/* the registry's URL, a prefix of url */
-	const struct config_mirror *mirrors;	/* asked first, or NULL */
+	/* url's path and query below the registry's URL: what mirrors get. */
+	const char	*path;
+	const struct upstream_mirror *mirrors;	/* asked first, or NULL */
 	size_t		 nmirrors;
 	/* What mirrors get as Authorization (their own token), or NULL. */
 	const char	*mirror_authorization;

@@ -3,7 +3,8 @@
 
 Layers, bottom up: proxy/base, cache, proxy/upstream, proxy/serve,
 proxy/cmd. A module is a .c file and the header(s) named after it
-(include/<name>.h, or a private header beside it). A file may include a
+(include/<name>.h, or a private header beside it; <name>_int.h, private
+to the files of one folder, belongs to module <name>). A file may include a
 module of its own layer or of a lower one; within a layer the modules'
 graph has no cycle. Run from the source tree, or with its path:
     tests/layers.py [SRCDIR]
@@ -17,16 +18,22 @@ LAYERS = ["proxy/base", "cache", "proxy/upstream", "proxy/serve", "proxy/cmd"]
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
+def module_of(path):
+    """The module a file or include belongs to: its name, less "_int" for
+    a private header."""
+    name, ext = os.path.splitext(os.path.basename(path))
+    return name[:-4] if ext == ".h" and name.endswith("_int") else name
+
+
 def modules(root):
     """name -> (layer index, [files]) for every .c under the layers."""
     mods = {}
     for i, layer in enumerate(LAYERS):
         d = os.path.join(root, layer)
         for f in sorted(os.listdir(d)):
-            name, ext = os.path.splitext(f)
-            if ext not in (".c", ".h"):
+            if os.path.splitext(f)[1] not in (".c", ".h"):
                 continue
-            mods.setdefault(name, (i, []))[1].append(os.path.join(d, f))
+            mods.setdefault(module_of(f), (i, []))[1].append(os.path.join(d, f))
     for name, (i, files) in mods.items():
         h = os.path.join(root, "include", name + ".h")
         if os.path.exists(h):
@@ -41,7 +48,7 @@ def edges(mods):
         for f in files:
             with open(f, encoding="utf-8") as fh:
                 for inc in INCLUDE.findall(fh.read()):
-                    to = os.path.splitext(os.path.basename(inc))[0]
+                    to = module_of(inc)
                     if to in mods and to != name:
                         out.add((name, to))
                     elif to not in mods:

@@ -35,6 +35,7 @@ config_init(struct config *cfg)
 	cfg->stall_timeout_s = 30;
 	cfg->shutdown_timeout_s = 30;
 	cfg->header_timeout_s = 10;
+	cfg->idle_timeout_s = 60;
 	cfg->fleet.fanout = 4;
 	cfg->fleet.resolve_s = 5;
 	cfg->fleet.stale_s = 30;
@@ -391,6 +392,8 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 		return config_set_nonempty(&cfg->client_ca_file, value);
 	if (strcmp(key, "header_timeout_s") == 0)
 		return config_set_long(&cfg->header_timeout_s, value, 1, 300);
+	if (strcmp(key, "idle_timeout_s") == 0)
+		return config_set_long(&cfg->idle_timeout_s, value, 1, 3600);
 	return "unknown key";
 }
 

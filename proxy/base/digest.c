@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "digest.h"
 
@@ -12,19 +13,35 @@ struct digest {
 	EVP_MD_CTX	*d_ctx;
 };
 
-struct digest *
-digest_new(void)
+static struct digest *
+digest_new_md(const EVP_MD *md)
 {
 	struct digest *d;
 
 	if ((d = calloc(1, sizeof(*d))) == NULL)
 		return NULL;
 	if ((d->d_ctx = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestInit_ex(d->d_ctx, EVP_sha256(), NULL) != 1) {
+	    EVP_DigestInit_ex(d->d_ctx, md, NULL) != 1) {
 		digest_free(d);
 		return NULL;
 	}
 	return d;
+}
+
+struct digest *
+digest_new(void)
+{
+	return digest_new_md(EVP_sha256());
+}
+
+struct digest *
+digest_new_for(const char *ref)
+{
+	if (strncmp(ref, "sha256:", 7) == 0)
+		return digest_new_md(EVP_sha256());
+	if (strncmp(ref, "sha512:", 7) == 0)
+		return digest_new_md(EVP_sha512());
+	return NULL;
 }
 
 void
@@ -57,4 +74,22 @@ digest_final(struct digest *d, char out[DIGEST_STR_LEN + 1])
 		*p++ = hex[md[i] & 0xf];
 	}
 	*p = '\0';
+}
+
+int
+digest_matches(struct digest *d, const char *ref)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0, i;
+	const char *want = strchr(ref, ':');
+
+	if (EVP_DigestFinal_ex(d->d_ctx, md, &mdlen) != 1 || want == NULL ||
+	    strlen(++want) != 2 * (size_t)mdlen)
+		return 0;
+	for (i = 0; i < mdlen; i++)
+		if (want[2 * i] != hex[md[i] >> 4] ||
+		    want[2 * i + 1] != hex[md[i] & 0xf])
+			return 0;
+	return 1;
 }

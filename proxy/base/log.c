@@ -13,14 +13,11 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "metrics.h"
 
 static int log_fd = STDERR_FILENO;
 static enum log_level log_min = LOG_LEVEL_INFO;
 
 static const char *log_names[] = { "debug", "info", "warn", "error" };
-static log_tap_fn log_tap;
-static void *log_tap_arg;
 
 int
 log_open(const char *path, enum log_level level)
@@ -66,13 +63,6 @@ log_enabled(enum log_level level)
 }
 
 void
-log_set_tap(log_tap_fn fn, void *arg)
-{
-	log_tap = fn;
-	log_tap_arg = arg;
-}
-
-void
 log_event(enum log_level level, const char *msg, json_t *fields)
 {
 	struct timeval tv;
@@ -82,8 +72,6 @@ log_event(enum log_level level, const char *msg, json_t *fields)
 	size_t len;
 	json_t *o;
 
-	if (log_tap != NULL)
-		log_tap(msg, fields, log_tap_arg);
 	if (!log_enabled(level)) {
 		json_decref(fields);
 		return;
@@ -138,16 +126,18 @@ log_ms_since(const struct timeval *start)
 
 void
 log_request(unsigned long id, const char *method, const char *uri,
-    const char *registry, int status, unsigned long long bytes,
+    const char *registry, int status, unsigned long long bytes, int cut,
     const struct timeval *start)
 {
-	/* Every client request ends here, whatever served it. */
-	metrics_request(uri, status);
+	json_t *o;
+
 	if (!log_enabled(LOG_LEVEL_DEBUG))
 		return;
-	log_event(LOG_LEVEL_DEBUG, "request",
-	    json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}",
-	    "id", (json_int_t)id, "method", method, "path", uri,
-	    "registry", registry, "status", status,
-	    "bytes", (json_int_t)bytes, "ms", (json_int_t)log_ms_since(start)));
+	o = json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}", "id", (json_int_t)id,
+	    "method", method, "path", uri, "registry", registry, "status",
+	    status, "bytes", (json_int_t)bytes, "ms",
+	    (json_int_t)log_ms_since(start));
+	if (o != NULL && cut)
+		json_object_set_new(o, "cut", json_true());
+	log_event(LOG_LEVEL_DEBUG, "request", o);
 }

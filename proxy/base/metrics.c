@@ -131,20 +131,9 @@ metrics_code(long status)
 }
 
 void
-metrics_request(const char *uri, int status)
+metrics_request(enum oci_route_kind kind, int status)
 {
-	struct oci_route route;
-	char path[1024];
-	size_t len = strcspn(uri, "?");
-
-	route.kind = OCI_ROUTE_NONE;
-	if (len < sizeof(path)) {
-		memcpy(path, uri, len);
-		path[len] = '\0';
-		if (oci_route_parse(path, &route) != OCI_OK)
-			route.kind = OCI_ROUTE_NONE;
-	}
-	metrics.requests[route.kind][metrics_code(status)]++;
+	metrics.requests[kind][metrics_code(status)]++;
 }
 
 void

@@ -4,6 +4,7 @@
  */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "oci.h"
@@ -127,6 +128,7 @@ oci_route_parse(const char *path, struct oci_route *route)
 	const char *rest, *refslash, *kindslash, *ref;
 
 	memset(route, 0, sizeof(*route));
+	route->tags_n = -1;
 	if (strcmp(path, "/v2") == 0 || strcmp(path, "/v2/") == 0) {
 		route->kind = OCI_ROUTE_BASE;
 		return OCI_OK;
@@ -258,11 +260,16 @@ oci_host_valid(const char *s)
 	return 1;
 }
 
-int
-oci_query_ns(const char *query, char *out, size_t outlen)
+/*
+ * The value of key in query, percent-decoded into out: 1 when present, 0
+ * when absent, -1 when empty, too long, badly escaped or given twice (two
+ * values could route one way and log another).
+ */
+static int
+oci_query_get(const char *query, const char *key, char *out, size_t outlen)
 {
 	const char *p, *amp;
-	size_t len;
+	size_t len, klen = strlen(key);
 	int found = 0;
 
 	if (query == NULL)
@@ -271,18 +278,47 @@ oci_query_ns(const char *query, char *out, size_t outlen)
 		amp = strchr(p, '&');
 		if (amp == NULL)
 			amp = p + strlen(p);
-		if (strncmp(p, "ns=", 3) != 0)
+		if (strncmp(p, key, klen) != 0 || p[klen] != '=')
 			continue;
-		/* Two ns values could route one way and log another. */
 		if (found)
 			return -1;
 		found = 1;
-		len = (size_t)(amp - p - 3);
-		if (len == 0 || oci_unescape(p + 3, len, out, outlen) == -1 ||
-		    !oci_host_valid(out))
+		len = (size_t)(amp - p - klen - 1);
+		if (len == 0 || oci_unescape(p + klen + 1, len, out,
+		    outlen) == -1)
 			return -1;
 	}
 	return found;
+}
+
+int
+oci_query_ns(const char *query, char *out, size_t outlen)
+{
+	int rc = oci_query_get(query, "ns", out, outlen);
+
+	return rc == 1 && !oci_host_valid(out) ? -1 : rc;
+}
+
+int
+oci_query_tags(const char *query, struct oci_route *route)
+{
+	char n[16], *end;
+	int rc;
+
+	if ((rc = oci_query_get(query, "n", n, sizeof(n))) == -1)
+		return -1;
+	if (rc == 1) {
+		if (n[strspn(n, "0123456789")] != '\0')
+			return -1;
+		route->tags_n = strtol(n, &end, 10);
+	}
+	if ((rc = oci_query_get(query, "last", route->tags_last,
+	    sizeof(route->tags_last))) == -1 || (rc == 1 &&
+	    !oci_tag_valid(route->tags_last, strlen(route->tags_last)))) {
+		route->tags_last[0] = '\0';
+		return -1;
+	}
+	return 0;
 }
 
 static int
@@ -393,6 +429,8 @@ static const struct {
 	    "upstream registry failed" },
 	[OCI_ERR_TIMEOUT] =		{ 504, "UNAVAILABLE",
 	    "upstream registry did not answer in time" },
+	[OCI_ERR_PAGINATION] =		{ 400, "PAGINATION_NUMBER_INVALID",
+	    "invalid n or last in the tags list query" },
 };
 
 int

@@ -36,8 +36,9 @@ cachecmd_usage(FILE *f)
 	    "  verify [DIGEST...]  re-hash stored blobs (all by default); exit"
 	    " 1 if any is corrupt\n"
 	    "  evict DIGEST...     remove these blobs\n"
-	    "  evict --to SIZE     remove least recently used blobs down to"
-	    " SIZE (K, M, G, T)\n"
+	    "  evict --to SIZE     remove least recently used blobs and"
+	    " manifests down to SIZE\n"
+	    "                      (K, M, G, T)\n"
 	    "  purge               remove everything\n"
 	    "\n"
 	    "stats, ls and verify work while pullproxy runs; evict and purge\n"
@@ -318,12 +319,14 @@ cachecmd_evict(struct cachecmd *cc, int argc, char **argv, const char *to)
 			return 1;
 		}
 		if (cc->cc_json)
-			cachecmd_json(json_pack("{s:I, s:I}", "evicted",
+			cachecmd_json(json_pack("{s:I, s:I, s:I}", "evicted",
 			    (json_int_t)n, "blob_bytes",
-			    (json_int_t)st.blob_bytes));
+			    (json_int_t)st.blob_bytes, "manifest_bytes",
+			    (json_int_t)st.manifest_bytes));
 		else
-			printf("evicted %" PRIu64 " blobs; %s of blobs left\n",
-			    n, cachecmd_human(st.blob_bytes, a, sizeof(a)));
+			printf("evicted %" PRIu64 " blobs and manifests; %s "
+			    "left\n", n, cachecmd_human(st.blob_bytes +
+			    st.manifest_bytes, a, sizeof(a)));
 		return 0;
 	}
 	for (i = 0; i < argc; i++) {

@@ -1,8 +1,8 @@
 /*
  * check: one registry at a time, one step at a time, stopping at the
  * first failure. Network steps past TCP use the daemon's upstream engine
- * and auth on a private event loop; what auth logs about a failure is
- * read through a log tap, so the cause and hint are the daemon's own.
+ * and auth on a private event loop; auth's last failure (auth_last_failure)
+ * gives the cause and hint, so they are the daemon's own.
  */
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -53,8 +53,6 @@ struct check {
 	struct event_base	*base;
 	struct upstream		*up;
 	struct auth		*auth;
-	/* What auth logged last ("auth failure"), through the tap. */
-	json_t			*auth_failure;
 };
 
 /* One transfer's answer, collected. */
@@ -118,17 +116,6 @@ check_fail_cause(struct check *c, const char *name, const char *detail,
 /* ------------------------------------------------------------ the engine */
 
 static void
-check_tap(const char *msg, json_t *fields, void *arg)
-{
-	struct check *c = arg;
-
-	if (fields == NULL || strcmp(msg, "auth failure") != 0)
-		return;
-	json_decref(c->auth_failure);
-	c->auth_failure = json_deep_copy(fields);
-}
-
-static void
 check_on_headers(struct upstream_xfer *x, void *arg)
 {
 	struct check_resp *r = arg;
@@ -177,6 +164,7 @@ check_fetch(struct check *c, const char *url, int head, int with_auth,
 	static const struct upstream_cbs cbs = { check_on_headers,
 	    check_on_data, check_on_done };
 	struct upstream_req req;
+	char scope[AUTH_PARAM_MAX];
 
 	memset(r, 0, sizeof(*r));
 	r->c = c;
@@ -186,13 +174,16 @@ check_fetch(struct check *c, const char *url, int head, int with_auth,
 	req.url = url;
 	req.head = head;
 	req.accept = CHECK_ACCEPT;
-	req.auth = with_auth ? c->auth : NULL;
+	if (with_auth) {
+		req.auth = auth_upstream(c->auth);
+		auth_scope_name(c->repo, scope, sizeof(scope));
+		req.scope = scope;
+		auth_forget_failure(c->auth);
+	}
 	req.ca_file = c->reg->ca_file;
 	req.tls_verify = c->reg->tls_verify;
 	req.connect_timeout_ms = c->cfg->connect_timeout_ms;
 	req.stall_timeout_s = c->cfg->stall_timeout_s;
-	json_decref(c->auth_failure);
-	c->auth_failure = NULL;
 	if (upstream_xfer_start(c->up, &req, &cbs, r) == NULL) {
 		evbuffer_free(r->body);
 		return -1;
@@ -444,19 +435,16 @@ check_identity(struct check *c, const char *url, int head,
     struct check_resp *r)
 {
 	const char *cause, *hint, *phase, *error;
+	const json_t *failure;
 	char detail[700];
 
 	if (check_fetch(c, url, head, 1, r) == -1)
 		return -1;
-	if (c->auth_failure != NULL) {
-		cause = json_string_value(json_object_get(c->auth_failure,
-		    "cause"));
-		hint = json_string_value(json_object_get(c->auth_failure,
-		    "hint"));
-		phase = json_string_value(json_object_get(c->auth_failure,
-		    "phase"));
-		error = json_string_value(json_object_get(c->auth_failure,
-		    "error"));
+	if ((failure = auth_last_failure(c->auth)) != NULL) {
+		cause = json_string_value(json_object_get(failure, "cause"));
+		hint = json_string_value(json_object_get(failure, "hint"));
+		phase = json_string_value(json_object_get(failure, "phase"));
+		error = json_string_value(json_object_get(failure, "error"));
 		snprintf(detail, sizeof(detail), "%s (%s): %s failed%s%s",
 		    config_auth_name(c->reg->auth_kind), c->repo != NULL ?
 		    c->repo : "registry", phase != NULL ? phase : "token",
@@ -595,8 +583,8 @@ check_registry(struct check *c)
 		return;
 	c->base = event_base_new();
 	c->up = c->base != NULL ? upstream_new(c->base) : NULL;
-	if (c->up == NULL || (c->auth = auth_new(c->base, c->up, c->cfg,
-	    c->reg, err, sizeof(err))) == NULL) {
+	if (c->up == NULL || (c->auth = auth_new(c->base, c->up, NULL,
+	    c->cfg, c->reg, err, sizeof(err))) == NULL) {
 		check_step(c, "identity", CHECK_FAIL, c->up == NULL ?
 		    "out of memory" : err, NULL, NULL);
 	} else if (check_base(c, url, sizeof(url)) == 0) {
@@ -768,9 +756,8 @@ check_main(int argc, char **argv)
 		config_free(&cfg);
 		return 1;
 	}
-	/* Quiet: what the daemon's code logs is read through the tap. */
+	/* Quiet: what matters of the daemon's code comes back through APIs. */
 	log_open("/dev/null", LOG_LEVEL_ERROR);
-	log_set_tap(check_tap, &c);
 	c.steps = json_array();
 	for (i = 0; i < cfg.nregistries; i++) {
 		c.reg = &cfg.registries[i];
@@ -793,8 +780,6 @@ check_main(int argc, char **argv)
 		json_decref(report);
 	} else
 		json_decref(c.steps);
-	log_set_tap(NULL, NULL);
-	json_decref(c.auth_failure);
 	log_close();
 	config_free(&cfg);
 	return c.nfailed == 0 ? 0 : 1;

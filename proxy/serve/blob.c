@@ -35,13 +35,16 @@
 
 #include "blob.h"
 #include "cache.h"
+#include "client.h"
 #include "config.h"
 #include "digest.h"
+#include "incident.h"
 #include "log.h"
 #include "metrics.h"
 #include "oci.h"
 #include "platform.h"
 #include "relay.h"
+#include "registry.h"
 #include "reply.h"
 #include "upstream.h"
 
@@ -60,31 +63,18 @@ struct breader {
 	TAILQ_ENTRY(breader)	 r_entry;
 	struct blob_ctx		*r_ctx;
 	struct bfetch		*r_fetch;	/* NULL: the blob is complete */
-	struct reply_client	 r_client;
-	const struct config_registry *r_reg;
-	struct oci_route	 r_route;
-	unsigned long		 r_id;
-	struct timeval		 r_t0;
-	char			*r_uri;
-	int			 r_head;
+	struct client		 r_client;
 	int			 r_ranged;
 	struct oci_range	 r_range;
-	int			 r_started;	/* status line sent */
-	int			 r_relayed;	/* handed to a relay, which logs */
-	int			 r_status;
 	uint64_t		 r_pos;		/* next byte to queue */
 	uint64_t		 r_end;
-	uint64_t		 r_bytes;	/* queued to the client */
 };
 
 struct bfetch {
 	TAILQ_ENTRY(bfetch)	 f_entry;
 	struct blob_ctx		*f_ctx;
-	const struct config_registry *f_reg;
-	struct oci_route	 f_route;
+	struct client_request	 f_rq;		/* the first client's */
 	struct upstream_xfer	*f_xfer;
-	unsigned long		 f_id;
-	struct timeval		 f_t0;
 	int			 f_sized;	/* headers seen, f_size known */
 	uint64_t		 f_size;
 	uint64_t		 f_received;
@@ -157,15 +147,11 @@ breader_unlink(struct breader *r)
 static void
 breader_close(struct breader *r, int abort_client)
 {
-	reply_client_release(&r->r_client, abort_client, r->r_started);
-	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_bytes);
-	if (!r->r_relayed)
-		log_request(r->r_id, r->r_head ? "HEAD" : "GET", r->r_uri,
-		    r->r_reg->name, r->r_status, r->r_bytes, &r->r_t0);
-	cache_blob_unhold(r->r_ctx->bc_cache, r->r_route.reference);
+	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_client.c_bytes);
+	cache_blob_unhold(r->r_ctx->bc_cache, r->r_client.c_rq.route.reference);
+	client_end(&r->r_client, abort_client);
 	breader_unlink(r);
 	r->r_ctx->bc_nreaders--;
-	free(r->r_uri);
 	free(r);
 }
 
@@ -180,23 +166,16 @@ static void
 breader_fail(struct breader *r, int status, enum oci_err err,
     const char *msg)
 {
-	if (r->r_started) {
-		breader_close(r, 1);
-		return;
-	}
-	r->r_status = status;
-	r->r_bytes = reply_error(reply_client_take(&r->r_client), status, err,
-	    msg);
-	breader_close(r, 0);
+	client_error(&r->r_client, status, err, msg);
+	breader_close(r, r->r_client.c_started);
 }
 
 /* Hand the client to a plain relay: the cache will not hold this blob. */
 static void
 breader_pass_through(struct breader *r)
 {
-	relay_start(r->r_ctx->bc_relays, reply_client_take(&r->r_client),
-	    &r->r_route, r->r_reg, r->r_id);
-	r->r_relayed = 1;
+	relay_start(r->r_ctx->bc_relays, client_hand_over(&r->r_client),
+	    &r->r_client.c_rq);
 	breader_close(r, 0);
 }
 
@@ -204,9 +183,10 @@ breader_pass_through(struct breader *r)
 static void
 breader_begin(struct breader *r, uint64_t size, const char *media)
 {
-	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_client.req);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(r->r_client.c_req);
 	uint64_t off = 0, len = size;
 	char buf[96];
+	int status;
 
 	if (r->r_ranged) {
 		if (!oci_range_resolve(&r->r_range, size, &off, &len)) {
@@ -220,22 +200,23 @@ breader_begin(struct breader *r, uint64_t size, const char *media)
 		    "/%" PRIu64, off, off + len - 1, size);
 		evhttp_add_header(h, "Content-Range", buf);
 	}
-	r->r_status = r->r_ranged ? 206 : 200;
+	status = r->r_ranged ? 206 : 200;
 	r->r_pos = off;
 	r->r_end = off + len;
 	snprintf(buf, sizeof(buf), "%" PRIu64, len);
 	evhttp_add_header(h, "Content-Length", buf);
 	evhttp_add_header(h, "Content-Type", media);
-	evhttp_add_header(h, "Docker-Content-Digest", r->r_route.reference);
+	evhttp_add_header(h, "Docker-Content-Digest", r->r_client.c_rq.route.reference);
 	evhttp_add_header(h, "Accept-Ranges", "bytes");
-	if (r->r_head) {
-		evhttp_send_reply(reply_client_take(&r->r_client), r->r_status,
+	if (r->r_client.c_rq.head) {
+		evhttp_send_reply(client_take(&r->r_client, status), status,
 		    NULL, NULL);
 		breader_close(r, 0);
 		return;
 	}
-	r->r_started = 1;
-	evhttp_send_reply_start(r->r_client.req, r->r_status, NULL);
+	r->r_client.c_status = status;
+	r->r_client.c_started = 1;
+	evhttp_send_reply_start(r->r_client.c_req, status, NULL);
 	breader_pump(r);
 }
 
@@ -271,8 +252,8 @@ breader_pump(struct breader *r)
 	uint32_t idx;
 	size_t len;
 
-	if (r->r_client.req == NULL ||
-	    (evcon = evhttp_request_get_connection(r->r_client.req)) == NULL)
+	if (r->r_client.c_req == NULL ||
+	    (evcon = evhttp_request_get_connection(r->r_client.c_req)) == NULL)
 		return;
 	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
 	if ((buf = evbuffer_new()) == NULL) {
@@ -284,7 +265,7 @@ breader_pump(struct breader *r)
 		idx = (uint32_t)(r->r_pos / CACHE_CHUNK);
 		if (r->r_fetch != NULL && idx >= r->r_fetch->f_chunks)
 			break;		/* not downloaded yet: woken later */
-		if (cache_chunk_pin(cache, r->r_route.reference, idx, &pin,
+		if (cache_chunk_pin(cache, r->r_client.c_rq.route.reference, idx, &pin,
 		    &ptr, &len) != CACHE_OK)
 			goto fail;
 		within = r->r_pos - (uint64_t)idx * CACHE_CHUNK;
@@ -307,29 +288,30 @@ breader_pump(struct breader *r)
 			goto fail;
 		}
 		r->r_pos += n;
-		r->r_bytes += n;
+		r->r_client.c_bytes += n;
 	}
 	if (evbuffer_get_length(buf) > 0)
-		evhttp_send_reply_chunk_with_cb(r->r_client.req, buf,
+		evhttp_send_reply_chunk_with_cb(r->r_client.c_req, buf,
 		    breader_drained, r);
 	evbuffer_free(buf);
-	if (r->r_pos == r->r_end)
+	/* Done only once the fetch has verified the blob: a body of no
+	 * bytes (Content-Length: 0) is all "sent" before the check. */
+	if (r->r_pos == r->r_end && r->r_fetch == NULL)
 		breader_close(r, 0);
 	return;
 fail:
 	/* The cache lost the bytes under us (evicted, or the store failed). */
 	evbuffer_free(buf);
 	log_event(LOG_LEVEL_ERROR, "cache read failed", json_pack("{s:I,s:s,"
-	    "s:I,s:s}", "id", (json_int_t)r->r_id, "digest",
-	    r->r_route.reference, "offset", (json_int_t)r->r_pos, "error",
+	    "s:I,s:s}", "id", (json_int_t)r->r_client.c_rq.id, "digest",
+	    r->r_client.c_rq.route.reference, "offset", (json_int_t)r->r_pos, "error",
 	    cache_strerror(cache)));
 	breader_close(r, 1);
 }
 
 static struct breader *
 breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid)
+    const struct client_request *rq)
 {
 	const char *rh = evhttp_find_header(
 	    evhttp_request_get_input_headers(req), "Range");
@@ -337,21 +319,15 @@ breader_new(struct blob_ctx *ctx, struct evhttp_request *req,
 
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return NULL;
-	if ((r->r_uri = strdup(evhttp_request_get_uri(req))) == NULL) {
+	if (client_hold(&r->r_client, rq, req, breader_gone, r) == -1) {
 		free(r);
 		return NULL;
 	}
-	gettimeofday(&r->r_t0, NULL);
 	r->r_ctx = ctx;
-	r->r_reg = reg;
-	r->r_route = *route;
-	r->r_id = reqid;
-	r->r_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	/* Anything but one well-formed range gets the whole blob (RFC 9110). */
 	r->r_ranged = rh != NULL && oci_range_parse(rh, &r->r_range) == 1;
-	cache_blob_hold(ctx->bc_cache, route->reference);
+	cache_blob_hold(ctx->bc_cache, rq->route.reference);
 	ctx->bc_nreaders++;
-	reply_client_hold(&r->r_client, req, breader_gone, r);
 	return r;
 }
 
@@ -364,21 +340,28 @@ bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
     int client_status, const char *served)
 {
-	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
-	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
-	    status, error, 0, log_ms_since(&f->f_t0), phase,
-	    x != NULL ? upstream_xfer_result(x) : NULL,
-	    status >= 400 ? evbuffer_pullup(f->f_errbody, -1) : NULL,
-	    status >= 400 ? evbuffer_get_length(f->f_errbody) : 0, served };
+	struct incident rf = {
+		.rq = &f->f_rq,
+		.url = x != NULL ? upstream_xfer_url(x) : NULL,
+		.status = status,
+		.error = error,
+		.phase = phase,
+		.res = x != NULL ? upstream_xfer_result(x) : NULL,
+		.served = served,
+	};
 	struct breader *r;
 
+	if (status >= 400) {
+		rf.body = evbuffer_pullup(f->f_errbody, -1);
+		rf.bodylen = evbuffer_get_length(f->f_errbody);
+	}
 	/* What the first waiting client gets tells the operator the impact. */
 	TAILQ_FOREACH(r, &f->f_readers, r_entry)
-		if (!r->r_started) {
+		if (!r->r_client.c_started) {
 			rf.client_status = client_status;
 			break;
 		}
-	reply_log_failure(&rf);
+	incident_log(&rf);
 }
 
 /*
@@ -397,19 +380,19 @@ bfetch_close(struct bfetch *f, int complete, int status, enum oci_err err,
 		upstream_xfer_cancel(f->f_xfer);
 	TAILQ_REMOVE(&ctx->bc_fetches, f, f_entry);
 	if (!complete)
-		cache_blob_discard(ctx->bc_cache, f->f_route.reference);
+		cache_blob_discard(ctx->bc_cache, f->f_rq.route.reference);
 	while ((r = TAILQ_FIRST(&f->f_readers)) != NULL) {
 		TAILQ_REMOVE(&f->f_readers, r, r_entry);
 		r->r_fetch = NULL;
 		TAILQ_INSERT_TAIL(&ctx->bc_readers, r, r_entry);
 		if (!complete)
 			breader_fail(r, status, err, msg);
-		else if (!r->r_started)
+		else if (!r->r_client.c_started)
 			breader_begin(r, f->f_size, f->f_media);
 		else
 			breader_pump(r);
 	}
-	cache_blob_unhold(ctx->bc_cache, f->f_route.reference);
+	cache_blob_unhold(ctx->bc_cache, f->f_rq.route.reference);
 	if (f->f_room != NULL)
 		event_free(f->f_room);
 	if (f->f_digest != NULL)
@@ -427,8 +410,8 @@ bfetch_pass_through(struct bfetch *f, const char *why)
 	struct breader *r;
 
 	log_event(LOG_LEVEL_WARN, "cache bypassed", json_pack(
-	    "{s:I,s:s,s:s,s:I,s:s}", "id", (json_int_t)f->f_id, "registry",
-	    f->f_reg->name, "digest", f->f_route.reference, "size",
+	    "{s:I,s:s,s:s,s:I,s:s}", "id", (json_int_t)f->f_rq.id, "registry",
+	    registry_name(f->f_rq.reg), "digest", f->f_rq.route.reference, "size",
 	    (json_int_t)f->f_size, "reason", why));
 	upstream_xfer_cancel(f->f_xfer);
 	f->f_xfer = NULL;
@@ -490,12 +473,19 @@ bfetch_on_headers(struct upstream_xfer *x, void *arg)
 		    cache_strerror(cache));
 		return;
 	}
+	/* Memory for the chunk in hand once there is a body to hold: a cold
+	 * burst of many digests waiting for their turn costs none. */
+	if ((f->f_chunk = malloc(f->f_size < CACHE_CHUNK ?
+	    (size_t)f->f_size + 1 : CACHE_CHUNK)) == NULL) {
+		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return;
+	}
 	f->f_sized = 1;
 	snprintf(f->f_media, sizeof(f->f_media), "%s",
 	    ct != NULL && *ct != '\0' ? ct : BLOB_TYPE_DEFAULT);
 	/* Each begin may close its reader (HEAD, 416): take them one by one. */
 	while ((r = TAILQ_FIRST(&f->f_readers)) != NULL &&
-	    !r->r_started) {
+	    !r->r_client.c_started) {
 		TAILQ_REMOVE(&f->f_readers, r, r_entry);
 		TAILQ_INSERT_TAIL(&f->f_readers, r, r_entry);
 		breader_begin(r, f->f_size, f->f_media);
@@ -517,7 +507,7 @@ bfetch_stored(struct bfetch *f)
 	/* A pump closes only its own reader, when it is done. */
 	for (r = TAILQ_FIRST(&f->f_readers); r != NULL; r = next) {
 		next = TAILQ_NEXT(r, r_entry);
-		if (r->r_started)
+		if (r->r_client.c_started)
 			breader_pump(r);
 	}
 }
@@ -542,8 +532,8 @@ bfetch_wait_room(struct bfetch *f)
 		return 0;
 	if (f->f_roomtries++ == 0)
 		log_event(LOG_LEVEL_INFO, "cache full: waiting for room",
-		    json_pack("{s:I,s:s,s:I}", "id", (json_int_t)f->f_id,
-		    "digest", f->f_route.reference, "offset",
+		    json_pack("{s:I,s:s,s:I}", "id", (json_int_t)f->f_rq.id,
+		    "digest", f->f_rq.route.reference, "offset",
 		    (json_int_t)f->f_received));
 	if (f->f_xfer != NULL) {
 		upstream_xfer_cancel(f->f_xfer);
@@ -567,7 +557,7 @@ bfetch_room_cb(evutil_socket_t fd, short what, void *arg)
 		bfetch_commit(f, NULL);
 		return;
 	}
-	if ((ce = cache_chunk_put(cache, f->f_route.reference, f->f_chunks,
+	if ((ce = cache_chunk_put(cache, f->f_rq.route.reference, f->f_chunks,
 	    f->f_chunk, f->f_chunklen)) == CACHE_FULL && bfetch_wait_room(f))
 		return;
 	if (ce != CACHE_OK) {
@@ -630,7 +620,7 @@ bfetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 		if (f->f_chunklen < CACHE_CHUNK ||
 		    (uint64_t)(f->f_chunks + 1) * CACHE_CHUNK == f->f_size)
 			continue;
-		if ((ce = cache_chunk_put(cache, f->f_route.reference,
+		if ((ce = cache_chunk_put(cache, f->f_rq.route.reference,
 		    f->f_chunks, f->f_chunk, f->f_chunklen)) != CACHE_OK) {
 			if (ce == CACHE_FULL && bfetch_wait_room(f))
 				return;
@@ -655,8 +645,8 @@ static void bfetch_on_done(struct upstream_xfer *,
 static void
 bfetch_check_platform(struct bfetch *f, const char *digest)
 {
-	struct platform_mismatch m = { f->f_id, f->f_reg->name,
-	    f->f_route.name, f->f_route.reference, digest,
+	struct platform_mismatch m = { f->f_rq.id, registry_name(f->f_rq.reg),
+	    f->f_rq.route.name, f->f_rq.route.reference, digest,
 	    &f->f_ctx->bc_platform, NULL };
 	char have[128];
 
@@ -673,15 +663,13 @@ bfetch_send(struct bfetch *f, const char *range)
 {
 	struct upstream_cbs cbs = { bfetch_on_headers, bfetch_on_data,
 	    bfetch_on_done };
-	struct upstream_req ureq;
-	char *url;
+	struct registry_req rr;
 
-	if ((url = relay_url(f->f_reg, &f->f_route, NULL)) == NULL)
+	if (registry_req_init(&rr, f->f_rq.reg, &f->f_rq.route) == -1)
 		return -1;
-	relay_req_init(&ureq, f->f_ctx->bc_cfg, f->f_reg, url);
-	ureq.range = range;
-	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &ureq, &cbs, f);
-	free(url);
+	rr.ureq.range = range;
+	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &rr.ureq, &cbs, f);
+	registry_req_clear(&rr);
 	return f->f_xfer != NULL ? 0 : -1;
 }
 
@@ -702,7 +690,7 @@ bfetch_resume(struct bfetch *f, struct upstream_xfer *x,
 	f->f_resumes++;
 	f->f_resuming = 1;
 	f->f_skip = 0;
-	metrics_retry(metrics_registry(f->f_reg->name));
+	metrics_retry(metrics_registry(registry_name(f->f_rq.reg)));
 	bfetch_log_failure(f, x, CLASSIFY_PHASE_BODY, res->status, res->error,
 	    0, "resumed");
 	return 1;
@@ -745,7 +733,7 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		return;
 	}
 	digest_final(f->f_digest, dgst);
-	if (strcmp(dgst, f->f_route.reference) != 0) {
+	if (strcmp(dgst, f->f_rq.route.reference) != 0) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_DIGEST, 200,
 		    "digest mismatch", 502, NULL);
 		bfetch_close(f, 0, 502, OCI_ERR_DIGEST_INVALID,
@@ -760,7 +748,7 @@ static void
 bfetch_commit(struct bfetch *f, struct upstream_xfer *x)
 {
 	struct cache *cache = f->f_ctx->bc_cache;
-	const char *dgst = f->f_route.reference;
+	const char *dgst = f->f_rq.route.reference;
 	struct cache_blob_info info;
 	enum cache_err ce;
 
@@ -782,32 +770,27 @@ bfetch_commit(struct bfetch *f, struct upstream_xfer *x)
 	}
 	bfetch_check_platform(f, dgst);
 	log_event(LOG_LEVEL_DEBUG, "blob cached", json_pack("{s:I,s:s,s:s,"
-	    "s:I,s:I}", "id", (json_int_t)f->f_id, "registry", f->f_reg->name,
+	    "s:I,s:I}", "id", (json_int_t)f->f_rq.id, "registry", registry_name(f->f_rq.reg),
 	    "digest", dgst, "size", (json_int_t)f->f_size, "ms",
-	    (json_int_t)log_ms_since(&f->f_t0)));
+	    (json_int_t)log_ms_since(&f->f_rq.t0)));
 	bfetch_close(f, 1, 0, OCI_OK, NULL);
 }
 
 static struct bfetch *
-bfetch_start(struct blob_ctx *ctx, const struct oci_route *route,
-    const struct config_registry *reg, unsigned long reqid)
+bfetch_start(struct blob_ctx *ctx, const struct client_request *rq)
 {
 	struct bfetch *f;
 
 	if ((f = calloc(1, sizeof(*f))) == NULL)
 		return NULL;
 	f->f_ctx = ctx;
-	f->f_reg = reg;
-	f->f_route = *route;
-	f->f_id = reqid;
-	gettimeofday(&f->f_t0, NULL);
+	f->f_rq = *rq;
 	TAILQ_INIT(&f->f_readers);
 	TAILQ_INSERT_TAIL(&ctx->bc_fetches, f, f_entry);
-	cache_blob_hold(ctx->bc_cache, route->reference);
-	f->f_chunk = malloc(CACHE_CHUNK);
+	cache_blob_hold(ctx->bc_cache, rq->route.reference);
 	f->f_digest = digest_new();
 	f->f_errbody = evbuffer_new();
-	if (f->f_chunk == NULL || f->f_digest == NULL ||
+	if (f->f_digest == NULL ||
 	    f->f_errbody == NULL || bfetch_send(f, NULL) == -1) {
 		bfetch_close(f, 0, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return NULL;
@@ -821,16 +804,16 @@ bfetch_find(struct blob_ctx *ctx, const char *digest)
 	struct bfetch *f;
 
 	TAILQ_FOREACH(f, &ctx->bc_fetches, f_entry)
-		if (strcmp(f->f_route.reference, digest) == 0)
+		if (strcmp(f->f_rq.route.reference, digest) == 0)
 			return f;
 	return NULL;
 }
 
 void
 blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid)
+    const struct client_request *rq)
 {
+	const struct oci_route *route = &rq->route;
 	struct cache_blob_info info;
 	struct breader *r;
 	struct bfetch *f;
@@ -844,19 +827,21 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 	else if (cache_blob_lookup(ctx->bc_cache, route->reference,
 	    &info) != CACHE_OK) {
 		/* A HEAD on a miss is not worth a download. */
-		if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
-			relay_start(ctx->bc_relays, req, route, reg, reqid);
+		if (rq->head) {
+			relay_start(ctx->bc_relays, req, rq);
 			return;
 		}
-		if ((f = bfetch_start(ctx, route, reg, reqid)) == NULL) {
+		if ((f = bfetch_start(ctx, rq)) == NULL) {
 			reply_error(req, 500, OCI_ERR_UPSTREAM,
 			    "cannot start transfer");
+			client_log(rq, evhttp_request_get_uri(req), 500, 0);
 			return;
 		}
 	}
 	metrics_cache(METRICS_CACHE_BLOB, f == NULL);
-	if ((r = breader_new(ctx, req, route, reg, reqid)) == NULL) {
+	if ((r = breader_new(ctx, req, rq)) == NULL) {
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
+		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
 	r->r_fetch = f;

@@ -21,14 +21,16 @@
 
 #include "cache.h"
 #include "classify.h"
+#include "client.h"
 #include "config.h"
 #include "digest.h"
+#include "incident.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
 #include "oci.h"
 #include "platform.h"
-#include "relay.h"
+#include "registry.h"
 #include "reply.h"
 #include "upstream.h"
 
@@ -46,27 +48,18 @@ struct mfetch;
 struct mwaiter {
 	TAILQ_ENTRY(mwaiter)	 w_entry;
 	struct mfetch		*w_fetch;
-	struct reply_client	 w_client;	/* req NULL once answered */
-	unsigned long		 w_id;
-	int			 w_head;
-	int			 w_status;
-	size_t			 w_bytes;
-	struct timeval		 w_t0;
-	char			*w_uri;
+	struct client		 w_client;
 };
 
 struct mfetch {
 	TAILQ_ENTRY(mfetch)	 f_entry;
 	struct manifest_ctx	*f_ctx;
-	const struct config_registry *f_reg;
-	struct oci_route	 f_route;
+	struct client_request	 f_rq;		/* the first client's */
 	char			*f_accept;
 	struct upstream_xfer	*f_xfer;
 	int			 f_head;	/* revalidating a known tag */
 	char			 f_known[CACHE_DIGEST_MAX];	/* or "" */
 	struct evbuffer		*f_body;
-	unsigned long		 f_id;		/* the first client's, for logs */
-	struct timeval		 f_t0;
 	TAILQ_HEAD(, mwaiter)	 f_waiters;
 };
 
@@ -188,12 +181,9 @@ manifest_lookup(struct manifest_ctx *ctx, const char *digest,
 static void
 mwaiter_close(struct mwaiter *w)
 {
-	reply_client_release(&w->w_client, 1, 0);	/* never answered: cut */
-	log_request(w->w_id, w->w_head ? "HEAD" : "GET", w->w_uri,
-	    w->w_fetch->f_reg->name, w->w_status, w->w_bytes, &w->w_t0);
+	client_end(&w->w_client, 1);	/* never answered: cut */
 	TAILQ_REMOVE(&w->w_fetch->f_waiters, w, w_entry);
 	w->w_fetch->f_ctx->mc_waiters--;
-	free(w->w_uri);
 	free(w);
 }
 
@@ -203,13 +193,6 @@ mwaiter_gone(void *arg)
 	mwaiter_close(arg);
 }
 
-/* The waiter's request is about to be answered: evhttp owns it after. */
-static struct evhttp_request *
-mwaiter_take(struct mwaiter *w, int status)
-{
-	w->w_status = status;
-	return reply_client_take(&w->w_client);
-}
 
 static void
 mfetch_close(struct mfetch *f)
@@ -232,14 +215,22 @@ mfetch_log_failure(struct mfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
     int client_status, const char *served)
 {
-	struct reply_failure rf = { f->f_id, f->f_reg->name, f->f_route.name,
-	    f->f_route.reference, x != NULL ? upstream_xfer_url(x) : NULL,
-	    status, error, client_status, log_ms_since(&f->f_t0), phase,
-	    x != NULL ? upstream_xfer_result(x) : NULL,
-	    status >= 400 ? evbuffer_pullup(f->f_body, -1) : NULL,
-	    status >= 400 ? evbuffer_get_length(f->f_body) : 0, served };
+	struct incident rf = {
+		.rq = &f->f_rq,
+		.url = x != NULL ? upstream_xfer_url(x) : NULL,
+		.status = status,
+		.error = error,
+		.client_status = client_status,
+		.phase = phase,
+		.res = x != NULL ? upstream_xfer_result(x) : NULL,
+		.served = served,
+	};
 
-	reply_log_failure(&rf);
+	if (status >= 400) {
+		rf.body = evbuffer_pullup(f->f_body, -1);
+		rf.bodylen = evbuffer_get_length(f->f_body);
+	}
+	incident_log(&rf);
 }
 
 /* Every waiter gets the same error. */
@@ -250,8 +241,7 @@ mfetch_fail_all(struct mfetch *f, int status, enum oci_err err,
 	struct mwaiter *w;
 
 	while ((w = TAILQ_FIRST(&f->f_waiters)) != NULL) {
-		w->w_bytes = reply_error(mwaiter_take(w, status), status, err,
-		    msg);
+		client_error(&w->w_client, status, err, msg);
 		mwaiter_close(w);
 	}
 }
@@ -270,12 +260,12 @@ mfetch_answer_cached(struct mfetch *f, const char *digest, int stale)
 	while ((w = TAILQ_FIRST(&f->f_waiters)) != NULL) {
 		if (manifest_lookup(f->f_ctx, digest, &hit) == -1)
 			return -1;
-		req = mwaiter_take(w, 200);
+		req = client_take(&w->w_client, 200);
 		if (stale)
 			evhttp_add_header(evhttp_request_get_output_headers(req),
 			    "Warning", "110 pullproxy \"Response is Stale\"");
-		w->w_bytes = manifest_send(req, hit.media, digest, hit.body,
-		    hit.len, hit.pin);
+		w->w_client.c_bytes = manifest_send(req, hit.media, digest,
+		    hit.body, hit.len, hit.pin);
 		mwaiter_close(w);
 	}
 	return 0;
@@ -308,10 +298,10 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 		    evbuffer_pullup(f->f_body, -1),
 		    evbuffer_get_length(f->f_body), &err);
 		snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
-		    f->f_reg->name, status);
+		    registry_name(f->f_rq.reg), status);
 	} else
 		snprintf(msg, sizeof(msg), "upstream registry %s: %s",
-		    f->f_reg->name, error);
+		    registry_name(f->f_rq.reg), error);
 	mfetch_log_failure(f, x, phase, status, error,
 	    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus, NULL);
 	mfetch_fail_all(f, cstatus, err, msg);
@@ -329,8 +319,8 @@ mfetch_check_platform(struct mfetch *f, const char *digest,
     const void *body, size_t len)
 {
 	struct manifest_ctx *ctx = f->f_ctx;
-	struct platform_mismatch m = { f->f_id, f->f_reg->name,
-	    f->f_route.name, f->f_route.reference, digest, &ctx->mc_platform,
+	struct platform_mismatch m = { f->f_rq.id, registry_name(f->f_rq.reg),
+	    f->f_rq.route.name, f->f_rq.route.reference, digest, &ctx->mc_platform,
 	    NULL };
 	char have[512];
 	size_t i;
@@ -368,7 +358,7 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 	digest_update(d, body, len);
 	digest_final(d, dgst);
 	digest_free(d);
-	if (f->f_route.by_digest && strcmp(dgst, f->f_route.reference) != 0) {
+	if (f->f_rq.route.by_digest && strcmp(dgst, f->f_rq.route.reference) != 0) {
 		f->f_known[0] = '\0';
 		mfetch_failed(f, x, 200, "digest mismatch",
 		    OCI_ERR_DIGEST_INVALID, 502);
@@ -379,7 +369,7 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 	 * bytes: a body cut to a lying Content-Length, or changed on the way,
 	 * would otherwise be stored and served as the tag's manifest.
 	 */
-	if (!f->f_route.by_digest && (dcd = upstream_xfer_header(x,
+	if (!f->f_rq.route.by_digest && (dcd = upstream_xfer_header(x,
 	    "Docker-Content-Digest")) != NULL && strncmp(dcd, "sha256:", 7) ==
 	    0 && strcmp(dgst, dcd) != 0) {
 		mfetch_failed(f, x, 200, "digest mismatch",
@@ -394,12 +384,12 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 		log_event(LOG_LEVEL_WARN, "cache store failed", json_pack(
 		    "{s:s,s:s}", "digest", dgst, "error",
 		    cache_strerror(cache)));
-	else if (!f->f_route.by_digest)
-		cache_tag_put(cache, f->f_reg->name, f->f_route.name,
-		    f->f_route.reference, dgst, manifest_now_ms());
+	else if (!f->f_rq.route.by_digest)
+		cache_tag_put(cache, registry_name(f->f_rq.reg), f->f_rq.route.name,
+		    f->f_rq.route.reference, dgst, manifest_now_ms());
 	while ((w = TAILQ_FIRST(&f->f_waiters)) != NULL) {
-		w->w_bytes = manifest_send(mwaiter_take(w, 200), media, dgst,
-		    body, len, NULL);
+		w->w_client.c_bytes = manifest_send(client_take(&w->w_client,
+		    200), media, dgst, body, len, NULL);
 		mwaiter_close(w);
 	}
 	mfetch_close(f);
@@ -467,8 +457,8 @@ mfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	dcd = upstream_xfer_header(x, "Docker-Content-Digest");
 	if (dcd != NULL && strcmp(dcd, f->f_known) == 0 &&
 	    mfetch_answer_cached(f, f->f_known, 0) == 0) {
-		cache_tag_put(f->f_ctx->mc_cache, f->f_reg->name,
-		    f->f_route.name, f->f_route.reference, f->f_known,
+		cache_tag_put(f->f_ctx->mc_cache, registry_name(f->f_rq.reg),
+		    f->f_rq.route.name, f->f_rq.route.reference, f->f_known,
 		    manifest_now_ms());
 		mfetch_close(f);
 		return;
@@ -486,39 +476,36 @@ mfetch_get(struct mfetch *f, int head)
 	struct manifest_ctx *ctx = f->f_ctx;
 	struct upstream_cbs cbs = { mfetch_on_headers, mfetch_on_data,
 	    mfetch_on_done };
-	struct upstream_req ureq;
-	char *url;
+	struct registry_req rr;
 
-	if ((url = relay_url(f->f_reg, &f->f_route, NULL)) == NULL)
+	if (registry_req_init(&rr, f->f_rq.reg, &f->f_rq.route) == -1)
 		return -1;
-	relay_req_init(&ureq, ctx->mc_cfg, f->f_reg, url);
-	ureq.head = head;
-	ureq.accept = f->f_accept;
+	rr.ureq.head = head;
+	rr.ureq.accept = f->f_accept;
 	f->f_head = head;
 	evbuffer_drain(f->f_body, evbuffer_get_length(f->f_body));
-	f->f_xfer = upstream_xfer_start(ctx->mc_up, &ureq, &cbs, f);
-	free(url);
+	f->f_xfer = upstream_xfer_start(ctx->mc_up, &rr.ureq, &cbs, f);
+	registry_req_clear(&rr);
 	return f->f_xfer != NULL ? 0 : -1;
 }
 
 static struct mfetch *
-mfetch_find(struct manifest_ctx *ctx, const struct config_registry *reg,
+mfetch_find(struct manifest_ctx *ctx, struct registry *reg,
     const struct oci_route *route)
 {
 	struct mfetch *f;
 
 	TAILQ_FOREACH(f, &ctx->mc_fetches, f_entry)
-		if (f->f_reg == reg &&
-		    strcmp(f->f_route.name, route->name) == 0 &&
-		    strcmp(f->f_route.reference, route->reference) == 0)
+		if (f->f_rq.reg == reg &&
+		    strcmp(f->f_rq.route.name, route->name) == 0 &&
+		    strcmp(f->f_rq.route.reference, route->reference) == 0)
 			return f;
 	return NULL;
 }
 
 static struct mfetch *
 mfetch_new(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    const char *known, unsigned long reqid)
+    const struct client_request *rq, const char *known)
 {
 	const char *accept = evhttp_find_header(
 	    evhttp_request_get_input_headers(req), "Accept");
@@ -527,10 +514,7 @@ mfetch_new(struct manifest_ctx *ctx, struct evhttp_request *req,
 	if ((f = calloc(1, sizeof(*f))) == NULL)
 		return NULL;
 	f->f_ctx = ctx;
-	f->f_reg = reg;
-	f->f_route = *route;
-	f->f_id = reqid;
-	gettimeofday(&f->f_t0, NULL);
+	f->f_rq = *rq;
 	snprintf(f->f_known, sizeof(f->f_known), "%s", known);
 	TAILQ_INIT(&f->f_waiters);
 	TAILQ_INSERT_TAIL(&ctx->mc_fetches, f, f_entry);
@@ -547,73 +531,67 @@ mfetch_new(struct manifest_ctx *ctx, struct evhttp_request *req,
 
 static void
 manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    const char *known, unsigned long reqid, const struct timeval *t0)
+    const struct client_request *rq, const char *known)
 {
 	struct mfetch *f;
 	struct mwaiter *w;
 
 	metrics_cache(METRICS_CACHE_MANIFEST, 0);
-	if ((f = mfetch_find(ctx, reg, route)) != NULL)
+	if ((f = mfetch_find(ctx, rq->reg, &rq->route)) != NULL)
 		metrics_coalesced(METRICS_CACHE_MANIFEST);
-	else if ((f = mfetch_new(ctx, req, route, reg, known, reqid)) == NULL) {
+	else if ((f = mfetch_new(ctx, req, rq, known)) == NULL) {
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "cannot start transfer");
+		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
 	if ((w = calloc(1, sizeof(*w))) == NULL ||
-	    (w->w_uri = strdup(evhttp_request_get_uri(req))) == NULL) {
+	    client_hold(&w->w_client, rq, req, mwaiter_gone, w) == -1) {
 		free(w);
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
+		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
 	w->w_fetch = f;
-	w->w_id = reqid;
-	w->w_t0 = *t0;
-	w->w_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	TAILQ_INSERT_TAIL(&f->f_waiters, w, w_entry);
 	ctx->mc_waiters++;
-	reply_client_hold(&w->w_client, req, mwaiter_gone, w);
 }
 
 void
 manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid)
+    const struct client_request *rq)
 {
-	int head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+	const struct oci_route *route = &rq->route;
 	uint64_t fetched, ttl_ms = (uint64_t)ctx->mc_cfg->tag_ttl_s * 1000;
 	char digest[CACHE_DIGEST_MAX];
 	struct manifest_hit hit;
-	struct timeval t0;
 	size_t n;
 
-	gettimeofday(&t0, NULL);
 	digest[0] = '\0';
 	if (route->by_digest) {
 		/* The server sends only sha256 digests here. */
 		if (strlen(route->reference) >= sizeof(digest)) {
-			reply_error(req, 400, OCI_ERR_DIGEST_INVALID, NULL);
+			n = reply_error(req, 400, OCI_ERR_DIGEST_INVALID, NULL);
+			client_log(rq, evhttp_request_get_uri(req), 400, n);
 			return;
 		}
 		memcpy(digest, route->reference, strlen(route->reference) + 1);
-	} else if (cache_tag_get(ctx->mc_cache, reg->name, route->name,
-	    route->reference, digest, &fetched) != CACHE_OK)
+	} else if (cache_tag_get(ctx->mc_cache, registry_name(rq->reg),
+	    route->name, route->reference, digest, &fetched) != CACHE_OK)
 		digest[0] = '\0';
 	else if (manifest_now_ms() - fetched >= ttl_ms) {
 		/* Stale: revalidate, knowing what the tag pointed at. */
-		manifest_wait(ctx, req, route, reg, digest, reqid, &t0);
+		manifest_wait(ctx, req, rq, digest);
 		return;
 	}
 	if (digest[0] != '\0' && manifest_lookup(ctx, digest, &hit) == 0) {
 		/* Logged before sending, while req (and its URI) is ours. */
-		n = head ? 0 : hit.len;
+		n = rq->head ? 0 : hit.len;
 		metrics_cache(METRICS_CACHE_MANIFEST, 1);
 		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n);
-		log_request(reqid, head ? "HEAD" : "GET",
-		    evhttp_request_get_uri(req), reg->name, 200, n, &t0);
+		client_log(rq, evhttp_request_get_uri(req), 200, n);
 		manifest_send(req, hit.media, digest, hit.body, hit.len,
 		    hit.pin);
 		return;
 	}
-	manifest_wait(ctx, req, route, reg, "", reqid, &t0);
+	manifest_wait(ctx, req, rq, "");
 }

@@ -20,11 +20,13 @@
 #include <string.h>
 #include <strings.h>
 
-#include "config.h"
+#include "client.h"
 #include "digest.h"
 #include "log.h"
+#include "incident.h"
 #include "oci.h"
 #include "relay.h"
+#include "registry.h"
 #include "reply.h"
 #include "upstream.h"
 
@@ -40,7 +42,6 @@ enum relay_mode {
 
 struct relay_ctx {
 	struct upstream		*rc_up;
-	const struct config	*rc_cfg;
 	TAILQ_HEAD(, relay)	 rc_relays;
 	int			 rc_inflight;
 };
@@ -48,34 +49,31 @@ struct relay_ctx {
 struct relay {
 	TAILQ_ENTRY(relay)	 r_entry;
 	struct relay_ctx	*r_ctx;
-	struct reply_client	 r_client;
+	struct client		 r_client;
 	struct upstream_xfer	*r_xfer;	/* NULL once done or cancelled */
-	const struct config_registry *r_reg;
-	struct oci_route	 r_route;
-	unsigned long		 r_id;
-	int			 r_head;
 	enum relay_mode		 r_mode;
-	int			 r_started;	/* status line sent */
 	int			 r_paused;
-	int			 r_status;	/* what the client got */
-	uint64_t		 r_bytes;	/* body bytes to the client */
 	int64_t			 r_expect;	/* upstream Content-Length, -1 */
 	struct evbuffer		*r_buf;
-	struct timeval		 r_t0;
-	char			*r_uri;
+	/*
+	 * A whole body that claims a digest (by-digest routes) is hashed on
+	 * the way, and its latest piece held back until the hash matched: no
+	 * client gets a complete wrong body, cached or not.
+	 */
+	struct digest		*r_digest;
+	struct evbuffer		*r_held;
 };
 
 static void relay_close(struct relay *, int abort_client);
 
 struct relay_ctx *
-relay_ctx_new(struct upstream *up, const struct config *cfg)
+relay_ctx_new(struct upstream *up)
 {
 	struct relay_ctx *ctx;
 
 	if ((ctx = calloc(1, sizeof(*ctx))) == NULL)
 		return NULL;
 	ctx->rc_up = up;
-	ctx->rc_cfg = cfg;
 	TAILQ_INIT(&ctx->rc_relays);
 	return ctx;
 }
@@ -111,20 +109,18 @@ relay_gone(void *arg)
 static void
 relay_close(struct relay *r, int abort_client)
 {
-	const char *method = r->r_head ? "HEAD" : "GET";
-
 	if (r->r_xfer != NULL) {
 		upstream_xfer_cancel(r->r_xfer);
 		r->r_xfer = NULL;
 	}
-	reply_client_release(&r->r_client, abort_client, r->r_started);
-	log_request(r->r_id, method, r->r_uri, r->r_reg->name, r->r_status,
-	    r->r_bytes, &r->r_t0);
+	client_end(&r->r_client, abort_client);
 	TAILQ_REMOVE(&r->r_ctx->rc_relays, r, r_entry);
 	r->r_ctx->rc_inflight--;
 	if (r->r_buf != NULL)
 		evbuffer_free(r->r_buf);
-	free(r->r_uri);
+	if (r->r_held != NULL)
+		evbuffer_free(r->r_held);
+	digest_free(r->r_digest);
 	free(r);
 }
 
@@ -132,37 +128,39 @@ relay_close(struct relay *r, int abort_client)
 static void
 relay_reply(struct relay *r, int status)
 {
-	r->r_status = status;
-	evhttp_send_reply(reply_client_take(&r->r_client), status, NULL, NULL);
+	evhttp_send_reply(client_take(&r->r_client, status), status, NULL,
+	    NULL);
 	relay_close(r, 0);
 }
 
+/* An error answer, or, too late for a status, a cut connection. */
 static void
 relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
 {
-	if (r->r_started) {	/* too late for a status: cut it short */
-		relay_close(r, 1);
-		return;
-	}
-	r->r_status = status;
-	r->r_bytes = reply_error(reply_client_take(&r->r_client), status, err,
-	    msg);
-	relay_close(r, 0);
+	client_error(&r->r_client, status, err, msg);
+	relay_close(r, r->r_client.c_started);
 }
 
 static void
 relay_log_failure(struct relay *r, const struct upstream_xfer *x,
-    long upstatus, const char *error, int client_status)
+    enum classify_phase phase, long upstatus, const char *error,
+    int client_status)
 {
-	struct reply_failure f = { r->r_id, r->r_reg->name, r->r_route.name,
-	    r->r_route.reference, upstream_xfer_url(x), upstatus, error,
-	    client_status, log_ms_since(&r->r_t0), r->r_started ?
-	    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST,
-	    upstream_xfer_result(x),
-	    upstatus >= 400 ? evbuffer_pullup(r->r_buf, -1) : NULL,
-	    upstatus >= 400 ? evbuffer_get_length(r->r_buf) : 0, NULL };
+	struct incident f = {
+		.rq = &r->r_client.c_rq,
+		.url = upstream_xfer_url(x),
+		.status = upstatus,
+		.error = error,
+		.client_status = client_status,
+		.phase = phase,
+		.res = upstream_xfer_result(x),
+	};
 
-	reply_log_failure(&f);
+	if (upstatus >= 400) {
+		f.body = evbuffer_pullup(r->r_buf, -1);
+		f.bodylen = evbuffer_get_length(r->r_buf);
+	}
+	incident_log(&f);
 }
 
 static void
@@ -173,7 +171,7 @@ relay_copy_header(struct relay *r, const struct upstream_xfer *x,
 
 	if (v != NULL)
 		evhttp_add_header(evhttp_request_get_output_headers(
-		    r->r_client.req), name, v);
+		    r->r_client.c_req), name, v);
 }
 
 /* Upstream answered with an error status: tell the client in OCI terms. */
@@ -185,15 +183,16 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 	int cstatus;
 	char msg[256];
 
-	cstatus = reply_upstream_status(r->r_route.kind, status,
+	cstatus = reply_upstream_status(r->r_client.c_rq.route.kind, status,
 	    evbuffer_pullup(r->r_buf, -1), evbuffer_get_length(r->r_buf), &err);
 	if (status == 416)
 		relay_copy_header(r, x, "Content-Range");
 	snprintf(msg, sizeof(msg), "upstream registry %s answered %ld",
-	    r->r_reg->name, status);
+	    registry_name(r->r_client.c_rq.reg), status);
 	/* Before relay_fail, which frees r. */
 	if (status != 416)
-		relay_log_failure(r, x, status, NULL, cstatus);
+		relay_log_failure(r, x, CLASSIFY_PHASE_REQUEST, status, NULL,
+		    cstatus);
 	relay_fail(r, cstatus, err, msg);
 }
 
@@ -213,6 +212,8 @@ static void
 relay_on_headers(struct upstream_xfer *x, void *arg)
 {
 	struct relay *r = arg;
+	const struct oci_route *rt = &r->r_client.c_rq.route;
+	struct evkeyvalq *out;
 	long status = upstream_xfer_status(x);
 	const char *cl;
 
@@ -226,21 +227,28 @@ relay_on_headers(struct upstream_xfer *x, void *arg)
 	relay_copy_header(r, x, "Content-Length");
 	relay_copy_header(r, x, "Content-Range");
 	relay_copy_header(r, x, "Link");
-	if (r->r_route.by_digest)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_client.req),
-		    "Docker-Content-Digest", r->r_route.reference);
+	out = evhttp_request_get_output_headers(r->r_client.c_req);
+	if (rt->by_digest)
+		evhttp_add_header(out, "Docker-Content-Digest", rt->reference);
 	else
 		relay_copy_header(r, x, "Docker-Content-Digest");
-	if (r->r_route.kind == OCI_ROUTE_BLOB)
-		evhttp_add_header(evhttp_request_get_output_headers(r->r_client.req),
-		    "Accept-Ranges", "bytes");
-	r->r_status = (int)status;
-	if (r->r_head) {
+	if (rt->kind == OCI_ROUTE_BLOB)
+		evhttp_add_header(out, "Accept-Ranges", "bytes");
+	if (r->r_client.c_rq.head) {
 		relay_reply(r, (int)status);
 		return;
 	}
-	r->r_started = 1;
-	evhttp_send_reply_start(r->r_client.req, (int)status, NULL);
+	if (status == 200 && rt->by_digest &&
+	    ((r->r_digest = digest_new_for(rt->reference)) == NULL ||
+	    (r->r_held = evbuffer_new()) == NULL)) {
+		upstream_xfer_cancel(x);
+		r->r_xfer = NULL;
+		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
+		return;
+	}
+	r->r_client.c_status = (int)status;
+	r->r_client.c_started = 1;
+	evhttp_send_reply_start(r->r_client.c_req, (int)status, NULL);
 }
 
 static void
@@ -258,11 +266,18 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 	case RELAY_STREAM:
 		break;
 	}
-	evbuffer_add(r->r_buf, buf, len);
-	r->r_bytes += len;
-	evhttp_send_reply_chunk_with_cb(r->r_client.req, r->r_buf,
+	if (r->r_digest != NULL) {
+		digest_update(r->r_digest, buf, len);
+		evbuffer_add_buffer(r->r_buf, r->r_held);
+		evbuffer_add(r->r_held, buf, len);
+	} else
+		evbuffer_add(r->r_buf, buf, len);
+	if (evbuffer_get_length(r->r_buf) == 0)
+		return;
+	r->r_client.c_bytes += evbuffer_get_length(r->r_buf);
+	evhttp_send_reply_chunk_with_cb(r->r_client.c_req, r->r_buf,
 	    relay_drained, r);
-	evcon = evhttp_request_get_connection(r->r_client.req);
+	evcon = evhttp_request_get_connection(r->r_client.c_req);
 	if (evcon == NULL)
 		return;
 	out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
@@ -270,6 +285,39 @@ relay_on_data(struct upstream_xfer *x, const char *buf, size_t len, void *arg)
 		r->r_paused = 1;
 		upstream_xfer_pause(x);
 	}
+}
+
+/*
+ * The body came whole as far as the transfer knows: the client must not
+ * take it as whole if it is short, or if it does not hash to the digest
+ * it was asked by (the held-back bytes are then never sent).
+ */
+static void
+relay_stream_done(struct relay *r, struct upstream_xfer *x,
+    const struct upstream_result *res)
+{
+	uint64_t got = r->r_client.c_bytes;
+
+	if (r->r_held != NULL)
+		got += evbuffer_get_length(r->r_held);
+	if (r->r_expect >= 0 && got != (uint64_t)r->r_expect) {
+		relay_log_failure(r, x, CLASSIFY_PHASE_BODY, res->status,
+		    "short body", r->r_client.c_status);
+		relay_close(r, 1);
+		return;
+	}
+	if (r->r_digest != NULL && !digest_matches(r->r_digest,
+	    r->r_client.c_rq.route.reference)) {
+		relay_log_failure(r, x, CLASSIFY_PHASE_DIGEST, res->status,
+		    "digest mismatch", r->r_client.c_status);
+		relay_close(r, 1);
+		return;
+	}
+	if (r->r_held != NULL && evbuffer_get_length(r->r_held) > 0) {
+		r->r_client.c_bytes += evbuffer_get_length(r->r_held);
+		evhttp_send_reply_chunk(r->r_client.c_req, r->r_held);
+	}
+	relay_close(r, 0);
 }
 
 static void
@@ -287,8 +335,10 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		enum oci_err err;
 		int status = reply_transport_status(res, &err);
 
-		relay_log_failure(r, x, res->status, res->error,
-		    r->r_started ? r->r_status : status);
+		relay_log_failure(r, x, r->r_client.c_started ?
+		    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST, res->status,
+		    res->error, r->r_client.c_started ? r->r_client.c_status :
+		    status);
 		r->r_xfer = NULL;
 		relay_fail(r, status, err, res->throttled ||
 		    res->circuit != CLASSIFY_NONE ? res->error :
@@ -301,151 +351,50 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		relay_upstream_error(r, x, res->status);
 		break;
 	case RELAY_STREAM:
-		/* Short body: the client must not take it as whole. */
-		if (!r->r_head && r->r_expect >= 0 &&
-		    r->r_bytes != (uint64_t)r->r_expect) {
-			relay_log_failure(r, x, res->status, "short body",
-			    r->r_status);
-			relay_close(r, 1);
-		} else
-			relay_close(r, 0);
+		relay_stream_done(r, x, res);
 		break;
 	}
 }
 
-char *
-relay_url(const struct config_registry *reg, const struct oci_route *rt,
-    const char *query)
-{
-	static const char *kinds[] = { [OCI_ROUTE_MANIFEST] = "manifests",
-	    [OCI_ROUTE_BLOB] = "blobs" };
-	char *url = NULL;
-	int n;
-
-	if (rt->kind == OCI_ROUTE_TAGS)
-		n = asprintf(&url, "%s/v2/%s/tags/list%s%s", reg->url,
-		    rt->name, query != NULL ? "?" : "",
-		    query != NULL ? query : "");
-	else
-		n = asprintf(&url, "%s/v2/%s/%s/%s", reg->url, rt->name,
-		    kinds[rt->kind], rt->reference);
-	return n < 0 ? NULL : url;
-}
-
-/*
- * Blobs wait behind everything else. The URL is relay_url's: a blob's
- * ends ".../blobs/<digest>", and neither a tag nor a digest holds a '/'.
- */
-static enum ratelimit_class
-relay_url_class(const char *url)
-{
-	const char *last = strrchr(url, '/');
-
-	return last != NULL && last - url >= 6 &&
-	    strncmp(last - 6, "/blobs", 6) == 0 ? RATELIMIT_LOW :
-	    RATELIMIT_HIGH;
-}
-
-void
-relay_req_init(struct upstream_req *ureq, const struct config *cfg,
-    const struct config_registry *reg, const char *url)
-{
-	memset(ureq, 0, sizeof(*ureq));
-	ureq->url = url;
-	ureq->ca_file = reg->ca_file;
-	ureq->tls_verify = reg->tls_verify;
-	ureq->auth = reg->auth;
-	ureq->ratelimit = reg->ratelimit;
-	ureq->rlclass = relay_url_class(url);
-	ureq->circuit = reg->circuit;
-	ureq->retries = (int)reg->retries;	/* GET and HEAD only */
-	ureq->registry = reg->name;
-	ureq->base = reg->url;
-	ureq->mirrors = reg->mirrors;
-	ureq->nmirrors = reg->nmirrors;
-	ureq->mirror_authorization = reg->mirror_authorization;
-	ureq->connect_timeout_ms = cfg->connect_timeout_ms;
-	ureq->stall_timeout_s = cfg->stall_timeout_s;
-}
-
-/* The client's tags/list paging parameters; ns stays here. */
-static void
-relay_tags_query(struct evhttp_request *req, char *out, size_t outlen)
-{
-	const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
-	const char *q = evhttp_uri_get_query(u);
-	struct evkeyvalq params;
-	const char *n, *last;
-	char *el = NULL;
-
-	out[0] = '\0';
-	TAILQ_INIT(&params);
-	if (q == NULL || evhttp_parse_query_str(q, &params) != 0)
-		return;
-	n = evhttp_find_header(&params, "n");
-	last = evhttp_find_header(&params, "last");
-	if (last != NULL)
-		el = evhttp_encode_uri(last);
-	snprintf(out, outlen, "%s%s%s%s%s", n != NULL ? "n=" : "",
-	    n != NULL ? n : "", n != NULL && el != NULL ? "&" : "",
-	    el != NULL ? "last=" : "", el != NULL ? el : "");
-	free(el);
-	evhttp_clear_headers(&params);
-}
-
 void
 relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
-    const struct oci_route *route, const struct config_registry *reg,
-    unsigned long reqid)
+    const struct client_request *rq)
 {
-	const struct config *cfg = ctx->rc_cfg;
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-	struct upstream_req ureq;
+	struct registry_req rr;
 	struct upstream_cbs cbs = { relay_on_headers, relay_on_data,
 	    relay_on_done };
 	struct oci_range range;
 	const char *rh;
-	char query[512];
 	struct relay *r;
-	char *url;
 
-	if ((r = calloc(1, sizeof(*r))) == NULL) {
-		evhttp_send_error(req, HTTP_SERVUNAVAIL, NULL);
+	if ((r = calloc(1, sizeof(*r))) == NULL ||
+	    client_hold(&r->r_client, rq, req, relay_gone, r) == -1) {
+		free(r);
+		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
+		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
-	gettimeofday(&r->r_t0, NULL);
 	r->r_ctx = ctx;
-	r->r_reg = reg;
-	r->r_route = *route;
-	r->r_id = reqid;
-	r->r_head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
 	r->r_mode = RELAY_STREAM;
 	r->r_expect = -1;
-	r->r_uri = strdup(evhttp_request_get_uri(req));
 	r->r_buf = evbuffer_new();
 	TAILQ_INSERT_TAIL(&ctx->rc_relays, r, r_entry);
 	ctx->rc_inflight++;
-	reply_client_hold(&r->r_client, req, relay_gone, r);
 
-	query[0] = '\0';
-	if (route->kind == OCI_ROUTE_TAGS)
-		relay_tags_query(req, query, sizeof(query));
-	url = relay_url(reg, route, query[0] != '\0' ? query : NULL);
-	if (r->r_uri == NULL || r->r_buf == NULL || url == NULL) {
-		free(url);
+	if (r->r_buf == NULL ||
+	    registry_req_init(&rr, rq->reg, &rq->route) == -1) {
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;
 	}
-
-	relay_req_init(&ureq, cfg, reg, url);
-	ureq.head = r->r_head;
+	rr.ureq.head = rq->head;
 	/* Only a single, well-formed byte range is passed on. */
 	rh = evhttp_find_header(in, "Range");
-	if (route->kind == OCI_ROUTE_BLOB && rh != NULL &&
+	if (rq->route.kind == OCI_ROUTE_BLOB && rh != NULL &&
 	    oci_range_parse(rh, &range) == 1)
-		ureq.range = rh;
-	r->r_xfer = upstream_xfer_start(ctx->rc_up, &ureq, &cbs, r);
-	free(url);
+		rr.ureq.range = rh;
+	r->r_xfer = upstream_xfer_start(ctx->rc_up, &rr.ureq, &cbs, r);
+	registry_req_clear(&rr);
 	if (r->r_xfer == NULL)
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "cannot start transfer");
 }

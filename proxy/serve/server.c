@@ -14,18 +14,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth.h"
 #include "blob.h"
 #include "cache.h"
-#include "circuit.h"
 #include "classify.h"
 #include "config.h"
+#include "client.h"
 #include "guard.h"
+#include "incident.h"
 #include "log.h"
 #include "manifest.h"
 #include "metrics.h"
 #include "oci.h"
-#include "ratelimit.h"
+#include "registry.h"
 #include "relay.h"
 #include "reply.h"
 #include "server.h"
@@ -38,7 +38,6 @@
  */
 #define SERVER_MAX_HEADERS	(32 * 1024)
 #define SERVER_MAX_BODY		4096		/* the pull API takes none */
-#define SERVER_IDLE_TIMEOUT	120		/* seconds, keep-alive or slow */
 /*
  * Bytes one write event may send. libevent's default, 16 KiB, costs a
  * sendfile call and an epoll round per 16 KiB of a cached layer.
@@ -47,7 +46,8 @@
 
 struct server {
 	struct event_base	*s_base;
-	struct config		*s_cfg;	/* registries carry their auth */
+	const struct config	*s_cfg;
+	struct registry_set	*s_regs;
 	struct evhttp		*s_http;
 	struct evhttp_bound_socket *s_sock;
 	struct upstream		*s_up;
@@ -74,9 +74,21 @@ server_method_name(enum evhttp_cmd_type cmd)
 	}
 }
 
+/* A request the server answers itself: counted under its route's kind. */
+static void
+server_log(unsigned long id, const char *method, const char *uri,
+    enum oci_route_kind kind, int status, size_t bytes,
+    const struct timeval *t0)
+{
+	metrics_request(kind, status);
+	log_request(id, method, uri != NULL ? uri : "-", NULL, status, bytes,
+	    0, t0);
+}
+
 static void
 server_reply_error(struct evhttp_request *req, unsigned long id,
-    enum oci_err err, const char *msg, const struct timeval *t0)
+    enum oci_route_kind kind, enum oci_err err, const char *msg,
+    const struct timeval *t0)
 {
 	int status = oci_err_status(err);
 	const char *method = server_method_name(evhttp_request_get_command(req));
@@ -84,7 +96,7 @@ server_reply_error(struct evhttp_request *req, unsigned long id,
 	size_t n;
 
 	n = reply_error(req, status, err, msg);	/* frees req */
-	log_request(id, method, uri != NULL ? uri : "-", NULL, status, n, t0);
+	server_log(id, method, uri, kind, status, n, t0);
 	free(uri);
 }
 
@@ -198,8 +210,7 @@ server_guard(struct server *srv, struct evhttp_request *req,
 		evhttp_add_header(h, "Connection", "close");
 		uri = strndup(evhttp_request_get_uri(req), 256);
 		n = reply_error(req, status, OCI_ERR_UNSUPPORTED, why);
-		log_request(id, method, uri != NULL ? uri : "-", NULL, status,
-		    n, t0);
+		server_log(id, method, uri, OCI_ROUTE_NONE, status, n, t0);
 		free(uri);
 		return 1;
 	}
@@ -207,7 +218,7 @@ server_guard(struct server *srv, struct evhttp_request *req,
 	    guard_authorized(srv->s_guard, req))
 		return 0;
 	evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"pullproxy\"");
-	server_reply_error(req, id, OCI_ERR_UNAUTHORIZED,
+	server_reply_error(req, id, OCI_ROUTE_NONE, OCI_ERR_UNAUTHORIZED,
 	    "this mirror needs its client token or certificate", t0);
 	return 1;
 }
@@ -218,30 +229,34 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	struct server *srv = arg;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	const struct config_registry *reg;
 	const char *path = evhttp_uri_get_path(uri);
-	struct oci_route route;
-	struct timeval t0;
+	struct client_request rq;
 	char ns[OCI_NAME_MAX + 1];
 	enum oci_err err;
-	unsigned long id = ++srv->s_nextid;
 	int hasns;
 
-	gettimeofday(&t0, NULL);
+	memset(&rq, 0, sizeof(rq));
+	rq.id = ++srv->s_nextid;
+	rq.head = cmd == EVHTTP_REQ_HEAD;
+	gettimeofday(&rq.t0, NULL);
 	if (path == NULL || *path == '\0')
 		path = "/";
-	if (server_guard(srv, req, path, id, &t0))
+	if (server_guard(srv, req, path, rq.id, &rq.t0))
 		return;
 	if (server_ops(srv, req, path))
 		return;
-	err = oci_route_parse(path, &route);
-	if (err == OCI_OK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
+	if ((err = oci_route_parse(path, &rq.route)) != OCI_OK)
+		rq.route.kind = OCI_ROUTE_NONE;
+	else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
 		err = OCI_ERR_METHOD;
+	else if (rq.route.kind == OCI_ROUTE_TAGS &&
+	    oci_query_tags(evhttp_uri_get_query(uri), &rq.route) == -1)
+		err = OCI_ERR_PAGINATION;
 	if (err != OCI_OK) {
-		server_reply_error(req, id, err, NULL, &t0);
+		server_reply_error(req, rq.id, rq.route.kind, err, NULL, &rq.t0);
 		return;
 	}
-	if (route.kind == OCI_ROUTE_BASE) {
+	if (rq.route.kind == OCI_ROUTE_BASE) {
 		struct evbuffer *body = evbuffer_new();
 		struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 
@@ -252,8 +267,8 @@ server_request_cb(struct evhttp_request *req, void *arg)
 			evhttp_add_header(h, "Content-Length", "2");
 		else if (body != NULL)
 			evbuffer_add(body, "{}", 2);
-		log_request(id, server_method_name(cmd),
-		    evhttp_request_get_uri(req), NULL, 200, body != NULL ? evbuffer_get_length(body) : 0, &t0);
+		client_log(&rq, evhttp_request_get_uri(req), 200,
+		    body != NULL ? evbuffer_get_length(body) : 0);
 		evhttp_send_reply(req, 200, "OK", body);
 		if (body != NULL)
 			evbuffer_free(body);
@@ -261,27 +276,29 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	}
 
 	hasns = oci_query_ns(evhttp_uri_get_query(uri), ns, sizeof(ns));
-	reg = hasns == 1 ? config_registry_find(srv->s_cfg, ns) :
-	    hasns == 0 ? config_registry_find(srv->s_cfg, NULL) : NULL;
-	if (reg == NULL) {
+	rq.reg = hasns == 1 ? registry_set_find(srv->s_regs, ns) :
+	    hasns == 0 ? registry_set_find(srv->s_regs, NULL) : NULL;
+	if (rq.reg == NULL) {
 		/* An open ns would let any local process use the node's
 		 * identity against any URL: refuse before any lookup. */
 		log_event(LOG_LEVEL_WARN, "ns refused", server_typo(json_pack(
-		    "{s:I,s:s}", "id", (json_int_t)id, "ns", hasns == 1 ? ns :
+		    "{s:I,s:s}", "id", (json_int_t)rq.id, "ns", hasns == 1 ? ns :
 		    "(malformed)"), hasns == 1 ? ns : NULL));
-		server_reply_error(req, id, OCI_ERR_NAME_UNKNOWN,
-		    "registry not configured on this mirror", &t0);
+		server_reply_error(req, rq.id, rq.route.kind,
+		    OCI_ERR_NAME_UNKNOWN, "registry not configured on this "
+		    "mirror", &rq.t0);
 		return;
 	}
 	/* The cache keys sha256 only: rarer digests pass through. */
-	if (route.by_digest && strncmp(route.reference, "sha256:", 7) != 0)
-		relay_start(srv->s_relays, req, &route, reg, id);
-	else if (route.kind == OCI_ROUTE_MANIFEST)
-		manifest_start(srv->s_manifests, req, &route, reg, id);
-	else if (route.kind == OCI_ROUTE_BLOB)
-		blob_start(srv->s_blobs, req, &route, reg, id);
+	if (rq.route.by_digest &&
+	    strncmp(rq.route.reference, "sha256:", 7) != 0)
+		relay_start(srv->s_relays, req, &rq);
+	else if (rq.route.kind == OCI_ROUTE_MANIFEST)
+		manifest_start(srv->s_manifests, req, &rq);
+	else if (rq.route.kind == OCI_ROUTE_BLOB)
+		blob_start(srv->s_blobs, req, &rq);
 	else
-		relay_start(srv->s_relays, req, &route, reg, id);
+		relay_start(srv->s_relays, req, &rq);
 }
 
 static int
@@ -306,101 +323,20 @@ server_open_cache(struct server *srv)
 	return -1;
 }
 
-/* "Bearer <token>" for the registry's mirrors, read once at start. */
-static int
-server_mirror_token(struct config_registry *reg, char *err, size_t errlen)
-{
-	char why[512], *token;
-
-	if (reg->mirror_token_file == NULL)
-		return 0;
-	if ((token = auth_read_secret(reg->mirror_token_file, why,
-	    sizeof(why))) == NULL) {
-		snprintf(err, errlen, "[registry %s] mirror_token_file: %.300s",
-		    reg->name, why);
-		return -1;
-	}
-	if (asprintf(&reg->mirror_authorization, "Bearer %s", token) == -1)
-		reg->mirror_authorization = NULL;
-	auth_secret_free(token);
-	if (reg->mirror_authorization == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * Each registry's pace and identity, from its config section. The handles
- * ride on the registry (the config's run-time fields) so that
- * relay_req_init gives them to every upstream request for that registry.
- */
+/* Each registry's identity, pace and breakers, from its config section. */
 static int
 server_registries_new(struct server *srv)
 {
-	struct config *cfg = srv->s_cfg;
-	struct config_registry *reg;
 	char err[CONFIG_ERR_MAX];
-	size_t i, m;
 
 	metrics_reset();
-	for (i = 0; i < cfg->nregistries; i++) {
-		reg = &cfg->registries[i];
-		/* A mirror's metrics go by its URL. */
-		for (m = 0; m < reg->nmirrors; m++)
-			if ((reg->mirrors[m].circuit = circuit_new(
-			    reg->mirrors[m].url, reg->circuit_failures,
-			    reg->circuit_open_s)) == NULL)
-				return -1;
-		if ((reg->ratelimit = ratelimit_new(srv->s_base, reg->name,
-		    reg->rate, (double)reg->burst, reg->max_wait_s)) == NULL ||
-		    (reg->circuit = circuit_new(reg->name,
-		    reg->circuit_failures, reg->circuit_open_s)) == NULL)
-			return -1;
-		if ((reg->auth = auth_new(srv->s_base, srv->s_up, cfg, reg, err,
-		    sizeof(err))) == NULL ||
-		    server_mirror_token(reg, err, sizeof(err)) == -1) {
-			fprintf(stderr, "pullproxy: %s\n", err);
-			log_event(LOG_LEVEL_ERROR, "cannot set up registry "
-			    "auth", json_pack("{s:s}", "error", err));
-			return -1;
-		}
-	}
-	return 0;
-}
-
-/* After the requests (they may wait on a token), before the upstream. */
-static void
-server_auth_free(struct server *srv)
-{
-	struct config *cfg = srv->s_cfg;
-	size_t i;
-
-	for (i = 0; i < cfg->nregistries; i++) {
-		auth_free(cfg->registries[i].auth);
-		cfg->registries[i].auth = NULL;
-		auth_secret_free(cfg->registries[i].mirror_authorization);
-		cfg->registries[i].mirror_authorization = NULL;
-	}
-}
-
-/* Last: upstream_free takes its waiting transfers out of their queues. */
-static void
-server_ratelimit_free(struct server *srv)
-{
-	struct config *cfg = srv->s_cfg;
-	size_t i, m;
-
-	for (i = 0; i < cfg->nregistries; i++) {
-		ratelimit_free(cfg->registries[i].ratelimit);
-		cfg->registries[i].ratelimit = NULL;
-		circuit_free(cfg->registries[i].circuit);
-		cfg->registries[i].circuit = NULL;
-		for (m = 0; m < cfg->registries[i].nmirrors; m++) {
-			circuit_free(cfg->registries[i].mirrors[m].circuit);
-			cfg->registries[i].mirrors[m].circuit = NULL;
-		}
-	}
+	if ((srv->s_regs = registry_set_new(srv->s_base, srv->s_up,
+	    srv->s_cfg, err, sizeof(err))) != NULL)
+		return 0;
+	fprintf(stderr, "pullproxy: %s\n", err);
+	log_event(LOG_LEVEL_ERROR, "cannot set up registry auth", json_pack(
+	    "{s:s}", "error", err));
+	return -1;
 }
 
 /*
@@ -421,7 +357,7 @@ server_bev_cb(struct event_base *base, void *arg)
 }
 
 struct server *
-server_new(struct event_base *base, struct config *cfg)
+server_new(struct event_base *base, const struct config *cfg)
 {
 	struct server *srv;
 	char err[CONFIG_ERR_MAX];
@@ -445,7 +381,7 @@ server_new(struct event_base *base, struct config *cfg)
 	}
 	if (srv->s_up == NULL || srv->s_http == NULL ||
 	    server_registries_new(srv) == -1 ||
-	    (srv->s_relays = relay_ctx_new(srv->s_up, cfg)) == NULL ||
+	    (srv->s_relays = relay_ctx_new(srv->s_up)) == NULL ||
 	    (srv->s_blobs = blob_ctx_new(srv->s_up, srv->s_cache, cfg,
 	    srv->s_relays)) == NULL ||
 	    (srv->s_manifests = manifest_ctx_new(srv->s_up, srv->s_cache,
@@ -460,7 +396,7 @@ server_new(struct event_base *base, struct config *cfg)
 	    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_max_headers_size(srv->s_http, SERVER_MAX_HEADERS);
 	evhttp_set_max_body_size(srv->s_http, SERVER_MAX_BODY);
-	evhttp_set_timeout(srv->s_http, SERVER_IDLE_TIMEOUT);
+	evhttp_set_timeout(srv->s_http, (int)cfg->idle_timeout_s);
 	evhttp_set_gencb(srv->s_http, server_request_cb, srv);
 	evhttp_set_bevcb(srv->s_http, server_bev_cb, srv);
 	srv->s_sock = evhttp_bind_socket_with_handle(srv->s_http,
@@ -507,9 +443,9 @@ server_free(struct server *srv)
 	if (srv->s_http != NULL)
 		evhttp_free(srv->s_http);
 	guard_free(srv->s_guard);	/* after evhttp: its connections go */
-	server_auth_free(srv);
+	registry_set_close(srv->s_regs);
 	upstream_free(srv->s_up);
-	server_ratelimit_free(srv);
+	registry_set_free(srv->s_regs);
 	/* After evhttp: queued file segments unpin the cache as they go. */
 	if (srv->s_cache != NULL)
 		cache_close(srv->s_cache);
@@ -589,7 +525,7 @@ server_base_new(void)
 }
 
 int
-server_run(struct config *cfg)
+server_run(const struct config *cfg)
 {
 	struct server_run run;
 	struct event_base *base;
@@ -603,7 +539,7 @@ server_run(struct config *cfg)
 		return 1;
 	memset(&run, 0, sizeof(run));
 	server_check_names(cfg);
-	if (reply_log_begin(base) == -1)
+	if (incident_begin(base) == -1)
 		goto out;
 	if ((run.sr_srv = server_new(base, cfg)) == NULL)
 		goto out;
@@ -628,7 +564,7 @@ server_run(struct config *cfg)
 	event_free(run.sr_drain);
 	server_free(run.sr_srv);
 out:
-	reply_log_end();
+	incident_end();
 	event_base_free(base);
 	return rc;
 }

@@ -83,7 +83,7 @@ struct auth_wait {
 
 struct auth_scope {
 	TAILQ_ENTRY(auth_scope)	 s_entry;
-	char			*s_key;		/* from the URL (auth_scope) */
+	char			*s_key;		/* the scope asked */
 	char			*s_want;	/* asked for: the challenge's */
 	struct auth_cred	 s_token;	/* "Bearer <token>" */
 	int			 s_fetched;	/* tokens fetched so far */
@@ -110,6 +110,9 @@ struct auth_fetch {
 struct auth {
 	struct event_base	*a_base;
 	struct upstream		*a_up;
+	struct ratelimit	*a_pace;	/* the registry's, or NULL */
+	struct upstream_auth	 a_iface;	/* what transfers see */
+	json_t			*a_failure;	/* the last failure's fields */
 	const struct config	*a_cfg;
 	const struct config_registry *a_reg;
 	char			*a_realm;	/* last Bearer challenge, or NULL */
@@ -323,34 +326,14 @@ auth_margin(long lifetime)
 }
 
 int
-auth_scope(const char *url, char *out, size_t outlen)
+auth_scope_name(const char *repository, char *out, size_t outlen)
 {
-	const char *p, *end, *name, *last, *kind;
-	size_t len;
 	int n;
 
 	out[0] = '\0';
-	p = (p = strstr(url, "://")) != NULL ? p + 3 : url;
-	if ((p = strchr(p, '/')) == NULL)
+	if (repository == NULL || repository[0] == '\0')
 		return -1;
-	end = p + strcspn(p, "?#");
-	if ((name = memmem(p, (size_t)(end - p), "/v2/", 4)) == NULL)
-		return -1;
-	name += 4;
-	len = (size_t)(end - name);
-	if (len > 10 && memcmp(end - 10, "/tags/list", 10) == 0)
-		len -= 10;
-	else if ((last = memrchr(name, '/', len)) == NULL ||
-	    (kind = memrchr(name, '/', (size_t)(last - name))) == NULL)
-		return -1;
-	else if ((last - kind == 10 && memcmp(kind, "/manifests", 10) == 0) ||
-	    (last - kind == 6 && memcmp(kind, "/blobs", 6) == 0))
-		len = (size_t)(kind - name);
-	else
-		return -1;
-	if (len == 0)
-		return -1;
-	n = snprintf(out, outlen, "repository:%.*s:pull", (int)len, name);
+	n = snprintf(out, outlen, "repository:%s:pull", repository);
 	if (n < 0 || (size_t)n >= outlen) {
 		out[0] = '\0';
 		return -1;
@@ -572,7 +555,7 @@ auth_classify(const struct auth *a, const struct auth_report *r, json_t *o)
 }
 
 static void
-auth_log_failure(const struct auth *a, const struct auth_report *r)
+auth_log_failure(struct auth *a, const struct auth_report *r)
 {
 	json_t *o;
 
@@ -595,6 +578,8 @@ auth_log_failure(const struct auth *a, const struct auth_report *r)
 		    json_integer(r->attempts));
 	if (r->t0 != NULL)
 		json_object_set_new(o, "ms", json_integer(log_ms_since(r->t0)));
+	json_decref(a->a_failure);
+	a->a_failure = json_deep_copy(o);
 	log_event(LOG_LEVEL_ERROR, "auth failure", o);
 }
 
@@ -819,7 +804,7 @@ auth_fetch_send(struct auth_fetch *f, enum auth_phase phase, const char *url,
 	req.tls_verify = reg->tls_verify;
 	/* Token requests count against the registry, first in line; IMDS is
 	 * another host. */
-	req.ratelimit = phase != AUTH_PHASE_IMDS ? reg->ratelimit : NULL;
+	req.ratelimit = phase != AUTH_PHASE_IMDS ? f->f_auth->a_pace : NULL;
 	req.rlclass = RATELIMIT_HIGH;
 	req.connect_timeout_ms = f->f_auth->a_cfg->connect_timeout_ms;
 	req.stall_timeout_s = f->f_auth->a_cfg->stall_timeout_s;
@@ -1155,10 +1140,36 @@ auth_fetch_step(struct auth_fetch *f)
 
 /* ----------------------------------------------------------- interface */
 
+/* The transport's view of auth_header, auth_challenge and auth_wait. */
+static const char *
+auth_iface_header(void *ctx, const char *scope)
+{
+	return auth_header(ctx, scope);
+}
+
+static int
+auth_iface_challenge(void *ctx, const char *scope, const char *challenge,
+    const char *refused)
+{
+	return auth_challenge(ctx, scope, challenge, refused);
+}
+
+static void *
+auth_iface_wait(void *ctx, const char *scope, auth_cb cb, void *arg)
+{
+	return auth_wait(ctx, scope, cb, arg);
+}
+
+static void
+auth_iface_wait_cancel(void *w)
+{
+	auth_wait_cancel(w);
+}
+
 struct auth *
 auth_new(struct event_base *base, struct upstream *up,
-    const struct config *cfg, const struct config_registry *reg, char *err,
-    size_t errlen)
+    struct ratelimit *pace, const struct config *cfg,
+    const struct config_registry *reg, char *err, size_t errlen)
 {
 	struct auth *a;
 	char why[512], *secret = NULL;
@@ -1180,6 +1191,9 @@ auth_new(struct event_base *base, struct upstream *up,
 	}
 	a->a_base = base;
 	a->a_up = up;
+	a->a_pace = pace;
+	a->a_iface = (struct upstream_auth){ a, auth_iface_header,
+	    auth_iface_challenge, auth_iface_wait, auth_iface_wait_cancel };
 	a->a_cfg = cfg;
 	a->a_reg = reg;
 	TAILQ_INIT(&a->a_scopes);
@@ -1205,20 +1219,38 @@ auth_free(struct auth *a)
 	auth_cred_clear(&a->a_refresh);
 	free(a->a_realm);
 	free(a->a_service);
+	json_decref(a->a_failure);
 	free(a);
 }
 
-const char *
-auth_header(struct auth *a, const char *url)
+const struct upstream_auth *
+auth_upstream(struct auth *a)
 {
-	char key[AUTH_PARAM_MAX];
+	return &a->a_iface;
+}
+
+const json_t *
+auth_last_failure(const struct auth *a)
+{
+	return a->a_failure;
+}
+
+void
+auth_forget_failure(struct auth *a)
+{
+	json_decref(a->a_failure);
+	a->a_failure = NULL;
+}
+
+const char *
+auth_header(struct auth *a, const char *scope)
+{
 	struct auth_scope *s;
 	time_t now = time(NULL);
 
 	if (a->a_basic.c_value != NULL)
 		return a->a_basic.c_value;
-	auth_scope(url, key, sizeof(key));
-	if ((s = auth_scope_find(a, key)) == NULL ||
+	if ((s = auth_scope_find(a, scope)) == NULL ||
 	    s->s_token.c_value == NULL)
 		return NULL;
 	if (now >= s->s_token.c_expire) {
@@ -1256,19 +1288,18 @@ auth_challenge_basic(struct auth *a, const char *refused)
 }
 
 int
-auth_challenge(struct auth *a, const char *url, const char *challenge,
+auth_challenge(struct auth *a, const char *scope, const char *challenge,
     const char *refused)
 {
 	struct auth_challenge c;
 	struct auth_scope *s;
-	char key[AUTH_PARAM_MAX], *realm, *service, *want;
+	char *realm, *service, *want;
 
 	if (auth_challenge_parse(challenge, &c) == -1)
 		return -1;
 	if (c.scheme == AUTH_SCHEME_BASIC)
 		return auth_challenge_basic(a, refused);
-	auth_scope(url, key, sizeof(key));
-	if ((s = auth_scope_get(a, key)) == NULL ||
+	if ((s = auth_scope_get(a, scope)) == NULL ||
 	    (realm = strdup(c.realm)) == NULL)
 		return -1;
 	service = c.service[0] != '\0' ? strdup(c.service) : NULL;
@@ -1289,15 +1320,13 @@ auth_challenge(struct auth *a, const char *url, const char *challenge,
 }
 
 struct auth_wait *
-auth_wait(struct auth *a, const char *url, auth_cb cb, void *arg)
+auth_wait(struct auth *a, const char *scope, auth_cb cb, void *arg)
 {
-	char key[AUTH_PARAM_MAX];
 	struct auth_scope *s;
 
 	if (a->a_realm == NULL)
 		return NULL;	/* no Bearer challenge: nowhere to ask */
-	auth_scope(url, key, sizeof(key));
-	if ((s = auth_scope_get(a, key)) == NULL ||
+	if ((s = auth_scope_get(a, scope)) == NULL ||
 	    (s->s_fetch == NULL && auth_fetch_new(a, s) == NULL))
 		return NULL;
 	return auth_wait_on(s->s_fetch, cb, arg);

@@ -37,9 +37,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "auth.h"
 #include "circuit.h"
-#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "upstream.h"
@@ -91,11 +89,11 @@ struct upstream_xfer {
 	char			 x_errbuf[CURL_ERROR_SIZE];
 	TAILQ_ENTRY(upstream_xfer) x_entry;
 	/* With an auth handle: */
-	struct auth		*x_auth;
-	char			*x_requrl;	/* as asked: names the scope */
+	const struct upstream_auth *x_auth;
+	char			*x_scope;	/* the token's scope */
 	struct curl_slist	*x_authheaders;	/* x_reqheaders + Authorization */
 	char			*x_sent;	/* Authorization value sent */
-	struct auth_wait	*x_wait;	/* XFER_AUTH */
+	void			*x_wait;	/* XFER_AUTH */
 	int			 x_retried;	/* held a 401 once already */
 	enum xfer_hold		 x_held;	/* an answer kept from the caller */
 	int			 x_replay;	/* no token: report the kept 401 */
@@ -123,12 +121,12 @@ struct upstream_xfer {
 	struct event		*x_backoff;
 	const char		*x_registry;
 	/* With mirrors (origins: the mirrors in order, then the registry): */
-	const struct config_mirror *x_mirrors;
+	const struct upstream_mirror *x_mirrors;
 	size_t			 x_nmirrors;
 	size_t			 x_next;	/* the next mirror to ask */
 	int			 x_mirror;	/* asked: index; -1 the registry */
 	int			 x_mprobe;	/* the mirror's half-open probe */
-	const char		*x_base;	/* the registry's URL */
+	char			*x_path;	/* what mirrors are asked */
 	const char		*x_mirrorauth;	/* Authorization for mirrors */
 	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + it */
 	char			*x_regurl;	/* the URL at the registry */
@@ -208,7 +206,8 @@ upstream_xfer_free(struct upstream_xfer *x)
 	curl_slist_free_all(x->x_mirrorheaders);
 	free(x->x_url);
 	free(x->x_regurl);
-	free(x->x_requrl);
+	free(x->x_path);
+	free(x->x_scope);
 	free(x->x_sent);
 	free(x->x_heldbody);
 	free(x);
@@ -355,7 +354,7 @@ upstream_mirror_headers(struct upstream_xfer *x)
 static int
 upstream_origin(struct upstream_xfer *x)
 {
-	const struct config_mirror *m;
+	const struct upstream_mirror *m;
 	char *url;
 	int rc;
 
@@ -365,9 +364,9 @@ upstream_origin(struct upstream_xfer *x)
 		m = &x->x_mirrors[x->x_next];
 		if (!circuit_allow(m->circuit, &x->x_mprobe))
 			continue;
-		if (asprintf(&url, "%s%s%cns=%s", m->url, x->x_regurl +
-		    strlen(x->x_base), strchr(x->x_regurl, '?') != NULL ? '&' :
-		    '?', x->x_registry) == -1) {
+		if (asprintf(&url, "%s%s%cns=%s", m->url, x->x_path,
+		    strchr(x->x_path, '?') != NULL ? '&' : '?',
+		    x->x_registry) == -1) {
 			circuit_abandon(m->circuit, x->x_mprobe);
 			x->x_mprobe = 0;
 			return -1;
@@ -580,7 +579,7 @@ upstream_auth_resume(struct upstream_xfer *x, const char *authorization)
 	upstream_requeue(x);
 }
 
-/* auth_cb */
+/* upstream_auth's wait callback */
 static void
 upstream_auth_done(void *arg, const char *authorization)
 {
@@ -595,13 +594,15 @@ upstream_auth_done(void *arg, const char *authorization)
 static void
 upstream_auth_retry(struct upstream_xfer *x)
 {
-	const char *authorization = auth_header(x->x_auth, x->x_requrl);
+	const char *authorization = x->x_auth->header(x->x_auth->ctx,
+	    x->x_scope);
 
 	if (authorization != NULL) {
 		upstream_auth_resume(x, authorization);
 		return;
 	}
-	x->x_wait = auth_wait(x->x_auth, x->x_requrl, upstream_auth_done, x);
+	x->x_wait = x->x_auth->wait(x->x_auth->ctx, x->x_scope,
+	    upstream_auth_done, x);
 	if (x->x_wait == NULL) {
 		upstream_auth_resume(x, NULL);
 		return;
@@ -627,7 +628,8 @@ upstream_auth_hold(struct upstream_xfer *x)
 	    (challenge = upstream_xfer_header(x, "WWW-Authenticate")) == NULL ||
 	    (x->x_heldbody == NULL &&
 	    (x->x_heldbody = malloc(UPSTREAM_HELD_MAX)) == NULL) ||
-	    auth_challenge(x->x_auth, x->x_requrl, challenge, x->x_sent) == -1)
+	    x->x_auth->challenge(x->x_auth->ctx, x->x_scope, challenge,
+	    x->x_sent) == -1)
 		return 0;
 	x->x_retried = 1;
 	x->x_held = HOLD_AUTH;
@@ -688,7 +690,7 @@ upstream_cause(const struct upstream_result *res)
 static int
 upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 {
-	const struct config_mirror *m = &x->x_mirrors[x->x_mirror];
+	const struct upstream_mirror *m = &x->x_mirrors[x->x_mirror];
 	enum classify_cause cause = upstream_cause(res);
 
 	circuit_observe(m->circuit, x->x_mprobe, cause);
@@ -1149,9 +1151,10 @@ upstream_set_headers(struct upstream_xfer *x, const struct upstream_req *req)
 	if (req->auth == NULL)
 		return 0;
 	x->x_auth = req->auth;
-	if ((x->x_requrl = strdup(req->url)) == NULL)
+	if ((x->x_scope = strdup(req->scope != NULL ? req->scope : "")) ==
+	    NULL)
 		return -1;
-	authorization = auth_header(x->x_auth, req->url);
+	authorization = x->x_auth->header(x->x_auth->ctx, x->x_scope);
 	return authorization == NULL ? 0 :
 	    upstream_set_authorization(x, authorization);
 }
@@ -1179,11 +1182,13 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_retries = req->body == NULL ? req->retries : 0;
 	x->x_registry = req->registry;
 	x->x_mirror = -1;
-	if (req->nmirrors > 0 && req->base != NULL && req->registry != NULL &&
-	    strncmp(req->url, req->base, strlen(req->base)) == 0) {
+	if (req->nmirrors > 0 && req->path != NULL && req->registry != NULL) {
 		x->x_mirrors = req->mirrors;
 		x->x_nmirrors = req->nmirrors;
-		x->x_base = req->base;
+		if ((x->x_path = strdup(req->path)) == NULL) {
+			upstream_xfer_free(x);
+			return NULL;
+		}
 		x->x_mirrorauth = req->mirror_authorization;
 		x->x_mirror = UPSTREAM_CHOOSE;
 	}
@@ -1251,7 +1256,8 @@ upstream_xfer_cancel(struct upstream_xfer *x)
 	if (x->x_state == XFER_DEAD)
 		return;		/* finishing: upstream_check_done frees it */
 	up = x->x_up;
-	auth_wait_cancel(x->x_wait);
+	if (x->x_wait != NULL)
+		x->x_auth->wait_cancel(x->x_wait);
 	x->x_wait = NULL;
 	ratelimit_leave(&x->x_rlwait);
 	if (x->x_backoff != NULL)

@@ -24,17 +24,17 @@ fuzz_challenge(const char *value)
 }
 
 static void
-fuzz_scope(const char *url)
+fuzz_scope(const char *name)
 {
 	char scope[AUTH_PARAM_MAX];
 
-	if (auth_scope(url, scope, sizeof(scope)) == -1) {
+	if (auth_scope_name(name, scope, sizeof(scope)) == -1) {
 		FUZZ_CHECK(scope[0] == '\0');
 		return;
 	}
 	FUZZ_CHECK(strncmp(scope, "repository:", 11) == 0 &&
-	    strlen(scope) > 16 && strcmp(scope + strlen(scope) - 5,
-	    ":pull") == 0);
+	    strlen(scope) == strlen(name) + 16 && strcmp(scope +
+	    strlen(scope) - 5, ":pull") == 0);
 }
 
 int

@@ -194,6 +194,39 @@ def test_tags_list(pullproxy, images, registry):
         {"n": ["1"], "last": ["v1"]}
 
 
+@pytest.mark.parametrize("query", [
+    "n=1%26ns%3Devil",      # decoded, it would add a parameter upstream
+    "n=1%20x",              # decoded, curl would refuse the URL
+    "n=-1",
+    "n=1&n=2",
+    "last=a%26b",           # not a tag
+    "last=v1%23frag",
+    "n=",
+])
+def test_tags_query_never_reaches_the_registry_as_written(pullproxy, images,
+                                                          registry, query):
+    """tags/list paging is a number and a tag, re-written from those values:
+    anything else is refused before the registry sees it."""
+    mark = registry.mark()
+    r = pullproxy.get("/v2/pp/small/tags/list?" + query)
+    assert r.status == 400
+    assert r.error_code() == "PAGINATION_NUMBER_INVALID"
+    assert [q for q in registry.requests_since(mark)
+            if q.user_agent.startswith("pullproxy/")] == []
+
+
+def test_tags_query_reencoded(pullproxy, images, registry):
+    """Escaped but valid values are sent as their decoded value."""
+    mark = registry.mark()
+    r = pullproxy.get("/v2/pp/small/tags/list?last=v%31&n=%32&ns=" +
+                      urllib.parse.quote(registry.host, safe=""))
+    assert r.status == 200
+    seen = [q.uri for q in registry.requests_since(mark)
+            if q.user_agent.startswith("pullproxy/")]
+    assert len(seen) == 1
+    assert urllib.parse.urlsplit(seen[0]).query == "n=2&last=v1"
+
+
 # ------------------------------------------------------------ bad requests
 
 BAD_REQUESTS = [

@@ -373,3 +373,36 @@ def test_ns_malformed_or_disguised_refused(guarded, registry, images, sentinel, 
     assert sentinel.connections == 0
     assert registry.requests_since(mark) == []
     assert guarded.logs("ns refused")
+
+
+def test_idle_connection_closed_after_idle_timeout(pullproxy_factory, tmp_path):
+    """A kept-alive connection with nothing to do is closed after
+    idle_timeout_s, not held for evhttp's own default."""
+    cfg = tmp_path / "idle.conf"
+    cfg.write_text("[server]\nidle_timeout_s = 2\n")
+    pp = pullproxy_factory(args=["--config", str(cfg)])
+    s = socket.create_connection((LOCALHOST, pp.port), timeout=10)
+    try:
+        s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"{}" not in got:
+            chunk = s.recv(4096)
+            assert chunk, "closed before answering"
+            got += chunk
+        t0 = time.monotonic()
+        s.settimeout(15)
+        assert s.recv(4096) == b"", "the server sent more"
+        waited = time.monotonic() - t0
+    finally:
+        s.close()
+    assert 1.5 <= waited < 15, waited
+
+
+def test_head_error_logs_no_body_bytes(pullproxy):
+    """A HEAD answered with an error sends no body, and its request line
+    says so."""
+    r = pullproxy.head("/v2/pp/x/blobs/sha256:short")
+    assert r.status == 400
+    line = wait_for(lambda: [l for l in pullproxy.logs("request")
+                             if l.get("method") == "HEAD"], 5, "the line")[0]
+    assert line["status"] == 400 and line["bytes"] == 0, line

@@ -268,6 +268,41 @@ def test_wrong_bytes_for_a_blob(pp, fake, hostile):
     assert wait_failure(pp, reference=hostile["big"])["phase"] == "digest"
 
 
+def request_line(pp, digest):
+    """The debug "request" line of the last GET of digest."""
+    lines = [l for l in pp.logs("request") if l.get("path", "").startswith(
+        blob_path(digest))]
+    assert lines, "no request line for %s" % digest
+    return lines[-1]
+
+
+def test_blob_announced_empty_is_not_a_complete_answer(pp, fake, hostile):
+    """Content-Length: 0 on a blob that is not empty: no bytes, so nothing
+    to wait for, but the digest still has to match before the client is
+    told it has the whole blob."""
+    small = min(hostile["img"].layers, key=lambda d: len(hostile["img"].blobs[d]))
+    fake.add_fault(endpoint="storage", headers={"Content-Length": "0"})
+    g = Got(pp, fake, blob_path(small))
+    assert g.seconds < BOUND_S
+    assert not (g.status == 200 and g.complete), (g.status, g.body[:100])
+    assert wait_failure(pp, reference=small)["cause"] == "digest_mismatch"
+    assert small not in cached_blobs(pp)
+    fetched_again(pp, fake, hostile, small)
+
+
+def test_wrong_bytes_without_content_length_are_cut(pp, fake, hostile):
+    """No Content-Length: the cache cannot reserve room, so the blob is
+    passed through (as one over the budget is, by the same path); it is
+    still hashed, and the client cut at the end."""
+    fake.add_fault(endpoint="storage", chunked=True, corrupt=True)
+    g = pull_big(pp, fake, hostile, ["digest_mismatch"], may_complete=False)
+    assert g.status == 200 and not g.complete
+    assert wait_failure(pp, reference=hostile["big"])["phase"] == "digest"
+    line = wait_for(lambda: [l for l in pp.logs("request") if l.get("cut")],
+                    10, "a request line that says it was cut")[0]
+    assert line["bytes"] < len(hostile["img"].blobs[hostile["big"]]), line
+
+
 @pytest.mark.parametrize("by", ["digest", "tag"])
 def test_wrong_bytes_for_a_manifest(pp, fake, hostile, by):
     img = hostile["img"]

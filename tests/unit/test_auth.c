@@ -161,47 +161,23 @@ test_lifetime(void **state)
 }
 
 static void
-expect_scope(const char *url, const char *want)
-{
-	char out[256];
-
-	if (want == NULL) {
-		assert_int_equal(auth_scope(url, out, sizeof(out)), -1);
-		assert_string_equal(out, "");
-		return;
-	}
-	assert_int_equal(auth_scope(url, out, sizeof(out)), 0);
-	assert_string_equal(out, want);
-}
-
-static void
 test_scope(void **state)
 {
-	char small[16];
+	char out[256], small[16];
 
 	(void)state;
-	expect_scope("https://r.io/v2/library/alpine/manifests/3.19",
-	    "repository:library/alpine:pull");
-	expect_scope("https://r.io/v2/a/blobs/sha256:abc?ns=x",
-	    "repository:a:pull");
-	expect_scope("https://r.io/v2/a/b/c/tags/list?n=10&last=x",
-	    "repository:a/b/c:pull");
-	/* Names may hold the words; the last two segments decide. */
-	expect_scope("https://r.io/v2/blobs/manifests/manifests/v1",
-	    "repository:blobs/manifests:pull");
-	expect_scope("https://r.io/v2/tags/list/blobs/sha256:1",
-	    "repository:tags/list:pull");
-	/* A base URL with a path prefix. */
-	expect_scope("http://127.0.0.1:5000/mirror/v2/x/manifests/latest",
-	    "repository:x:pull");
-	expect_scope("https://r.io/v2/", NULL);
-	expect_scope("https://r.io/v2/a/other/x", NULL);
-	expect_scope("https://r.io/v2/manifests/x", NULL);
-	expect_scope("https://r.io/v2/tags/list", NULL);
-	expect_scope("https://r.io", NULL);
-	expect_scope("https://r.io/oauth2/token?scope=/v2/a/blobs/x", NULL);
-	assert_int_equal(auth_scope("https://r.io/v2/a-long-name/blobs/d",
-	    small, sizeof(small)), -1);
+	assert_int_equal(auth_scope_name("library/alpine", out, sizeof(out)),
+	    0);
+	assert_string_equal(out, "repository:library/alpine:pull");
+	assert_int_equal(auth_scope_name("a/b/c", out, sizeof(out)), 0);
+	assert_string_equal(out, "repository:a/b/c:pull");
+	/* No repository (/v2/, token endpoints): no scope. */
+	assert_int_equal(auth_scope_name(NULL, out, sizeof(out)), -1);
+	assert_string_equal(out, "");
+	assert_int_equal(auth_scope_name("", out, sizeof(out)), -1);
+	assert_string_equal(out, "");
+	assert_int_equal(auth_scope_name("a-long-name", small, sizeof(small)),
+	    -1);
 	assert_string_equal(small, "");
 }
 

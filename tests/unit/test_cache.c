@@ -2,6 +2,8 @@
 #include <sys/wait.h>
 
 #include <fcntl.h>
+#include <lmdb.h>
+#include <signal.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -786,6 +788,293 @@ test_cachecmd(void **state)
 	free(buf);
 }
 
+/*
+ * Another process's view of the reader table: how many read transactions
+ * it can begin before MDB_READERS_FULL (each a slot in lock.mdb). With
+ * hold, it keeps them and is killed with -9, leaving its slots behind as
+ * a crashed process would. The count comes back through a pipe.
+ */
+static int
+free_readers(const char *dir, int hold)
+{
+	static MDB_txn *txns[8192];
+	MDB_env *env;
+	pid_t pid;
+	int fds[2], n = 0, status;
+
+	assert_int_equal(pipe(fds), 0);
+	if ((pid = fork()) == 0) {
+		close(fds[0]);
+		if (mdb_env_create(&env) != 0 || mdb_env_set_maxdbs(env, 8) ||
+		    mdb_env_open(env, dir, MDB_RDONLY | MDB_NOTLS, 0600) != 0)
+			_exit(1);
+		while (n < 8192 && mdb_txn_begin(env, NULL, MDB_RDONLY,
+		    &txns[n]) == 0)
+			n++;
+		if (write(fds[1], &n, sizeof(n)) != sizeof(n))
+			_exit(1);
+		if (hold)
+			pause();	/* killed */
+		mdb_env_close(env);
+		_exit(0);
+	}
+	assert_true(pid > 0);
+	close(fds[1]);
+	assert_int_equal(read(fds[0], &n, sizeof(n)), sizeof(n));
+	close(fds[0]);
+	if (hold)
+		kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return n;
+}
+
+/* cache stats from another process, as `pullproxy cache stats` does. */
+static int
+stats_elsewhere(const struct fixture *f)
+{
+	struct cache_opts o = opts_for(f, 64 * MIB, 0, 1);
+	struct cache_stats st;
+	struct cache *c;
+	char err[256];
+	pid_t pid;
+	int status;
+
+	if ((pid = fork()) == 0) {
+		if (cache_open(&c, &o, err, sizeof(err)) != CACHE_OK ||
+		    cache_stats(c, &st) != CACHE_OK || st.blobs == 0)
+			_exit(1);
+		cache_close(c);
+		_exit(0);
+	}
+	assert_true(pid > 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/*
+ * Pins share read transactions: thousands of chunks pinned at once (1,500
+ * clients that never read, four chunks ahead each) take few reader slots,
+ * a write in between is seen by the pins after it, and once they are let
+ * go the table is free for `pullproxy cache stats` beside the server.
+ */
+static void
+test_pins_share_readers(void **state)
+{
+	struct fixture *f = *state;
+	enum { NPINS = 6000 };
+	static struct cache_pin *pins[NPINS];
+	char a[CACHE_DIGEST_MAX], b[CACHE_DIGEST_MAX];
+	struct cache_pin *pin;
+	unsigned char *buf;
+	const void *ptr;
+	struct cache *c;
+	size_t len;
+	int i;
+
+	buf = make_bytes(4 * MIB, 50);
+	c = open_server(f, 64 * MIB);
+	put_blob(c, buf, 3 * MIB, 0, a);
+	for (i = 0; i < NPINS / 2; i++)
+		assert_int_equal(cache_chunk_pin(c, a, (uint32_t)(i % 3),
+		    &pins[i], &ptr, &len), CACHE_OK);
+	/* Others (an admin command, a reader of another blob) still can. */
+	assert_true(free_readers(f->dir, 0) >= 4096 - 16);
+	put_blob(c, buf + 3 * MIB, MIB, 0, b);
+	for (; i < NPINS; i++) {
+		assert_int_equal(cache_chunk_pin(c, i % 2 ? a : b, 0,
+		    &pins[i], &ptr, &len), CACHE_OK);
+		assert_memory_equal(ptr, i % 2 ? buf : buf + 3 * MIB, 64);
+	}
+	assert_int_equal(stats_elsewhere(f), 0);
+	for (i = 0; i < NPINS; i++)
+		cache_unpin(pins[i]);
+	assert_true(free_readers(f->dir, 0) >= 4096 - 16);
+	assert_int_equal(stats_elsewhere(f), 0);
+
+	/*
+	 * A write between every pin (clients arriving while downloads
+	 * commit): the server still leaves most of the table to others.
+	 */
+	for (i = 0; i < 1500; i++) {
+		assert_int_equal(cache_tag_put(c, "r.io", "app", "v1", a,
+		    (uint64_t)i), CACHE_OK);
+		assert_int_equal(cache_chunk_pin(c, a, 1, &pins[i], &ptr,
+		    &len), CACHE_OK);
+		assert_memory_equal(ptr, buf + MIB, 64);
+	}
+	assert_true(free_readers(f->dir, 0) >= 4096 - 4096 / 4 - 16);
+	assert_int_equal(stats_elsewhere(f), 0);
+	for (i = 0; i < 1500; i++)
+		cache_unpin(pins[i]);
+
+	/* A process killed with the table full: recovered without restart. */
+	assert_true(free_readers(f->dir, 1) >= 4096 - 16);
+	assert_int_equal(cache_tag_put(c, "r.io", "app", "v1", b, 1),
+	    CACHE_OK);
+	assert_int_equal(cache_chunk_pin(c, b, 0, &pin, &ptr, &len),
+	    CACHE_OK);
+	cache_unpin(pin);
+	assert_int_equal(stats_elsewhere(f), 0);
+	cache_close(c);
+	free(buf);
+}
+
+/* A 1 MiB manifest body, different per seed, and its digest. */
+static unsigned char *
+put_manifest(struct cache *c, size_t len, uint32_t seed,
+    char digest[CACHE_DIGEST_MAX], enum cache_err want)
+{
+	unsigned char *body = make_bytes(len, seed);
+
+	digest_of(body, len, digest);
+	assert_int_equal(cache_manifest_put(c, digest,
+	    "application/vnd.oci.image.manifest.v1+json", body, len), want);
+	return body;
+}
+
+static int
+has_manifest(struct cache *c, const char *digest)
+{
+	char media[CACHE_MEDIA_MAX];
+	struct cache_pin *pin;
+	const void *body;
+	size_t len;
+
+	if (cache_manifest_pin(c, digest, &pin, &body, &len, media) !=
+	    CACHE_OK)
+		return 0;
+	cache_unpin(pin);
+	return 1;
+}
+
+/*
+ * Manifests are in the LRU with blobs: twenty 1 MiB manifests on a 16 MiB
+ * budget used to leave no room for any blob, for good. The least recently
+ * used go first, whatever their kind, and their tags with them.
+ */
+static void
+test_evict_manifests(void **state)
+{
+	struct fixture *f = *state;
+	char m[20][CACHE_DIGEST_MAX], b[4][CACHE_DIGEST_MAX];
+	char tag[16], got[CACHE_DIGEST_MAX];
+	unsigned char *body[20], *buf;
+	struct cache_blob_info info;
+	struct cache_stats st;
+	struct cache *c;
+	uint64_t ms;
+	int i, gone = 0;
+
+	c = open_server(f, 16 * MIB);	/* high 14.4, low 12.8 MiB */
+	for (i = 0; i < 10; i++) {
+		body[i] = put_manifest(c, MIB, 60 + (uint32_t)i, m[i],
+		    CACHE_OK);
+		snprintf(tag, sizeof(tag), "t%d", i);
+		assert_int_equal(cache_tag_put(c, "r.io", "app", tag, m[i],
+		    1), CACHE_OK);
+	}
+	next_second();
+	assert_true(has_manifest(c, m[0]));	/* used: kept longer */
+	next_second();
+	for (; i < 20; i++) {
+		body[i] = put_manifest(c, MIB, 60 + (uint32_t)i, m[i],
+		    CACHE_OK);
+		snprintf(tag, sizeof(tag), "t%d", i);
+		assert_int_equal(cache_tag_put(c, "r.io", "app", tag, m[i],
+		    1), CACHE_OK);
+		assert_within_budget(c, 16 * MIB);
+	}
+	assert_true(has_manifest(c, m[0]));
+	for (i = 1; i < 10; i++) {
+		snprintf(tag, sizeof(tag), "t%d", i);
+		if (has_manifest(c, m[i])) {
+			assert_int_equal(cache_tag_get(c, "r.io", "app", tag,
+			    got, &ms), CACHE_OK);
+			continue;
+		}
+		gone++;
+		/* Its tag went with it: the next pull fetches both again. */
+		assert_int_equal(cache_tag_get(c, "r.io", "app", tag, got,
+		    &ms), CACHE_NOTFOUND);
+	}
+	assert_true(gone >= 6);
+	for (i = 10; i < 20; i++)
+		assert_true(has_manifest(c, m[i]));
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.tags, 20 - (uint64_t)gone);
+
+	/* Blobs still get room: the manifests, used longer ago, make way. */
+	next_second();
+	buf = make_bytes(3 * MIB, 70);
+	for (i = 0; i < 4; i++) {
+		buf[0] = (unsigned char)i;
+		assert_int_equal(cache_blob_reserve(c, 3 * MIB), CACHE_OK);
+		put_blob(c, buf, 3 * MIB, 0, b[i]);
+		assert_within_budget(c, 16 * MIB);
+	}
+	for (i = 0; i < 4; i++)
+		assert_int_equal(cache_blob_lookup(c, b[i], &info), CACHE_OK);
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.blobs, 4);
+	assert_true(st.manifests <= 2);
+	cache_close(c);
+
+	/* What was counted is what a restart finds. */
+	c = open_server(f, 16 * MIB);
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.blobs, 4);
+	assert_true(st.blob_bytes + st.manifest_bytes <= 16 * MIB);
+	assert_int_equal(cache_purge(c), CACHE_OK);
+	assert_int_equal(cache_stats(c, &st), CACHE_OK);
+	assert_int_equal(st.manifests + st.manifest_bytes + st.tags, 0);
+	cache_close(c);
+	for (i = 0; i < 20; i++)
+		free(body[i]);
+	free(buf);
+}
+
+/*
+ * A manifest's access time outlives a restart, as a blob's does: of two
+ * manifests stored at once, the one read since is kept, even when its key
+ * would break the tie first.
+ */
+static void
+test_manifest_access_survives_restart(void **state)
+{
+	struct fixture *f = *state;
+	char m[2][CACHE_DIGEST_MAX], tmp[CACHE_DIGEST_MAX], d[CACHE_DIGEST_MAX];
+	unsigned char *body[3];
+	struct cache *c;
+	int first;
+
+	c = open_server(f, 16 * MIB);
+	body[0] = put_manifest(c, 2 * MIB, 80, m[0], CACHE_OK);
+	body[1] = put_manifest(c, 2 * MIB, 81, m[1], CACHE_OK);
+	/* m[0]: the one an equal-time tie would evict first. */
+	first = strcmp(m[0], m[1]) < 0 ? 0 : 1;
+	if (first == 1) {
+		memcpy(tmp, m[0], sizeof(tmp));
+		memcpy(m[0], m[1], sizeof(tmp));
+		memcpy(m[1], tmp, sizeof(tmp));
+	}
+	next_second();
+	assert_true(has_manifest(c, m[0]));
+	cache_close(c);
+
+	c = open_server(f, 16 * MIB);
+	/* 13.5 MiB in use; 1 MiB more is past the high mark by one victim. */
+	assert_int_equal(cache_blob_reserve(c, 9 * MIB + MIB / 2), CACHE_OK);
+	body[2] = put_manifest(c, MIB, 82, d, CACHE_OK);
+	assert_true(has_manifest(c, m[0]));
+	assert_false(has_manifest(c, m[1]));
+	assert_true(has_manifest(c, d));
+	cache_blob_discard(c, d);	/* gives the reservation back */
+	cache_close(c);
+	free(body[0]);
+	free(body[1]);
+	free(body[2]);
+}
+
 int
 main(void)
 {
@@ -811,6 +1100,12 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_damaged_pages, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_cachecmd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pins_share_readers, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_evict_manifests, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_manifest_access_survives_restart, setup, teardown),
 	};
 
 	return cmocka_run_group_tests_name("cache", tests, NULL, NULL);

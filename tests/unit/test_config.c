@@ -225,7 +225,6 @@ test_auth(void **state)
 	assert_string_equal(r->tenant, "a1b2c3d4");
 	assert_string_equal(r->imds_url, "http://127.0.0.1:8080");
 	assert_int_equal(r->imds_retry_s, 5);
-	assert_null(r->auth);
 	r = &cfg.registries[1];
 	assert_int_equal(r->auth_kind, CONFIG_AUTH_BASIC);
 	assert_string_equal(r->username_file, "/run/secrets/user");

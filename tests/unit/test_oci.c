@@ -231,6 +231,34 @@ test_error_bodies(void **state)
 	    NULL), -1);
 }
 
+static void
+test_tags_query(void **state)
+{
+	struct oci_route rt;
+
+	(void)state;
+	assert_int_equal(oci_route_parse("/v2/a/tags/list", &rt), OCI_OK);
+	assert_int_equal(rt.tags_n, -1);
+	assert_int_equal(oci_query_tags(NULL, &rt), 0);
+	assert_int_equal(rt.tags_n, -1);
+	assert_string_equal(rt.tags_last, "");
+	assert_int_equal(oci_query_tags("ns=r.io&n=%32%30&last=v%2E1", &rt),
+	    0);
+	assert_int_equal(rt.tags_n, 20);
+	assert_string_equal(rt.tags_last, "v.1");
+	/* What would change the upstream query once decoded, or is no
+	 * number or tag, is refused. */
+	assert_int_equal(oci_query_tags("n=1%26ns%3Devil", &rt), -1);
+	assert_int_equal(oci_query_tags("n=1%20x", &rt), -1);
+	assert_int_equal(oci_query_tags("n=-1", &rt), -1);
+	assert_int_equal(oci_query_tags("n=", &rt), -1);
+	assert_int_equal(oci_query_tags("n=1&n=2", &rt), -1);
+	assert_int_equal(oci_query_tags("n=99999999999999999", &rt), -1);
+	assert_int_equal(oci_query_tags("last=a%26b", &rt), -1);
+	assert_string_equal(rt.tags_last, "");
+	assert_int_equal(oci_query_tags("last=.x", &rt), -1);
+}
+
 int
 main(void)
 {
@@ -240,6 +268,7 @@ main(void)
 		cmocka_unit_test(test_routes),
 		cmocka_unit_test(test_route_errors),
 		cmocka_unit_test(test_ns),
+		cmocka_unit_test(test_tags_query),
 		cmocka_unit_test(test_ranges),
 		cmocka_unit_test(test_error_bodies),
 	};

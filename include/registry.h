@@ -1,0 +1,70 @@
+/*
+ * registry: a configured registry at run time. Built from its read-only
+ * config section, it owns what pullproxy keeps about that registry while
+ * it runs: the identity (auth.h), the pace (ratelimit.h), the breaker
+ * (circuit.h), and the mirrors asked before it, each with its own breaker
+ * and the mirrors' token.
+ *
+ * Every upstream request for a client's route is made here, by
+ * registry_req_init: the URL, the repository scope the token needs and
+ * the rate class come from the route itself, never from parsing a URL.
+ */
+#ifndef PP_REGISTRY_H
+#define PP_REGISTRY_H
+
+#include <stddef.h>
+
+#include "oci.h"
+#include "upstream.h"
+
+struct auth;
+struct config;
+struct config_registry;
+struct event_base;
+struct registry;
+struct registry_set;
+
+/*
+ * The run-time registries of cfg, in its order. NULL with err set (one
+ * line naming the registry) when one cannot be made, such as a secret
+ * file that cannot be read.
+ */
+struct registry_set *registry_set_new(struct event_base *base,
+    struct upstream *up, const struct config *cfg, char *err,
+    size_t errlen);
+/*
+ * Teardown in two steps around upstream_free: close drops the identities
+ * (their token fetches are transfers: cancel them while the engine
+ * lives); free comes after upstream_free, which takes the transfers still
+ * queued out of the pace queues.
+ */
+void registry_set_close(struct registry_set *set);
+void registry_set_free(struct registry_set *set);
+
+/* The registry containerd names with ns (the first when ns is NULL). */
+struct registry *registry_set_find(const struct registry_set *set,
+    const char *ns);
+
+const struct config_registry *registry_config(const struct registry *reg);
+const char *registry_name(const struct registry *reg);
+struct auth *registry_auth(const struct registry *reg);
+
+/* One upstream request, ready for upstream_xfer_start(&rr->ureq, ...). */
+struct registry_req {
+	struct upstream_req	 ureq;
+	char			*url;
+	char			 scope[OCI_NAME_MAX + 32];
+};
+
+/*
+ * The request for route at reg: GET of the route's URL at the registry
+ * (tags/list with the route's paging), with the route's scope, blobs in
+ * the low rate class, the registry's identity, pace, breaker, retries,
+ * mirrors, TLS settings and timeouts. The caller sets head, range and
+ * accept. -1 when out of memory.
+ */
+int registry_req_init(struct registry_req *rr, struct registry *reg,
+    const struct oci_route *route);
+void registry_req_clear(struct registry_req *rr);
+
+#endif

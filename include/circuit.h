@@ -29,8 +29,17 @@ enum circuit_state {
 
 struct circuit;
 
-/* failures 0: never opens. name is kept (the registry's, for logs). */
+/*
+ * failures 0: never opens. name is kept (the registry's, for logs) and
+ * names the registry's metric series, which outlive the circuit.
+ */
 struct circuit *circuit_new(const char *name, long failures, long open_s);
+/*
+ * The same for a fleet peer (fleet.h): peers come and go, so name is
+ * copied and there is no metric series; logs say "peer".
+ */
+struct circuit *circuit_new_peer(const char *name, long failures,
+    long open_s);
 void circuit_free(struct circuit *c);
 
 /*

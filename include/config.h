@@ -72,6 +72,49 @@ struct config_registry {
 	char	*mirror_token_file;
 };
 
+/* A peer as written in [fleet] peers: a name or an address, and a port. */
+struct config_peer {
+	char	*host;
+	int	 port;
+};
+
+/*
+ * [fleet]: other pullproxies of the cluster, asked before the registry
+ * (docs/fleet.md). Members come from peers (a static list: write it the
+ * same on every node) and from peers_dns (names whose A/AAAA records are
+ * the members, e.g. a headless Service), resolved again every resolve_s
+ * off the event loop. On when either is set.
+ */
+struct config_fleet {
+	struct config_peer *peers;	/* NULL */
+	size_t	 npeers;
+	/*
+	 * One DNS answer holds at most 64 KiB, about 4,000 A records: a
+	 * bigger fleet is several names (a Service per node pool).
+	 */
+	char	**peers_dns;		/* NULL */
+	size_t	 npeers_dns;
+	int	 peers_port;		/* 0: peer_listen's port */
+	/*
+	 * Ask peers_dns of this server (IPv4, e.g. kube-dns's ClusterIP)
+	 * instead of the node's resolv.conf: a hostNetwork pod with
+	 * dnsPolicy Default cannot resolve cluster names otherwise.
+	 */
+	char	*peers_dns_server;	/* NULL: the system's resolver */
+	int	 peers_dns_server_port;	/* 53 */
+	/*
+	 * The peer listener, apart from containerd's; a wildcard host
+	 * (0.0.0.0, ::) listens on every address, and the node then knows
+	 * itself among the members by its interfaces' addresses.
+	 */
+	char	*peer_listen_host;	/* NULL */
+	int	 peer_listen_port;
+	char	*peer_token_file;	/* the cluster's token, sent and required */
+	long	 fanout;	/* 4: peers an owner serves a blob to at once */
+	long	 resolve_s;	/* 5: seconds between resolutions */
+	long	 stale_s;	/* 30: a source's last answer is kept this long */
+};
+
 struct config {
 	char	*listen_host;	/* 127.0.0.1 */
 	int	 listen_port;	/* 5000 */
@@ -101,6 +144,7 @@ struct config {
 	/* A connection with nothing to read or write for this long is
 	 * closed: kept-alive idle ones, and clients that stopped reading. */
 	long	 idle_timeout_s;	/* 60 */
+	struct config_fleet fleet;
 	size_t	 nregistries;
 	struct config_registry registries[CONFIG_REGISTRY_MAX];
 };
@@ -129,12 +173,17 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err,
  * Whole-config checks: at least one registry, each with a URL and with
  * the files its auth needs (and no settings another auth would use); a
  * listen address off loopback only with a client credential
- * (client_token_file or client_ca_file); TLS keys in pairs.
+ * (client_token_file or client_ca_file); TLS keys in pairs; a fleet
+ * (peers or peers_dns) with a peer_listen apart from listen and a
+ * peer_token_file.
  */
 int config_check(const struct config *cfg, char *err, size_t errlen);
 
 /* "anonymous", "basic", "acr-refresh-token" or "managed-identity". */
 const char *config_auth_name(enum config_auth kind);
+
+/* Whether [fleet] names any member source. */
+int config_fleet_on(const struct config *cfg);
 
 /* The registry containerd names with ns, or the first when ns is NULL. */
 const struct config_registry *config_registry_find(const struct config *cfg,

@@ -36,6 +36,9 @@ config_init(struct config *cfg)
 	cfg->shutdown_timeout_s = 30;
 	cfg->header_timeout_s = 10;
 	cfg->idle_timeout_s = 60;
+	cfg->fleet.fanout = 4;
+	cfg->fleet.resolve_s = 5;
+	cfg->fleet.stale_s = 30;
 }
 
 static const char *config_auth_names[] = {
@@ -69,10 +72,34 @@ config_registry_clear(struct config_registry *r)
 	memset(r, 0, sizeof(*r));
 }
 
+static void
+config_peers_clear(struct config_fleet *f)
+{
+	while (f->npeers > 0)
+		free(f->peers[--f->npeers].host);
+	free(f->peers);
+	f->peers = NULL;
+}
+
+static void
+config_peers_dns_clear(struct config_fleet *f)
+{
+	while (f->npeers_dns > 0)
+		free(f->peers_dns[--f->npeers_dns]);
+	free(f->peers_dns);
+	f->peers_dns = NULL;
+}
+
 void
 config_free(struct config *cfg)
 {
 	size_t i;
+
+	config_peers_clear(&cfg->fleet);
+	config_peers_dns_clear(&cfg->fleet);
+	free(cfg->fleet.peers_dns_server);
+	free(cfg->fleet.peer_listen_host);
+	free(cfg->fleet.peer_token_file);
 
 	free(cfg->listen_host);
 	free(cfg->cache_dir);
@@ -96,8 +123,9 @@ config_set_str(char **dst, const char *value)
 
 /* Each setter returns NULL, or what is wrong with the value. */
 
+/* HOST:PORT or [V6]:PORT into a new string and a port. */
 static const char *
-config_set_listen(struct config *cfg, const char *value)
+config_hostport(const char *value, char **hostp, int *portp)
 {
 	const char *colon = strrchr(value, ':');
 	char host[256], *end;
@@ -121,8 +149,24 @@ config_set_listen(struct config *cfg, const char *value)
 		return "port must be 1-65535";
 	memcpy(host, value, hlen);
 	host[hlen] = '\0';
-	config_set_str(&cfg->listen_host, host);
-	cfg->listen_port = (int)port;
+	if ((*hostp = strdup(host)) == NULL)
+		return "out of memory";
+	*portp = (int)port;
+	return NULL;
+}
+
+static const char *
+config_set_listen(struct config *cfg, const char *value)
+{
+	const char *msg;
+	char *host;
+	int port;
+
+	if ((msg = config_hostport(value, &host, &port)) != NULL)
+		return msg;
+	free(cfg->listen_host);
+	cfg->listen_host = host;
+	cfg->listen_port = port;
 	return NULL;
 }
 
@@ -423,6 +467,153 @@ config_set_registry(struct config_registry *r, const char *key,
 	return "unknown key";
 }
 
+/* Items of a list: comma or space separated. */
+#define CONFIG_LIST_SEP	", \t"
+
+/* An upper bound on the items of a list, for one allocation. */
+static size_t
+config_list_count(const char *value)
+{
+	const char *tok;
+	size_t n = 1;
+
+	for (tok = strpbrk(value, CONFIG_LIST_SEP); tok != NULL;
+	    tok = strpbrk(tok + 1, CONFIG_LIST_SEP))
+		n++;
+	return n;
+}
+
+/* "HOST:PORT, HOST:PORT ...": the key again replaces the list. */
+static const char *
+config_set_peers(struct config_fleet *f, const char *value)
+{
+	struct config_peer *p;
+	char *copy, *tok, *last;
+	const char *msg = NULL;
+
+	config_peers_clear(f);
+	if ((copy = strdup(value)) == NULL ||
+	    (f->peers = calloc(config_list_count(value),
+	    sizeof(*f->peers))) == NULL) {
+		free(copy);
+		return "out of memory";
+	}
+	for (tok = strtok_r(copy, CONFIG_LIST_SEP, &last); tok != NULL &&
+	    msg == NULL; tok = strtok_r(NULL, CONFIG_LIST_SEP, &last)) {
+		p = &f->peers[f->npeers];
+		if ((msg = config_hostport(tok, &p->host, &p->port)) == NULL)
+			f->npeers++;
+	}
+	free(copy);
+	if (msg == NULL && f->npeers == 0)
+		msg = "needs at least one HOST:PORT";
+	return msg;
+}
+
+/* A DNS name (letters, digits, '-', '.'), as a headless Service's. */
+static int
+config_dns_name(const char *name)
+{
+	size_t i, len = strlen(name);
+
+	if (len == 0 || len > 253)
+		return 0;
+	for (i = 0; i < len; i++)
+		if (!(name[i] >= 'a' && name[i] <= 'z') &&
+		    !(name[i] >= 'A' && name[i] <= 'Z') &&
+		    !(name[i] >= '0' && name[i] <= '9') &&
+		    name[i] != '-' && name[i] != '.')
+			return 0;
+	return 1;
+}
+
+/* "NAME, NAME ...": the key again replaces the list. */
+static const char *
+config_set_peers_dns(struct config_fleet *f, const char *value)
+{
+	char *copy, *tok, *last;
+	const char *msg = NULL;
+
+	config_peers_dns_clear(f);
+	if ((copy = strdup(value)) == NULL ||
+	    (f->peers_dns = calloc(config_list_count(value),
+	    sizeof(*f->peers_dns))) == NULL) {
+		free(copy);
+		return "out of memory";
+	}
+	for (tok = strtok_r(copy, CONFIG_LIST_SEP, &last); tok != NULL &&
+	    msg == NULL; tok = strtok_r(NULL, CONFIG_LIST_SEP, &last)) {
+		if (!config_dns_name(tok))
+			msg = "expected DNS names (no port: see peers_port)";
+		else if ((f->peers_dns[f->npeers_dns] = strdup(tok)) == NULL)
+			msg = "out of memory";
+		else
+			f->npeers_dns++;
+	}
+	free(copy);
+	if (msg == NULL && f->npeers_dns == 0)
+		msg = "needs at least one name";
+	return msg;
+}
+
+/* IPv4[:PORT]: a DNS server by address (naming it would need DNS). */
+static const char *
+config_set_dns_server(struct config_fleet *f, const char *value)
+{
+	struct in_addr a;
+	const char *msg;
+	char *host;
+	int port = 53;
+
+	if (strchr(value, ':') != NULL) {
+		if ((msg = config_hostport(value, &host, &port)) != NULL)
+			return msg;
+	} else if ((host = strdup(value)) == NULL)
+		return "out of memory";
+	if (inet_pton(AF_INET, host, &a) != 1) {
+		free(host);
+		return "expected an IPv4 address with an optional :PORT";
+	}
+	free(f->peers_dns_server);
+	f->peers_dns_server = host;
+	f->peers_dns_server_port = port;
+	return NULL;
+}
+
+static const char *
+config_set_fleet(struct config_fleet *f, const char *key, const char *value)
+{
+	const char *msg;
+	long v;
+
+	if (strcmp(key, "peers") == 0)
+		return config_set_peers(f, value);
+	if (strcmp(key, "peers_dns") == 0)
+		return config_set_peers_dns(f, value);
+	if (strcmp(key, "peers_dns_server") == 0)
+		return config_set_dns_server(f, value);
+	if (strcmp(key, "peers_port") == 0) {
+		if ((msg = config_set_long(&v, value, 1, 65535)) == NULL)
+			f->peers_port = (int)v;
+		return msg;
+	}
+	if (strcmp(key, "peer_listen") == 0) {
+		free(f->peer_listen_host);
+		f->peer_listen_host = NULL;
+		return config_hostport(value, &f->peer_listen_host,
+		    &f->peer_listen_port);
+	}
+	if (strcmp(key, "peer_token_file") == 0)
+		return config_set_nonempty(&f->peer_token_file, value);
+	if (strcmp(key, "fanout") == 0)
+		return config_set_long(&f->fanout, value, 1, 64);
+	if (strcmp(key, "resolve_s") == 0)
+		return config_set_long(&f->resolve_s, value, 1, 3600);
+	if (strcmp(key, "stale_s") == 0)
+		return config_set_long(&f->stale_s, value, 0, 86400);
+	return "unknown key";
+}
+
 struct config_file_ctx {
 	struct config	*cfg;
 	char		 err[CONFIG_ERR_MAX];
@@ -438,6 +629,8 @@ config_ini_handler(void *user, const char *section, const char *key,
 
 	if (strcmp(section, "server") == 0)
 		msg = config_set_server(ctx->cfg, key, value);
+	else if (strcmp(section, "fleet") == 0)
+		msg = config_set_fleet(&ctx->cfg->fleet, key, value);
 	else if (strncmp(section, "registry ", 9) == 0) {
 		if (!oci_host_valid(section + 9))
 			msg = "registry name must be HOST or HOST:PORT";
@@ -447,7 +640,8 @@ config_ini_handler(void *user, const char *section, const char *key,
 		else
 			msg = config_set_registry(r, key, value);
 	} else
-		msg = "unknown section (expected [server] or [registry HOST])";
+		msg = "unknown section (expected [server], [fleet] or "
+		    "[registry HOST])";
 	if (msg == NULL)
 		return 1;
 	/* inih reports only the first error's line: keep its message. */
@@ -650,6 +844,55 @@ config_loopback(const char *host)
 	return 0;
 }
 
+/* Every address of the node. */
+static int
+config_wildcard(const char *host)
+{
+	return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0;
+}
+
+int
+config_fleet_on(const struct config *cfg)
+{
+	return cfg->fleet.npeers > 0 || cfg->fleet.npeers_dns > 0;
+}
+
+/*
+ * A fleet needs its own listener (peers never reach containerd's) and the
+ * token that keeps the rest of the network off it.
+ */
+static int
+config_check_fleet(const struct config *cfg, char *err, size_t errlen)
+{
+	const struct config_fleet *f = &cfg->fleet;
+
+	if (f->peers_dns_server != NULL && f->npeers_dns == 0)
+		return config_err(err, errlen, "[fleet] peers_dns_server: only "
+		    "used with peers_dns");
+	if (!config_fleet_on(cfg)) {
+		if (f->peer_listen_host != NULL || f->peer_token_file != NULL ||
+		    f->peers_port != 0)
+			return config_err(err, errlen, "[fleet] %s: only used "
+			    "with peers or peers_dns", f->peer_listen_host !=
+			    NULL ? "peer_listen" : f->peer_token_file != NULL ?
+			    "peer_token_file" : "peers_port");
+		return 0;
+	}
+	if (f->peer_listen_host == NULL)
+		return config_err(err, errlen, "[fleet] peer_listen: missing "
+		    "(the address peers reach this node on)");
+	if (f->peer_token_file == NULL)
+		return config_err(err, errlen, "[fleet] peer_token_file: missing "
+		    "(peers send and require the cluster's token)");
+	if (f->peer_listen_port == cfg->listen_port &&
+	    (strcmp(f->peer_listen_host, cfg->listen_host) == 0 ||
+	    !config_loopback(cfg->listen_host) || config_wildcard(
+	    f->peer_listen_host)))
+		return config_err(err, errlen, "[fleet] peer_listen: must not "
+		    "share [server] listen's address and port");
+	return 0;
+}
+
 int
 config_check(const struct config *cfg, char *err, size_t errlen)
 {
@@ -671,6 +914,8 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 		return config_err(err, errlen, "[server] client_ca_file: only "
 		    "used with TLS (tls_cert_file and tls_key_file)");
 
+	if (config_check_fleet(cfg, err, errlen) == -1)
+		return -1;
 	if (cfg->cache_low_pct >= cfg->cache_high_pct)
 		return config_err(err, errlen, "[server] cache_low_pct: must be "
 		    "below cache_high_pct (%d)", cfg->cache_high_pct);

@@ -8,6 +8,7 @@
 
 #include "cachecmd.h"
 #include "check.h"
+#include "fleetcmd.h"
 #include "config.h"
 #include "containerd_config.h"
 #include "log.h"
@@ -30,6 +31,7 @@ usage(FILE *f)
 	    "                       [--dry-run] [--remove]\n"
 	    "       pullproxy check [--config FILE] [--registry HOST[=URL]]\n"
 	    "                       [--json] [IMAGE]\n"
+	    "       pullproxy fleet [--config FILE] [--for SECONDS] [KEY ...]\n"
 	    "       pullproxy --version | --help\n"
 	    "\n"
 	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
@@ -56,7 +58,10 @@ usage(FILE *f)
 	    "                /v2/, identity, manifest and platform, each with\n"
 	    "                the cause and hint of a failure; exit 0 only when\n"
 	    "                a pull would work (default config\n"
-	    "                " CHECK_DEFAULT_CONFIG ")\n");
+	    "                " CHECK_DEFAULT_CONFIG ")\n"
+	    "  fleet         the [fleet] members this node resolves, and the\n"
+	    "                owner of each KEY (sha256:... or REGISTRY/REPO:TAG),\n"
+	    "                one JSON line per change for --for SECONDS\n");
 }
 
 static int
@@ -123,6 +128,8 @@ main(int argc, char **argv)
 		return containerd_config_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "check") == 0)
 		return check_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "fleet") == 0)
+		return fleetcmd_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
 	    argv[1]);
 	return 2;

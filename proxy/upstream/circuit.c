@@ -2,6 +2,7 @@
  * circuit: consecutive failures, an open deadline, one probe at a time.
  */
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "circuit.h"
@@ -10,6 +11,8 @@
 
 struct circuit {
 	const char		*c_name;
+	const char		*c_what;	/* "registry" or "peer", for logs */
+	char			*c_own_name;	/* a peer's: copied, freed here */
 	int			 c_metric;
 	long			 c_threshold;
 	long			 c_open_s;
@@ -48,25 +51,56 @@ circuit_counts(enum classify_cause cause)
 	}
 }
 
-struct circuit *
-circuit_new(const char *name, long failures, long open_s)
+static struct circuit *
+circuit_alloc(long failures, long open_s)
 {
 	struct circuit *c;
 
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return NULL;
-	c->c_name = name;
-	c->c_metric = metrics_registry(name);
 	c->c_threshold = failures;
 	c->c_open_s = open_s > 0 ? open_s : 1;
 	c->c_backoff = 1;
+	return c;
+}
+
+struct circuit *
+circuit_new(const char *name, long failures, long open_s)
+{
+	struct circuit *c;
+
+	if ((c = circuit_alloc(failures, open_s)) == NULL)
+		return NULL;
+	c->c_name = name;
+	c->c_what = "registry";
+	c->c_metric = metrics_registry(name);
 	metrics_circuit(c->c_metric, CIRCUIT_CLOSED);
+	return c;
+}
+
+struct circuit *
+circuit_new_peer(const char *name, long failures, long open_s)
+{
+	struct circuit *c;
+
+	if ((c = circuit_alloc(failures, open_s)) == NULL)
+		return NULL;
+	if ((c->c_own_name = strdup(name)) == NULL) {
+		free(c);
+		return NULL;
+	}
+	c->c_name = c->c_own_name;
+	c->c_what = "peer";
+	c->c_metric = -1;
 	return c;
 }
 
 void
 circuit_free(struct circuit *c)
 {
+	if (c == NULL)
+		return;
+	free(c->c_own_name);
 	free(c);
 }
 
@@ -87,7 +121,7 @@ circuit_open(struct circuit *c)
 	circuit_set(c, CIRCUIT_OPEN);
 	metrics_circuit_opened(c->c_metric);
 	log_event(LOG_LEVEL_WARN, "circuit open", json_pack(
-	    "{s:s,s:s,s:s,s:I,s:I}", "registry", c->c_name, "cause",
+	    "{s:s,s:s,s:s,s:I,s:I}", c->c_what, c->c_name, "cause",
 	    classify_cause_name(c->c_cause), "hint", classify_hint(c->c_cause),
 	    "failures", (json_int_t)c->c_failures, "open_s",
 	    (json_int_t)open_s));
@@ -120,7 +154,7 @@ circuit_observe(struct circuit *c, int probe, enum classify_cause cause)
 		/* One answer is enough: the registry is reachable again. */
 		if (c->c_state != CIRCUIT_CLOSED) {
 			log_event(LOG_LEVEL_INFO, "circuit closed", json_pack(
-			    "{s:s,s:I}", "registry", c->c_name, "failures",
+			    "{s:s,s:I}", c->c_what, c->c_name, "failures",
 			    (json_int_t)c->c_failures));
 			c->c_backoff = 1;
 			c->c_probing = 0;

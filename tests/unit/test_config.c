@@ -175,7 +175,8 @@ test_bad_files(void **state)
 	expect_file_error("[server]\n\nstall_timeout_s = -1\n",
 	    "3: [server] stall_timeout_s: expected a whole number 1-3600");
 	expect_file_error("[nope]\nx = 1\n",
-	    "2: [nope] x: unknown section (expected [server] or [registry HOST])");
+	    "2: [nope] x: unknown section (expected [server], [fleet] or "
+	    "[registry HOST])");
 	expect_file_error("[registry a]\ntls_verify = maybe\n",
 	    "2: [registry a] tls_verify: expected true or false");
 	expect_file_error("[registry a]\nurl = gopher://a\n",
@@ -475,6 +476,146 @@ test_listen_security(void **state)
 	    "2: [server] header_timeout_s: expected a whole number 1-300");
 }
 
+/* Load text (with a registry added) and run the whole-config checks. */
+static int
+load_and_check(struct config *cfg, const char *text, char *err)
+{
+	char full[2048];
+
+	snprintf(full, sizeof(full), "[registry r.example]\n"
+	    "url = https://r.example\n%s", text);
+	config_init(cfg);
+	assert_int_equal(config_load_file(cfg, write_file("fleet.conf", full),
+	    err, CONFIG_ERR_MAX), 0);
+	return config_check(cfg, err, CONFIG_ERR_MAX);
+}
+
+static void
+test_fleet(void **state)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+
+	(void)state;
+	/* Off by default, with the defaults the fleet uses when on. */
+	config_init(&cfg);
+	assert_false(config_fleet_on(&cfg));
+	assert_int_equal(cfg.fleet.fanout, 4);
+	assert_int_equal(cfg.fleet.resolve_s, 5);
+	assert_int_equal(cfg.fleet.stale_s, 30);
+	config_free(&cfg);
+
+	assert_int_equal(load_and_check(&cfg, "[fleet]\n"
+	    "peers = 10.0.0.1:5001, 10.0.0.2:5001 [fd00::3]:5001\n"
+	    "peers_dns = pullproxy-peers.kube-system.svc.cluster.local,"
+	    "pool2.kube-system.svc.cluster.local\n"
+	    "peers_port = 5002\n"
+	    "peers_dns_server = 10.0.0.10\n"
+	    "peer_listen = 0.0.0.0:5001\n"
+	    "peer_token_file = /etc/pullproxy/peer-token\n"
+	    "fanout = 8\nresolve_s = 2\nstale_s = 60\n", err), 0);
+	assert_true(config_fleet_on(&cfg));
+	assert_int_equal(cfg.fleet.npeers, 3);
+	assert_string_equal(cfg.fleet.peers[0].host, "10.0.0.1");
+	assert_int_equal(cfg.fleet.peers[0].port, 5001);
+	assert_string_equal(cfg.fleet.peers[2].host, "fd00::3");
+	assert_int_equal(cfg.fleet.npeers_dns, 2);
+	assert_string_equal(cfg.fleet.peers_dns[0],
+	    "pullproxy-peers.kube-system.svc.cluster.local");
+	assert_string_equal(cfg.fleet.peers_dns[1],
+	    "pool2.kube-system.svc.cluster.local");
+	assert_int_equal(cfg.fleet.peers_port, 5002);
+	assert_string_equal(cfg.fleet.peers_dns_server, "10.0.0.10");
+	assert_int_equal(cfg.fleet.peers_dns_server_port, 53);
+	assert_string_equal(cfg.fleet.peer_listen_host, "0.0.0.0");
+	assert_int_equal(cfg.fleet.peer_listen_port, 5001);
+	assert_string_equal(cfg.fleet.peer_token_file,
+	    "/etc/pullproxy/peer-token");
+	assert_int_equal(cfg.fleet.fanout, 8);
+	assert_int_equal(cfg.fleet.resolve_s, 2);
+	assert_int_equal(cfg.fleet.stale_s, 60);
+	config_free(&cfg);
+
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers_dns = p.test\n"
+	    "peers_dns_server = 127.0.0.1:5353\n"
+	    "peer_listen = 10.0.0.1:5001\npeer_token_file = t\n", err), 0);
+	assert_string_equal(cfg.fleet.peers_dns_server, "127.0.0.1");
+	assert_int_equal(cfg.fleet.peers_dns_server_port, 5353);
+	config_free(&cfg);
+
+	/* The key again replaces the list. */
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers = a:1, b:2\n"
+	    "peers = c:3\npeer_listen = 10.0.0.1:5001\n"
+	    "peer_token_file = t\n", err), 0);
+	assert_int_equal(cfg.fleet.npeers, 1);
+	assert_string_equal(cfg.fleet.peers[0].host, "c");
+	config_free(&cfg);
+}
+
+static void
+test_bad_fleet(void **state)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+
+	(void)state;
+	expect_file_error("[fleet]\npeers = 10.0.0.1\n",
+	    "2: [fleet] peers: expected HOST:PORT");
+	expect_file_error("[fleet]\npeers = 10.0.0.1:5001, 10.0.0.2:0\n",
+	    "2: [fleet] peers: port must be 1-65535");
+	expect_file_error("[fleet]\npeers = ,\n",
+	    "2: [fleet] peers: needs at least one HOST:PORT");
+	expect_file_error("[fleet]\npeers_dns = a.svc, peers.svc:5001\n",
+	    "2: [fleet] peers_dns: expected DNS names (no port: see "
+	    "peers_port)");
+	expect_file_error("[fleet]\npeers_dns = ,\n",
+	    "2: [fleet] peers_dns: needs at least one name");
+	expect_file_error("[fleet]\npeers_dns_server = kube-dns\n",
+	    "2: [fleet] peers_dns_server: expected an IPv4 address with an "
+	    "optional :PORT");
+	expect_file_error("[fleet]\npeers_dns_server = 10.0.0.10:0\n",
+	    "2: [fleet] peers_dns_server: port must be 1-65535");
+	expect_file_error("[fleet]\n\npeers_port = 70000\n",
+	    "3: [fleet] peers_port: expected a whole number 1-65535");
+	expect_file_error("[fleet]\npeer_listen = 5001\n",
+	    "2: [fleet] peer_listen: expected HOST:PORT");
+	expect_file_error("[fleet]\nfanout = 0\n",
+	    "2: [fleet] fanout: expected a whole number 1-64");
+	expect_file_error("[fleet]\npeer_token_file =\n",
+	    "2: [fleet] peer_token_file: must not be empty");
+	expect_file_error("[fleet]\nfleet_fanout = 4\n",
+	    "2: [fleet] fleet_fanout: unknown key");
+
+	/* Whole-config checks: what a fleet cannot go without. */
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers = a:1\n"
+	    "peer_token_file = t\n", err), -1);
+	assert_string_equal(err, "[fleet] peer_listen: missing (the address "
+	    "peers reach this node on)");
+	config_free(&cfg);
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers_dns = p\n"
+	    "peer_listen = 10.0.0.1:5001\n", err), -1);
+	assert_string_equal(err, "[fleet] peer_token_file: missing (peers "
+	    "send and require the cluster's token)");
+	config_free(&cfg);
+	assert_int_equal(load_and_check(&cfg, "[server]\n"
+	    "listen = 127.0.0.1:5000\n[fleet]\npeers = a:1\n"
+	    "peer_listen = 0.0.0.0:5000\npeer_token_file = t\n", err), -1);
+	assert_string_equal(err, "[fleet] peer_listen: must not share "
+	    "[server] listen's address and port");
+	config_free(&cfg);
+	assert_int_equal(load_and_check(&cfg, "[fleet]\npeers = a:1\n"
+	    "peers_dns_server = 10.0.0.10\npeer_listen = 10.0.0.1:5001\n"
+	    "peer_token_file = t\n", err), -1);
+	assert_string_equal(err, "[fleet] peers_dns_server: only used with "
+	    "peers_dns");
+	config_free(&cfg);
+	assert_int_equal(load_and_check(&cfg, "[fleet]\n"
+	    "peer_listen = 10.0.0.1:5001\n", err), -1);
+	assert_string_equal(err, "[fleet] peer_listen: only used with peers "
+	    "or peers_dns");
+	config_free(&cfg);
+}
+
 int
 main(void)
 {
@@ -484,6 +625,8 @@ main(void)
 		cmocka_unit_test(test_bad_flags),
 		cmocka_unit_test(test_file),
 		cmocka_unit_test(test_bad_files),
+		cmocka_unit_test(test_fleet),
+		cmocka_unit_test(test_bad_fleet),
 		cmocka_unit_test(test_auth),
 		cmocka_unit_test(test_bad_auth),
 		cmocka_unit_test(test_missing_url),

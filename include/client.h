@@ -28,6 +28,7 @@ struct client_request {
 	struct oci_route	 route;
 	struct registry		*reg;
 	struct timeval		 t0;	/* when it arrived */
+	int			 from_peer;	/* on the peer listener */
 };
 
 struct client {

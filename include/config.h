@@ -141,6 +141,13 @@ struct config {
 	char	*tls_key_file;
 	char	*client_ca_file;	/* NULL: no client certificate asked */
 	long	 header_timeout_s;	/* 10 */
+	/*
+	 * A listener for Prometheus apart from containerd's: /metrics,
+	 * /healthz and /readyz only, no credential asked (the node IP, so
+	 * the cluster's scraper reaches it while pulls stay on loopback).
+	 */
+	char	*metrics_listen_host;	/* NULL: none */
+	int	 metrics_listen_port;
 	/* A connection with nothing to read or write for this long is
 	 * closed: kept-alive idle ones, and clients that stopped reading. */
 	long	 idle_timeout_s;	/* 60 */

@@ -23,20 +23,29 @@
 #define GUARD_INPUT_MAX		(64 * 1024)	/* unread client bytes held */
 
 struct bufferevent;
-struct config;
 struct event_base;
 struct evconnlistener;
 struct evhttp_request;
 struct evkeyvalq;
 struct guard;
 
+/* What one listener asks of its clients. */
+struct guard_opts {
+	const char	*token_file;	/* the token to carry, or NULL */
+	const char	*token_key;	/* its setting, for errors */
+	const char	*tls_cert_file;	/* NULL: plain HTTP */
+	const char	*tls_key_file;
+	const char	*client_ca_file;	/* NULL: no certificate asked */
+	long		 head_timeout_s;
+};
+
 /*
- * Reads the client token file (kept as its sha256 only) and the TLS
- * files when there are some. NULL with err set (one line naming the
- * key) when it cannot.
+ * Reads the token file (kept as its sha256 only) and the TLS files when
+ * there are some. NULL with err set (one line naming the key) when it
+ * cannot.
  */
-struct guard *guard_new(struct event_base *base, const struct config *cfg,
-    char *err, size_t errlen);
+struct guard *guard_new(struct event_base *base,
+    const struct guard_opts *opts, char *err, size_t errlen);
 /* After evhttp_free: the connections' records go with it. */
 void guard_free(struct guard *g);
 

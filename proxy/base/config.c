@@ -102,6 +102,7 @@ config_free(struct config *cfg)
 	free(cfg->fleet.peer_token_file);
 
 	free(cfg->listen_host);
+	free(cfg->metrics_listen_host);
 	free(cfg->cache_dir);
 	free(cfg->log_file);
 	free(cfg->platform);
@@ -392,6 +393,12 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 		return config_set_nonempty(&cfg->client_ca_file, value);
 	if (strcmp(key, "header_timeout_s") == 0)
 		return config_set_long(&cfg->header_timeout_s, value, 1, 300);
+	if (strcmp(key, "metrics_listen") == 0) {
+		free(cfg->metrics_listen_host);
+		cfg->metrics_listen_host = NULL;
+		return config_hostport(value, &cfg->metrics_listen_host,
+		    &cfg->metrics_listen_port);
+	}
 	if (strcmp(key, "idle_timeout_s") == 0)
 		return config_set_long(&cfg->idle_timeout_s, value, 1, 3600);
 	return "unknown key";
@@ -914,6 +921,12 @@ config_check(const struct config *cfg, char *err, size_t errlen)
 		return config_err(err, errlen, "[server] client_ca_file: only "
 		    "used with TLS (tls_cert_file and tls_key_file)");
 
+	if (cfg->metrics_listen_host != NULL &&
+	    cfg->metrics_listen_port == cfg->listen_port &&
+	    strcmp(cfg->metrics_listen_host, cfg->listen_host) == 0)
+		return config_err(err, errlen, "[server] metrics_listen: must "
+		    "differ from listen (it serves /metrics without the "
+		    "client token)");
 	if (config_check_fleet(cfg, err, errlen) == -1)
 		return -1;
 	if (cfg->cache_low_pct >= cfg->cache_high_pct)

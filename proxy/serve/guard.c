@@ -37,7 +37,6 @@
 #include <time.h>
 
 #include "auth.h"
-#include "config.h"
 #include "guard.h"
 #include "log.h"
 
@@ -420,7 +419,7 @@ guard_tls_error(void)
  * them; the other paths answer 401 without one.
  */
 static int
-guard_load_tls(struct guard *g, const struct config *cfg, char *err,
+guard_load_tls(struct guard *g, const struct guard_opts *o, char *err,
     size_t errlen)
 {
 	STACK_OF(X509_NAME) *names;
@@ -432,24 +431,24 @@ guard_load_tls(struct guard *g, const struct config *cfg, char *err,
 		return -1;
 	}
 	if (SSL_CTX_use_certificate_chain_file(g->g_tls,
-	    cfg->tls_cert_file) != 1) {
+	    o->tls_cert_file) != 1) {
 		snprintf(err, errlen, "[server] tls_cert_file: %s: %s",
-		    cfg->tls_cert_file, guard_tls_error());
+		    o->tls_cert_file, guard_tls_error());
 		return -1;
 	}
-	if (SSL_CTX_use_PrivateKey_file(g->g_tls, cfg->tls_key_file,
+	if (SSL_CTX_use_PrivateKey_file(g->g_tls, o->tls_key_file,
 	    SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(g->g_tls) != 1) {
 		snprintf(err, errlen, "[server] tls_key_file: %s: %s",
-		    cfg->tls_key_file, guard_tls_error());
+		    o->tls_key_file, guard_tls_error());
 		return -1;
 	}
-	if (cfg->client_ca_file == NULL)
+	if (o->client_ca_file == NULL)
 		return 0;
-	if (SSL_CTX_load_verify_locations(g->g_tls, cfg->client_ca_file,
+	if (SSL_CTX_load_verify_locations(g->g_tls, o->client_ca_file,
 	    NULL) != 1 || (names = SSL_load_client_CA_file(
-	    cfg->client_ca_file)) == NULL) {
+	    o->client_ca_file)) == NULL) {
 		snprintf(err, errlen, "[server] client_ca_file: %s: %s",
-		    cfg->client_ca_file, guard_tls_error());
+		    o->client_ca_file, guard_tls_error());
 		return -1;
 	}
 	SSL_CTX_set_client_CA_list(g->g_tls, names);
@@ -463,22 +462,22 @@ guard_load_tls(struct guard *g, const struct config *cfg, char *err,
 
 /* The token's sha256; the token itself is wiped at once. */
 static int
-guard_load_token(struct guard *g, const char *path, char *err,
-    size_t errlen)
+guard_load_token(struct guard *g, const char *path, const char *key,
+    char *err, size_t errlen)
 {
 	char why[512], *tok;
 	struct stat st;
 	size_t len;
 
 	if ((tok = auth_read_secret(path, why, sizeof(why))) == NULL) {
-		snprintf(err, errlen, "[server] client_token_file: %s", why);
+		snprintf(err, errlen, "%s: %s", key, why);
 		return -1;
 	}
 	len = strlen(tok);
 	if (len < GUARD_TOKEN_MIN || strcspn(tok, " \t\r\n") != len) {
-		snprintf(err, errlen, "[server] client_token_file: %s must "
-		    "hold one token of %d characters or more, without spaces "
-		    "(openssl rand -hex 32)", path, GUARD_TOKEN_MIN);
+		snprintf(err, errlen, "%s: %s must hold one token of %d "
+		    "characters or more, without spaces (openssl rand -hex "
+		    "32)", key, path, GUARD_TOKEN_MIN);
 		auth_secret_free(tok);
 		return -1;
 	}
@@ -494,8 +493,8 @@ guard_load_token(struct guard *g, const char *path, char *err,
 /* -------------------------------------------------------------- guard */
 
 struct guard *
-guard_new(struct event_base *base, const struct config *cfg, char *err,
-    size_t errlen)
+guard_new(struct event_base *base, const struct guard_opts *o,
+    char *err, size_t errlen)
 {
 	struct guard *g;
 
@@ -504,7 +503,7 @@ guard_new(struct event_base *base, const struct config *cfg, char *err,
 		return NULL;
 	}
 	g->g_base = base;
-	g->g_head_timeout_s = cfg->header_timeout_s;
+	g->g_head_timeout_s = o->head_timeout_s;
 	TAILQ_INIT(&g->g_conns);
 	g->g_sweep = event_new(base, -1, EV_PERSIST, guard_sweep_cb, g);
 	g->g_resume = evtimer_new(base, guard_resume_cb, g);
@@ -513,10 +512,10 @@ guard_new(struct event_base *base, const struct config *cfg, char *err,
 		guard_free(g);
 		return NULL;
 	}
-	if ((cfg->client_token_file != NULL &&
-	    guard_load_token(g, cfg->client_token_file, err, errlen) == -1) ||
-	    (cfg->tls_cert_file != NULL &&
-	    guard_load_tls(g, cfg, err, errlen) == -1)) {
+	if ((o->token_file != NULL && guard_load_token(g, o->token_file,
+	    o->token_key, err, errlen) == -1) ||
+	    (o->tls_cert_file != NULL &&
+	    guard_load_tls(g, o, err, errlen) == -1)) {
 		guard_free(g);
 		return NULL;
 	}

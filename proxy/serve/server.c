@@ -44,18 +44,35 @@
  */
 #define SERVER_MAX_WRITE	(1024 * 1024)
 
+/*
+ * Who a listener serves. Each has its own evhttp and guard: what its
+ * clients must carry, and what they may ask.
+ */
+enum server_role {
+	SERVER_CLIENTS,	/* containerd: the pull API and the probes */
+	SERVER_PEERS,	/* the fleet's other nodes: pulls and the probes */
+	SERVER_METRICS,	/* scrapers: /metrics and the probes, no credential */
+	SERVER_NROLES,
+};
+
+struct server_listener {
+	struct server		*l_srv;
+	enum server_role	 l_role;
+	struct evhttp		*l_http;	/* NULL: not configured */
+	struct evhttp_bound_socket *l_sock;	/* NULL: not accepting */
+	struct guard		*l_guard;
+};
+
 struct server {
 	struct event_base	*s_base;
 	const struct config	*s_cfg;
 	struct registry_set	*s_regs;
-	struct evhttp		*s_http;
-	struct evhttp_bound_socket *s_sock;
+	struct server_listener	 s_lis[SERVER_NROLES];
 	struct upstream		*s_up;
 	struct cache		*s_cache;
 	struct relay_ctx	*s_relays;
 	struct blob_ctx		*s_blobs;
 	struct manifest_ctx	*s_manifests;
-	struct guard		*s_guard;
 	unsigned long		 s_nextid;
 };
 
@@ -119,19 +136,27 @@ server_cache_usage(struct server *srv)
 
 /*
  * What an operator or kubelet probe asks, outside the registry API:
- * /metrics, /healthz (the loop answers) and /readyz (the cache is open
- * and the server still accepts). Returns 0 for any other path.
+ * /metrics (not of peers), /healthz (the loop answers) and /readyz (the
+ * cache is open and the server still accepts), GET or HEAD. Returns 0
+ * for any other path.
  */
 static int
-server_ops(struct server *srv, struct evhttp_request *req, const char *path)
+server_ops(struct server_listener *lis, struct evhttp_request *req,
+    const char *path)
 {
+	struct server *srv = lis->l_srv;
 	const char *type = "text/plain; charset=utf-8";
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	struct evbuffer *body;
 	int status = 200;
 
-	if (strcmp(path, "/metrics") != 0 && strcmp(path, "/healthz") != 0 &&
-	    strcmp(path, "/readyz") != 0)
+	if ((strcmp(path, "/metrics") != 0 || lis->l_role == SERVER_PEERS) &&
+	    strcmp(path, "/healthz") != 0 && strcmp(path, "/readyz") != 0)
 		return 0;
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		reply_error(req, 405, OCI_ERR_METHOD, NULL);
+		return 1;
+	}
 	if ((body = evbuffer_new()) == NULL) {
 		evhttp_send_error(req, HTTP_INTERNAL, NULL);
 		return 1;
@@ -141,7 +166,8 @@ server_ops(struct server *srv, struct evhttp_request *req, const char *path)
 		server_cache_usage(srv);
 		metrics_render(body);
 	} else if (strcmp(path, "/readyz") == 0 &&
-	    (srv->s_sock == NULL || srv->s_cache == NULL)) {
+	    (srv->s_lis[SERVER_CLIENTS].l_sock == NULL ||
+	    srv->s_cache == NULL)) {
 		status = 503;
 		evbuffer_add_printf(body, "not ready\n");
 	} else
@@ -195,7 +221,7 @@ server_check_names(const struct config *cfg)
  * kubelet's probes (/healthz, /readyz) need none. Returns 1 when answered.
  */
 static int
-server_guard(struct server *srv, struct evhttp_request *req,
+server_guard(struct server_listener *lis, struct evhttp_request *req,
     const char *path, unsigned long id, const struct timeval *t0)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
@@ -215,7 +241,7 @@ server_guard(struct server *srv, struct evhttp_request *req,
 		return 1;
 	}
 	if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
-	    guard_authorized(srv->s_guard, req))
+	    guard_authorized(lis->l_guard, req))
 		return 0;
 	evhttp_add_header(h, "WWW-Authenticate", "Basic realm=\"pullproxy\"");
 	server_reply_error(req, id, OCI_ROUTE_NONE, OCI_ERR_UNAUTHORIZED,
@@ -226,7 +252,8 @@ server_guard(struct server *srv, struct evhttp_request *req,
 static void
 server_request_cb(struct evhttp_request *req, void *arg)
 {
-	struct server *srv = arg;
+	struct server_listener *lis = arg;
+	struct server *srv = lis->l_srv;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	const char *path = evhttp_uri_get_path(uri);
@@ -241,11 +268,14 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	gettimeofday(&rq.t0, NULL);
 	if (path == NULL || *path == '\0')
 		path = "/";
-	if (server_guard(srv, req, path, rq.id, &rq.t0))
+	rq.from_peer = lis->l_role == SERVER_PEERS;
+	if (server_guard(lis, req, path, rq.id, &rq.t0))
 		return;
-	if (server_ops(srv, req, path))
+	if (server_ops(lis, req, path))
 		return;
-	if ((err = oci_route_parse(path, &rq.route)) != OCI_OK)
+	if (lis->l_role == SERVER_METRICS)
+		err = OCI_ERR_NOT_FOUND;
+	else if ((err = oci_route_parse(path, &rq.route)) != OCI_OK)
 		rq.route.kind = OCI_ROUTE_NONE;
 	else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD)
 		err = OCI_ERR_METHOD;
@@ -346,40 +376,81 @@ server_registries_new(struct server *srv)
 static struct bufferevent *
 server_bev_cb(struct event_base *base, void *arg)
 {
-	struct server *srv = arg;
+	struct server_listener *lis = arg;
 	struct bufferevent *bev;
 
 	(void)base;
-	bev = guard_bev_new(srv->s_guard);
+	bev = guard_bev_new(lis->l_guard);
 	if (bev != NULL)
 		bufferevent_set_max_single_write(bev, SERVER_MAX_WRITE);
 	return bev;
 }
 
+/* Bind a listener with its guard; -1, logged, when it cannot. */
+static int
+server_listen(struct server_listener *lis, const char *host, int port,
+    const struct guard_opts *opts)
+{
+	const struct config *cfg = lis->l_srv->s_cfg;
+	char err[CONFIG_ERR_MAX];
+
+	if ((lis->l_guard = guard_new(lis->l_srv->s_base, opts, err,
+	    sizeof(err))) == NULL) {
+		fprintf(stderr, "pullproxy: %s\n", err);
+		log_event(LOG_LEVEL_ERROR, "cannot set up the server",
+		    json_pack("{s:s}", "error", err));
+		return -1;
+	}
+	if ((lis->l_http = evhttp_new(lis->l_srv->s_base)) == NULL)
+		return -1;
+	/* Let every method through so the API answers 405, not evhttp. */
+	evhttp_set_allowed_methods(lis->l_http, EVHTTP_REQ_GET |
+	    EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+	    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+	evhttp_set_max_headers_size(lis->l_http, SERVER_MAX_HEADERS);
+	evhttp_set_max_body_size(lis->l_http, SERVER_MAX_BODY);
+	evhttp_set_timeout(lis->l_http, (int)cfg->idle_timeout_s);
+	evhttp_set_gencb(lis->l_http, server_request_cb, lis);
+	evhttp_set_bevcb(lis->l_http, server_bev_cb, lis);
+	if ((lis->l_sock = evhttp_bind_socket_with_handle(lis->l_http, host,
+	    (ev_uint16_t)port)) == NULL) {
+		log_event(LOG_LEVEL_ERROR, "cannot listen", json_pack(
+		    "{s:s,s:i}", "host", host, "port", port));
+		return -1;
+	}
+	guard_listen(lis->l_guard, evhttp_bound_socket_get_listener(
+	    lis->l_sock));
+	return 0;
+}
+
 struct server *
 server_new(struct event_base *base, const struct config *cfg)
 {
+	const struct guard_opts clients = { cfg->client_token_file,
+	    "[server] client_token_file", cfg->tls_cert_file,
+	    cfg->tls_key_file, cfg->client_ca_file, cfg->header_timeout_s };
+	const struct guard_opts peers = { cfg->fleet.peer_token_file,
+	    "[fleet] peer_token_file", NULL, NULL, NULL,
+	    cfg->header_timeout_s };
+	const struct guard_opts metrics = { NULL, NULL, NULL, NULL, NULL,
+	    cfg->header_timeout_s };
 	struct server *srv;
-	char err[CONFIG_ERR_MAX];
+	int r;
 
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return NULL;
 	srv->s_base = base;
 	srv->s_cfg = cfg;
-	if ((srv->s_guard = guard_new(base, cfg, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "pullproxy: %s\n", err);
-		log_event(LOG_LEVEL_ERROR, "cannot set up the server",
-		    json_pack("{s:s}", "error", err));
-		free(srv);
-		return NULL;
+	for (r = 0; r < SERVER_NROLES; r++) {
+		srv->s_lis[r].l_srv = srv;
+		srv->s_lis[r].l_role = r;
 	}
 	srv->s_up = upstream_new(base);
-	srv->s_http = evhttp_new(base);
 	if (server_open_cache(srv) == -1) {
 		server_free(srv);
 		return NULL;
 	}
-	if (srv->s_up == NULL || srv->s_http == NULL ||
+	if (srv->s_up == NULL ||
 	    server_registries_new(srv) == -1 ||
 	    (srv->s_relays = relay_ctx_new(srv->s_up)) == NULL ||
 	    (srv->s_blobs = blob_ctx_new(srv->s_up, srv->s_cache, cfg,
@@ -390,36 +461,35 @@ server_new(struct event_base *base, const struct config *cfg)
 		server_free(srv);
 		return NULL;
 	}
-	/* Let every method through so the API answers 405, not evhttp. */
-	evhttp_set_allowed_methods(srv->s_http, EVHTTP_REQ_GET |
-	    EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-	    EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-	evhttp_set_max_headers_size(srv->s_http, SERVER_MAX_HEADERS);
-	evhttp_set_max_body_size(srv->s_http, SERVER_MAX_BODY);
-	evhttp_set_timeout(srv->s_http, (int)cfg->idle_timeout_s);
-	evhttp_set_gencb(srv->s_http, server_request_cb, srv);
-	evhttp_set_bevcb(srv->s_http, server_bev_cb, srv);
-	srv->s_sock = evhttp_bind_socket_with_handle(srv->s_http,
-	    cfg->listen_host, (ev_uint16_t)cfg->listen_port);
-	if (srv->s_sock == NULL) {
-		log_event(LOG_LEVEL_ERROR, "cannot listen", json_pack(
-		    "{s:s,s:i}", "host", cfg->listen_host, "port",
-		    cfg->listen_port));
+	if (server_listen(&srv->s_lis[SERVER_CLIENTS], cfg->listen_host,
+	    cfg->listen_port, &clients) == -1 ||
+	    (cfg->fleet.peer_listen_host != NULL &&
+	    server_listen(&srv->s_lis[SERVER_PEERS],
+	    cfg->fleet.peer_listen_host, cfg->fleet.peer_listen_port,
+	    &peers) == -1) ||
+	    (cfg->metrics_listen_host != NULL &&
+	    server_listen(&srv->s_lis[SERVER_METRICS],
+	    cfg->metrics_listen_host, cfg->metrics_listen_port,
+	    &metrics) == -1)) {
 		server_free(srv);
 		return NULL;
 	}
-	guard_listen(srv->s_guard, evhttp_bound_socket_get_listener(
-	    srv->s_sock));
 	return srv;
 }
 
 void
 server_stop_accepting(struct server *srv)
 {
-	if (srv->s_sock != NULL) {
-		guard_listen(srv->s_guard, NULL);
-		evhttp_del_accept_socket(srv->s_http, srv->s_sock);
-		srv->s_sock = NULL;
+	struct server_listener *lis;
+	int r;
+
+	for (r = 0; r < SERVER_NROLES; r++) {
+		lis = &srv->s_lis[r];
+		if (lis->l_sock == NULL)
+			continue;
+		guard_listen(lis->l_guard, NULL);
+		evhttp_del_accept_socket(lis->l_http, lis->l_sock);
+		lis->l_sock = NULL;
 	}
 }
 
@@ -434,15 +504,20 @@ server_inflight(const struct server *srv)
 void
 server_free(struct server *srv)
 {
+	int r;
+
 	if (srv == NULL)
 		return;
 	/* Requests first: evhttp_free would free them under their owners. */
 	manifest_ctx_free(srv->s_manifests);
 	blob_ctx_free(srv->s_blobs);
 	relay_ctx_free(srv->s_relays);
-	if (srv->s_http != NULL)
-		evhttp_free(srv->s_http);
-	guard_free(srv->s_guard);	/* after evhttp: its connections go */
+	for (r = 0; r < SERVER_NROLES; r++) {
+		if (srv->s_lis[r].l_http != NULL)
+			evhttp_free(srv->s_lis[r].l_http);
+		/* After evhttp: its connections go with it. */
+		guard_free(srv->s_lis[r].l_guard);
+	}
 	registry_set_close(srv->s_regs);
 	upstream_free(srv->s_up);
 	registry_set_free(srv->s_regs);

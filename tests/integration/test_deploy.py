@@ -223,8 +223,9 @@ def test_foreign_hosts_toml_left_alone(tmp_path, registry):
     foreign = hosts / registry.host / "hosts.toml"
     foreign.write_text('server = "%s"\n[host."https://someone-elses-mirror"]\n' % registry.url)
     ctd_conf = containerd_config(tmp_path, hosts)
-    # Two registries: the one without a foreign file must not be written
-    # either (all or nothing).
+    # Two registries: the one without a foreign file is written all the
+    # same, and the exit status is 0 (an init container must not
+    # crash-loop on a node where someone else owns one registry's file).
     conf = pullproxy_conf(tmp_path / "pullproxy.conf", 5000,
                           [("second.example", "https://second.example"),
                            (registry.host, registry.url)])
@@ -232,8 +233,14 @@ def test_foreign_hosts_toml_left_alone(tmp_path, registry):
 
     cp = containerd_config_cmd("--config", conf, "--hosts-dir", hosts,
                                "--containerd-config", ctd_conf)
-    assert cp.returncode == 1
-    one_line_error(cp, foreign, "not written by pullproxy")
+    assert cp.returncode == 0, cp.stderr
+    assert "skip %s: not written by pullproxy" % foreign in cp.stdout, cp.stdout
+    assert "wrote %s" % (hosts / "second.example" / "hosts.toml") in cp.stdout
+    one_line_error(cp, "1 of 2 registries left alone")
+    assert foreign.read_text() == before[str(foreign.relative_to(hosts))][1].decode()
+    assert (hosts / "second.example" / "hosts.toml").read_text().startswith(MARK)
+    cp = containerd_config_cmd("--remove", "--hosts-dir", hosts)
+    assert cp.returncode == 0, cp.stderr
     assert snapshot(hosts) == before
 
     # --remove does not take what it did not write.
@@ -377,6 +384,37 @@ def test_daemonset_fields(manifests, tmp_path):
     regs = [s.split(" ", 1)[1] for s in conf.sections() if s.startswith("registry ")]
     assert regs and all("would write %s/%s/hosts.toml" % (hosts, r) in cp.stdout for r in regs)
     assert list(hosts.iterdir()) == []
+
+
+def test_shipped_config_on_aks_node_with_mcr_hosts_toml(manifests, tmp_path):
+    """AKS node bootstrap writes mcr.microsoft.com/hosts.toml on
+    network-isolated and custom-MCR clusters; the shipped ConfigMap lists
+    mcr.microsoft.com. The init container's command must leave that file
+    alone, write the ACR's, and exit 0 (no Init:CrashLoopBackOff)."""
+    _, _, ds, cm, conf = manifests
+    conf_file = tmp_path / "pullproxy.conf"
+    conf_file.write_text(cm["data"]["pullproxy.conf"])
+    hosts = tmp_path / "certs.d"
+    (hosts / "mcr.microsoft.com").mkdir(parents=True)
+    mcr = hosts / "mcr.microsoft.com" / "hosts.toml"
+    aks = ('[host."https://myacr.azurecr.io/v2/mcr"]\n'
+           '  capabilities = ["pull", "resolve"]\n  override_path = true\n')
+    mcr.write_text(aks)
+    init = [c for c in ds["spec"]["template"]["spec"]["initContainers"]
+            if c["name"] == "containerd-config"][0]
+    cmd = init["command"][1:]
+    for opt, val in (("--config", conf_file), ("--hosts-dir", hosts),
+                     ("--containerd-config", containerd_config(tmp_path, hosts))):
+        cmd[cmd.index(opt) + 1] = str(val)
+    cp = run([PULLPROXY_BIN, *cmd], check=False)
+    assert cp.returncode == 0, cp.stderr
+    assert "skip %s" % mcr in cp.stdout, cp.stdout
+    assert mcr.read_text() == aks
+    acr = [s.split(" ", 1)[1] for s in conf.sections()
+           if s.startswith("registry ") and s != "registry mcr.microsoft.com"]
+    assert acr
+    for name in acr:
+        assert (hosts / name / "hosts.toml").read_text().startswith(MARK)
 
 
 def test_uninstall_manifest_removes_hosts(manifests):

@@ -44,6 +44,8 @@ def test_summary(pullproxy_factory, registry):
     refused = causes["connection_refused"]
     assert refused["count"] == 4
     assert "port" in refused["hint"]
+    # The registry listens on another port: the hint names none.
+    assert "443" not in refused["hint"]
     assert refused["repositories"][0] == {"repository": "team/api", "count": 3}
     assert refused["repositories"][1] == {"repository": "team/web", "count": 1}
     assert refused["first"] <= refused["last"]

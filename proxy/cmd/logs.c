@@ -785,9 +785,9 @@ logs_main(int argc, char **argv)
 			return 0;
 		default:
 			if (optopt == 's')
-				return logs_usage_err("--since needs a "
-				    "DURATION");
-			return logs_usage_err("bad option '%s'",
+				return logs_usage_err("--since: needs a "
+				    "value");
+			return logs_usage_err("%s: unknown option",
 			    argv[optind - 1]);
 		}
 	}

@@ -131,3 +131,16 @@ def test_node_log_formats(pullproxy_factory, registry, tmp_path):
     assert "no failures" not in text
     assert logs(str(kubectl)).stdout == text
     assert logs(str(cri)).stdout == text
+
+
+def test_unknown_option_wording():
+    """One wording for an unknown option in every subcommand that parses
+    its own (serve and check take config's flags: see config.c)."""
+    for cmd in ("logs", "containerd-config", "cache"):
+        for args in (["--bogus"], ["--bogus", "x"]):
+            r = run([PULLPROXY_BIN, cmd] + args, check=False)
+            assert r.returncode == 2, (cmd, args)
+            assert r.stderr == "pullproxy %s: --bogus: unknown option (try --help)\n" % cmd, \
+                (cmd, r.stderr)
+    r = logs("--since", check=False)
+    assert r.stderr == "pullproxy logs: --since: needs a value (try --help)\n", r.stderr

@@ -671,6 +671,13 @@ def test_monitoring_uses_only_known_metrics():
         shown |= metric_names(e)
     assert metrics_today() <= shown, metrics_today() - shown
     assert PLANNED <= shown, PLANNED - shown
+    # The operator guide's table names each alert with what it reads.
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    for r in alert_rules():
+        row = [l for l in guide.splitlines() if l.startswith("| `%s`" % r["alert"])]
+        assert len(row) == 1, r["alert"]
+        for name in metric_names(r["expr"]):
+            assert "`%s" % name in row[0], (r["alert"], name)
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "namespace", "node"}

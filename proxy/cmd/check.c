@@ -440,7 +440,7 @@ check_identity(struct check *c, const char *url, int head,
 {
 	const char *cause, *hint, *phase, *error;
 	const json_t *failure;
-	char detail[700];
+	char detail[700], scope[AUTH_PARAM_MAX];
 
 	if (check_fetch(c, url, head, 1, NULL, r) == -1)
 		return -1;
@@ -472,7 +472,8 @@ check_identity(struct check *c, const char *url, int head,
 	 * identity was never tried (IMDS not even asked), and that is what
 	 * is said, not that a token came.
 	 */
-	if (auth_header(c->auth, url) == NULL) {
+	auth_scope_name(c->repo, scope, sizeof(scope));
+	if (auth_header(c->auth, scope) == NULL) {
 		snprintf(detail, sizeof(detail), "%s: not tried: the registry "
 		    "answered without asking for credentials (no token was "
 		    "needed)", config_auth_name(c->reg->auth_kind));

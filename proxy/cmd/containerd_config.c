@@ -766,8 +766,8 @@ containerd_config_apply(const struct config *cfg, const struct containerd_config
 		f = &files[i];
 		if ((why = containerd_config_skip_why(o, f)) != NULL) {
 			fprintf(out, "skip %s: %s: left alone, containerd pulls "
-			    "%s as that file says\n", f->notdir ? f->dir : f->path,
-			    why, r->name);
+			    "%s without pullproxy\n", f->notdir ? f->dir :
+			    f->path, why, r->name);
 			skipped++;
 			continue;
 		}
@@ -983,8 +983,8 @@ containerd_config_main(int argc, char **argv)
 	else if (rc > 0)
 		/* Not an error: the init container must not crash-loop on it. */
 		fprintf(stderr, "pullproxy containerd-config: %d of %zu "
-		    "registries left alone (skip lines above); the others "
-		    "pull through pullproxy\n", rc, cfg.nregistries);
+		    "registries left alone (skip lines on stdout)\n", rc,
+		    cfg.nregistries);
 	config_free(&cfg);
 	return rc == -1 ? 1 : 0;
 }

@@ -486,6 +486,15 @@ check_identity(struct check *c, const char *url, int head,
 	return 0;
 }
 
+/* v as a digest to put in a URL, or NULL: the registry's JSON is input. */
+static const char *
+check_digest(const json_t *v)
+{
+	const char *d = json_string_value(v);
+
+	return d != NULL && oci_digest_valid(d, strlen(d)) ? d : NULL;
+}
+
 /*
  * The digest of the node's manifest in an index: the first entry that
  * platform_index_match says offers node, asked one entry at a time so
@@ -506,8 +515,8 @@ check_index_pick(const void *body, size_t len, const struct platform *node)
 		json_decref(one);
 		if (text != NULL && platform_index_match(text, strlen(text),
 		    node, have, sizeof(have)) == 1 &&
-		    json_is_string(json_object_get(e, "digest")))
-			digest = strdup(json_string_value(json_object_get(e,
+		    check_digest(json_object_get(e, "digest")) != NULL)
+			digest = strdup(check_digest(json_object_get(e,
 			    "digest")));
 		free(text);
 		if (digest != NULL)
@@ -529,7 +538,7 @@ check_blob(struct check *c, struct check_resp *m)
 	struct check_resp r;
 	char url[2048], detail[2400];
 	const char *digest = NULL, *what = "config";
-	json_t *doc, *layers, *e, *cfgd;
+	json_t *doc, *layers, *e;
 	json_int_t size, best = -1;
 	size_t i;
 
@@ -538,16 +547,16 @@ check_blob(struct check *c, struct check_resp *m)
 	layers = json_object_get(doc, "layers");
 	json_array_foreach(layers, i, e) {
 		size = json_integer_value(json_object_get(e, "size"));
-		if (json_is_string(json_object_get(e, "digest")) &&
+		if (check_digest(json_object_get(e, "digest")) != NULL &&
 		    (best == -1 || size < best)) {
 			best = size;
-			digest = json_string_value(json_object_get(e, "digest"));
+			digest = check_digest(json_object_get(e, "digest"));
 			what = "smallest layer";
 		}
 	}
-	cfgd = json_object_get(json_object_get(doc, "config"), "digest");
-	if (digest == NULL && json_is_string(cfgd))
-		digest = json_string_value(cfgd);
+	if (digest == NULL)
+		digest = check_digest(json_object_get(json_object_get(doc,
+		    "config"), "digest"));
 	if (digest == NULL) {
 		check_step(c, "blob", CHECK_SKIP, "the manifest names no blob",
 		    NULL, NULL);
@@ -624,8 +633,8 @@ check_platform(struct check *c, struct check_resp *m)
 	if (match == -1) {
 		doc = json_loadb((const char *)evbuffer_pullup(m->body, -1),
 		    evbuffer_get_length(m->body), 0, NULL);
-		cfgdigest = json_string_value(json_object_get(json_object_get(
-		    doc, "config"), "digest"));
+		cfgdigest = check_digest(json_object_get(json_object_get(doc,
+		    "config"), "digest"));
 		snprintf(url, sizeof(url), "%s/v2/%s/blobs/%s", c->reg->url,
 		    c->repo, cfgdigest != NULL ? cfgdigest : "");
 		json_decref(doc);

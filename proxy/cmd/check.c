@@ -607,7 +607,7 @@ check_platform(struct check *c, struct check_resp *m)
 		    c->reg->url, c->repo, digest != NULL ? digest : "");
 		if (digest == NULL) {
 			check_step(c, "platform", CHECK_FAIL, "the index entry "
-			    "for the node has no digest", NULL, NULL);
+			    "for the node has no valid digest", NULL, NULL);
 			return -1;
 		}
 		if (check_fetch(c, url, 0, 1, NULL, &r) == -1) {

@@ -73,9 +73,11 @@ struct containerd_config_opts {
  * Write DIR/<registry>/hosts.toml for every registry of cfg (atomically:
  * a temporary file in the same directory, fsync, rename), leave identical
  * files as they are, and remove files of ours for registries no longer
- * configured. Nothing is written when any target is a file pullproxy did
- * not write (unless force). One line per change goes to out.
- * Returns 0, or -1 with err set to one line naming the file.
+ * configured. A registry whose hosts.toml pullproxy did not write (unless
+ * force) or whose DIR/<registry> is not a directory is skipped, with a
+ * "skip PATH: why" line; the others are written all the same. One line
+ * per change goes to out. Returns the number of registries skipped, or -1
+ * with err set to one line naming the file.
  */
 int containerd_config_apply(const struct config *cfg, const struct containerd_config_opts *o,
     FILE *out, char *err, size_t errlen);
@@ -96,9 +98,9 @@ int containerd_config_remove(const struct containerd_config_opts *o, FILE *out, 
 int containerd_config_check_containerd(const char *path, const char *dir, FILE *out,
     char *err, size_t errlen);
 
-/* argv[0] is "containerd-config". Returns the exit status: 0; 1 when a
- * file could not be written or is foreign; 2 for usage, config and
- * containerd config errors. */
+/* argv[0] is "containerd-config". Returns the exit status: 0, skipped
+ * registries included; 1 when a file could not be read or written; 2 for
+ * usage, config and containerd config errors. */
 int containerd_config_main(int argc, char **argv);
 
 #endif

@@ -1,8 +1,11 @@
 /*
  * logs: `pullproxy logs`, an incident summary of pullproxy's JSON-lines
- * log: per cause how often, when, the hint and the repositories hit; what
- * clients got; what was served meanwhile. The summarising functions do no
- * I/O so that tests can feed them lines.
+ * log: per cause how often, when, the registries, the hint and the
+ * repositories hit; what clients got (one answer per failure, repeats
+ * included); what was served meanwhile. Lines may come bare, behind
+ * `kubectl logs --timestamps`'s time, or as the CRI log file's
+ * "TIME STREAM F|P TEXT" (P parts joined). The summarising functions do
+ * no I/O so that tests can feed them lines.
  */
 #ifndef PP_LOGSUM_H
 #define PP_LOGSUM_H
@@ -20,7 +23,8 @@ int logs_time(const char *s, long long *ms);
 /* Lines older than since_ms are left out; 0 keeps every line. */
 struct logs *logs_new(long long since_ms);
 void logs_free(struct logs *ls);
-/* One log line, without or with its newline. */
+/* One log line (one physical line of any of the shapes above), without
+ * or with its newline. */
 void logs_line(struct logs *ls, const char *line, size_t len);
 
 /* The summary as one JSON object (new reference), or as text. */

@@ -20,17 +20,37 @@ for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 # The Kubernetes manifests' offline schema check (tests/kubernetes) uses
-# kubernetes-models from npm; without it that check is skipped, not failed.
+# kubernetes-models and its prometheus-operator models (PodMonitor,
+# PrometheusRule) from npm; without them that check is skipped, not failed.
 npm_deps() {
 	[ "${1:-}" = "--test" ] || return 0
 	dir=$(dirname "$0")/../tests/kubernetes
-	[ -d "$dir/node_modules" ] && return 0
+	[ -d "$dir/node_modules/@kubernetes-models/prometheus-operator" ] && return 0
 	command -v npm >/dev/null 2>&1 || { apt-get update -qq &&
 		apt-get install -y -qq --no-install-recommends npm >/dev/null; } || true
 	npm ci --prefix "$dir" --no-audit --no-fund >/dev/null 2>&1 ||
 		echo "install-deps.sh: npm ci in tests/kubernetes failed: the manifests' schema check will be skipped" >&2
 }
-[ -z "$missing" ] && { npm_deps "${1:-}"; exit 0; }
+# promtool checks and unit-tests the alert rules (deploy/kubernetes/
+# monitoring). Debian ships it only inside the prometheus package, whose
+# server would start on install: only promtool (one static binary) is
+# taken out of the package, into tests/kubernetes/bin.
+promtool_dep() {
+	[ "${1:-}" = "--test" ] || return 0
+	bin=$(dirname "$0")/../tests/kubernetes/bin
+	[ -x "$bin/promtool" ] && return 0
+	tmp=$(mktemp -d)
+	chmod 755 "$tmp"
+	if (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 ||
+	    { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } &&
+	    dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool); then
+		mkdir -p "$bin" && install -m 0755 "$tmp/usr/bin/promtool" "$bin/promtool"
+	else
+		echo "install-deps.sh: no promtool: the alert rules are parsed, not run through promtool" >&2
+	fi
+	rm -rf "$tmp"
+}
+[ -z "$missing" ] && { npm_deps "${1:-}"; promtool_dep "${1:-}"; exit 0; }
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # docker-registry, containerd and nginx ship services we start ourselves,
@@ -41,3 +61,4 @@ for svc in docker-registry containerd nginx; do
 		invoke-rc.d "$svc" stop >/dev/null 2>&1 || true
 done
 npm_deps "${1:-}"
+promtool_dep "${1:-}"

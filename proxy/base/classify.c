@@ -93,7 +93,7 @@ static const char *classify_hints[CLASSIFY_NCAUSES] = {
 	    "*.blob.core.windows.net",
 	[CLASSIFY_CONNECTION_REFUSED] =
 	    "the connection was refused: check the registry URL's host and "
-	    "port, and any proxy or firewall in the path that rejects port 443",
+	    "port, and any proxy or firewall in the path that rejects that port",
 	[CLASSIFY_CONNECTION_RESET] =
 	    "the connection was cut (reset or closed early): a proxy or "
 	    "firewall in the path drops it; check its application rules and "

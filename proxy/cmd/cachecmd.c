@@ -461,10 +461,10 @@ cachecmd_main(int argc, char **argv)
 			cachecmd_usage(stdout);
 			return 0;
 		case ':':
-			return cachecmd_usage_err("%s needs a value",
+			return cachecmd_usage_err("%s: needs a value",
 			    argv[optind - 1]);
 		default:
-			return cachecmd_usage_err("unknown option '%s'",
+			return cachecmd_usage_err("%s: unknown option",
 			    argv[optind - 1]);
 		}
 	}

@@ -156,10 +156,13 @@ check_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	event_base_loopbreak(r->c->base);
 }
 
-/* GET (or HEAD) url and wait for the answer; with_auth: as a pull would. */
+/*
+ * GET (or HEAD) url, of range when not NULL, and wait for the answer;
+ * with_auth: as a pull would.
+ */
 static int
 check_fetch(struct check *c, const char *url, int head, int with_auth,
-    struct check_resp *r)
+    const char *range, struct check_resp *r)
 {
 	static const struct upstream_cbs cbs = { check_on_headers,
 	    check_on_data, check_on_done };
@@ -173,6 +176,7 @@ check_fetch(struct check *c, const char *url, int head, int with_auth,
 	memset(&req, 0, sizeof(req));
 	req.url = url;
 	req.head = head;
+	req.range = range;
 	req.accept = CHECK_ACCEPT;
 	if (with_auth) {
 		req.auth = auth_upstream(c->auth);
@@ -406,7 +410,7 @@ check_base(struct check *c, char *url, size_t urllen)
 	char detail[2600];
 
 	snprintf(url, urllen, "%s/v2/", c->reg->url);
-	if (check_fetch(c, url, 0, 0, &r) == -1)
+	if (check_fetch(c, url, 0, 0, NULL, &r) == -1)
 		return -1;
 	if (r.res.curl != CURLE_OK ||
 	    !(r.status == 200 || (r.status == 401 && r.challenge[0] != '\0'))) {
@@ -436,9 +440,9 @@ check_identity(struct check *c, const char *url, int head,
 {
 	const char *cause, *hint, *phase, *error;
 	const json_t *failure;
-	char detail[700];
+	char detail[700], scope[AUTH_PARAM_MAX];
 
-	if (check_fetch(c, url, head, 1, r) == -1)
+	if (check_fetch(c, url, head, 1, NULL, r) == -1)
 		return -1;
 	if ((failure = auth_last_failure(c->auth)) != NULL) {
 		cause = json_string_value(json_object_get(failure, "cause"));
@@ -457,21 +461,137 @@ check_identity(struct check *c, const char *url, int head,
 		check_resp_fail(c, "identity", "still 401 with a token", r);
 		return -1;
 	}
-	snprintf(detail, sizeof(detail), "%s: %s", config_auth_name(
-	    c->reg->auth_kind), c->reg->auth_kind == CONFIG_AUTH_ANONYMOUS ?
-	    "no credentials sent; challenges followed" : "token obtained");
+	if (c->reg->auth_kind == CONFIG_AUTH_ANONYMOUS) {
+		snprintf(detail, sizeof(detail), "%s: no credentials sent; "
+		    "challenges followed", config_auth_name(c->reg->auth_kind));
+		check_step(c, "identity", CHECK_PASS, detail, NULL, NULL);
+		return 0;
+	}
+	/*
+	 * The registry may answer without asking for credentials: then the
+	 * identity was never tried (IMDS not even asked), and that is what
+	 * is said, not that a token came.
+	 */
+	auth_scope_name(c->repo, scope, sizeof(scope));
+	if (auth_header(c->auth, scope) == NULL) {
+		snprintf(detail, sizeof(detail), "%s: not tried: the registry "
+		    "answered without asking for credentials (no token was "
+		    "needed)", config_auth_name(c->reg->auth_kind));
+		check_step(c, "identity", CHECK_SKIP, detail, NULL, NULL);
+		return 0;
+	}
+	snprintf(detail, sizeof(detail), "%s: token obtained",
+	    config_auth_name(c->reg->auth_kind));
 	check_step(c, "identity", CHECK_PASS, detail, NULL, NULL);
 	return 0;
 }
 
-/* The manifest GET's body: an index, or a manifest whose config says. */
+/* v as a digest to put in a URL, or NULL: the registry's JSON is input. */
+static const char *
+check_digest(const json_t *v)
+{
+	const char *d = json_string_value(v);
+
+	return d != NULL && oci_digest_valid(d, strlen(d)) ? d : NULL;
+}
+
+/*
+ * The digest of the node's manifest in an index: the first entry that
+ * platform_index_match says offers node, asked one entry at a time so
+ * that the matching rules stay platform's. NULL when none (free it).
+ */
+static char *
+check_index_pick(const void *body, size_t len, const struct platform *node)
+{
+	json_t *doc, *list, *e, *one;
+	char have[512], *text, *digest = NULL;
+	size_t i;
+
+	doc = json_loadb(body, len, 0, NULL);
+	list = json_object_get(doc, "manifests");
+	json_array_foreach(list, i, e) {
+		one = json_pack("{s:[O]}", "manifests", e);
+		text = one != NULL ? json_dumps(one, JSON_COMPACT) : NULL;
+		json_decref(one);
+		if (text != NULL && platform_index_match(text, strlen(text),
+		    node, have, sizeof(have)) == 1 &&
+		    check_digest(json_object_get(e, "digest")) != NULL)
+			digest = strdup(check_digest(json_object_get(e,
+			    "digest")));
+		free(text);
+		if (digest != NULL)
+			break;
+	}
+	json_decref(doc);
+	return digest;
+}
+
+/*
+ * A blob of the image manifest in m, as a pull fetches it: the smallest
+ * layer (the config when there is none), its first byte only, through
+ * the registry's redirect to its storage (ACR's data endpoint, which a
+ * firewall may block while the registry answers).
+ */
 static void
+check_blob(struct check *c, struct check_resp *m)
+{
+	struct check_resp r;
+	char url[2048], detail[2400];
+	const char *digest = NULL, *what = "config";
+	json_t *doc, *layers, *e;
+	json_int_t size, best = -1;
+	size_t i;
+
+	doc = json_loadb((const char *)evbuffer_pullup(m->body, -1),
+	    evbuffer_get_length(m->body), 0, NULL);
+	layers = json_object_get(doc, "layers");
+	json_array_foreach(layers, i, e) {
+		size = json_integer_value(json_object_get(e, "size"));
+		if (check_digest(json_object_get(e, "digest")) != NULL &&
+		    (best == -1 || size < best)) {
+			best = size;
+			digest = check_digest(json_object_get(e, "digest"));
+			what = "smallest layer";
+		}
+	}
+	if (digest == NULL)
+		digest = check_digest(json_object_get(json_object_get(doc,
+		    "config"), "digest"));
+	if (digest == NULL) {
+		check_step(c, "blob", CHECK_SKIP, "the manifest names no blob",
+		    NULL, NULL);
+		json_decref(doc);
+		return;
+	}
+	snprintf(url, sizeof(url), "%s/v2/%s/blobs/%s", c->reg->url, c->repo,
+	    digest);
+	snprintf(detail, sizeof(detail), "%s %s", what, digest);
+	json_decref(doc);
+	if (check_fetch(c, url, 0, 1, "bytes=0-0", &r) == -1)
+		return;
+	if (r.res.curl != CURLE_OK || (r.status != 206 && r.status != 200))
+		check_resp_fail(c, "blob", detail, &r);
+	else {
+		snprintf(detail + strlen(detail), sizeof(detail) -
+		    strlen(detail), ": %ld, first byte fetched", r.status);
+		check_step(c, "blob", CHECK_PASS, detail, NULL, NULL);
+	}
+	check_resp_free(&r);
+}
+
+/*
+ * The manifest GET's body: an index, or a manifest whose config says.
+ * For an index, the node's manifest is fetched into *m (it replaces the
+ * index) so that check_blob can take a blob of it. 0 when the blob step
+ * should run.
+ */
+static int
 check_platform(struct check *c, struct check_resp *m)
 {
 	struct platform node;
 	struct check_resp r;
 	char have[512], nodes[3 * PLATFORM_PART_MAX], url[2048];
-	char detail[1200];
+	char detail[1200], *digest;
 	const char *cfgdigest;
 	json_t *doc;
 	int match;
@@ -480,11 +600,41 @@ check_platform(struct check *c, struct check_resp *m)
 	platform_format(&node, nodes, sizeof(nodes));
 	match = platform_index_match(evbuffer_pullup(m->body, -1),
 	    evbuffer_get_length(m->body), &node, have, sizeof(have));
+	if (match == 1) {
+		digest = check_index_pick(evbuffer_pullup(m->body, -1),
+		    evbuffer_get_length(m->body), &node);
+		snprintf(url, sizeof(url), "%s/v2/%s/manifests/%s",
+		    c->reg->url, c->repo, digest != NULL ? digest : "");
+		if (digest == NULL) {
+			check_step(c, "platform", CHECK_FAIL, "the index entry "
+			    "for the node has no valid digest", NULL, NULL);
+			return -1;
+		}
+		if (check_fetch(c, url, 0, 1, NULL, &r) == -1) {
+			free(digest);
+			return -1;
+		}
+		if (r.res.curl != CURLE_OK || r.status != 200) {
+			snprintf(detail, sizeof(detail), "%s manifest %s",
+			    nodes, digest);
+			free(digest);
+			check_resp_fail(c, "platform", detail, &r);
+			check_resp_free(&r);
+			return -1;
+		}
+		snprintf(detail, sizeof(detail), "node %s among %s: %s", nodes,
+		    have, digest);
+		free(digest);
+		check_step(c, "platform", CHECK_PASS, detail, NULL, NULL);
+		check_resp_free(m);
+		*m = r;
+		return 0;
+	}
 	if (match == -1) {
 		doc = json_loadb((const char *)evbuffer_pullup(m->body, -1),
 		    evbuffer_get_length(m->body), 0, NULL);
-		cfgdigest = json_string_value(json_object_get(json_object_get(
-		    doc, "config"), "digest"));
+		cfgdigest = check_digest(json_object_get(json_object_get(doc,
+		    "config"), "digest"));
 		snprintf(url, sizeof(url), "%s/v2/%s/blobs/%s", c->reg->url,
 		    c->repo, cfgdigest != NULL ? cfgdigest : "");
 		json_decref(doc);
@@ -492,15 +642,15 @@ check_platform(struct check *c, struct check_resp *m)
 			check_step(c, "platform", CHECK_SKIP, "not an image "
 			    "manifest: nothing to compare", NULL,
 			    NULL);
-			return;
+			return -1;
 		}
 		/* Blob GETs are redirected on ACR: the storage hop too. */
-		if (check_fetch(c, url, 0, 1, &r) == -1)
-			return;
+		if (check_fetch(c, url, 0, 1, NULL, &r) == -1)
+			return -1;
 		if (r.res.curl != CURLE_OK || r.status != 200) {
 			check_resp_fail(c, "platform", "config blob", &r);
 			check_resp_free(&r);
-			return;
+			return -1;
 		}
 		match = platform_config_match(evbuffer_pullup(r.body, -1),
 		    evbuffer_get_length(r.body), &node, have, sizeof(have));
@@ -511,7 +661,9 @@ check_platform(struct check *c, struct check_resp *m)
 		    nodes, have);
 		check_fail_cause(c, "platform", detail,
 		    CLASSIFY_PLATFORM_MISMATCH);
-	} else if (match == 1) {
+		return -1;
+	}
+	if (match == 1) {
 		snprintf(detail, sizeof(detail), "node %s among %s", nodes,
 		    have);
 		check_step(c, "platform", CHECK_PASS, detail, NULL,
@@ -519,6 +671,7 @@ check_platform(struct check *c, struct check_resp *m)
 	} else
 		check_step(c, "platform", CHECK_SKIP, "no platform in the "
 		    "image config", NULL, NULL);
+	return 0;
 }
 
 static void
@@ -536,7 +689,7 @@ check_manifest(struct check *c)
 	/* A HEAD has no error body: a GET brings the registry's code. */
 	if (r.res.curl == CURLE_OK && r.status >= 400) {
 		check_resp_free(&r);
-		if (check_fetch(c, url, 0, 1, &r) == -1)
+		if (check_fetch(c, url, 0, 1, NULL, &r) == -1)
 			return;
 	}
 	if (r.res.curl != CURLE_OK || r.status != 200) {
@@ -548,12 +701,12 @@ check_manifest(struct check *c)
 	    r.digest[0] != '\0' ? r.digest : "(no digest header)", r.type);
 	check_step(c, "manifest", CHECK_PASS, detail, NULL, NULL);
 	check_resp_free(&r);
-	if (check_fetch(c, url, 0, 1, &r) == -1)
+	if (check_fetch(c, url, 0, 1, NULL, &r) == -1)
 		return;
 	if (r.res.curl != CURLE_OK || r.status != 200)
 		check_resp_fail(c, "platform", "manifest GET", &r);
-	else
-		check_platform(c, &r);
+	else if (check_platform(c, &r) == 0)
+		check_blob(c, &r);
 	check_resp_free(&r);
 }
 
@@ -644,9 +797,32 @@ check_image(char *image, const char **host, const char **repo,
 	return 0;
 }
 
+static void
+check_usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: pullproxy check [--config FILE] [--registry HOST[=URL]] "
+	    "[--json] [IMAGE]\n"
+	    "\n"
+	    "Can this node pull? For each registry (or the one IMAGE names):\n"
+	    "name, DNS, TCP, TLS, /v2/, identity, and with an IMAGE its\n"
+	    "manifest, the node's platform and the first byte of a blob\n"
+	    "through the registry's storage redirect. Each step says ok, FAIL\n"
+	    "(with the cause and hint) or skip; exit 0 only when a pull would\n"
+	    "work, 1 when a step failed, 2 for usage and config errors.\n"
+	    "\n"
+	    "  --config    pullproxy's config (default " CHECK_DEFAULT_CONFIG
+	    ",\n"
+	    "              unless --registry HOST=URL gives the registries)\n"
+	    "  --registry  HOST: check only that registry; HOST=URL: check it\n"
+	    "              at URL (as serve's flag)\n"
+	    "  --json      one JSON object: the steps and \"ok\"\n");
+}
+
 /*
  * Split check's own arguments from the serve flags the config parser
  * takes: "--registry HOST" (no '=') selects, --json, and the IMAGE.
+ * Returns 1 for --help, before any config is read.
  */
 static int
 check_args(int argc, char **argv, char **pass, int *npass,
@@ -657,6 +833,10 @@ check_args(int argc, char **argv, char **pass, int *npass,
 	*npass = 0;
 	pass[(*npass)++] = argv[0];
 	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 ||
+		    strncmp(argv[i], "--help=", 7) == 0 ||
+		    strcmp(argv[i], "-h") == 0)
+			return 1;
 		if (strcmp(argv[i], "--json") == 0)
 			*json = 1;
 		else if (strcmp(argv[i], "--registry") == 0 && i + 1 < argc &&
@@ -677,8 +857,7 @@ check_args(int argc, char **argv, char **pass, int *npass,
 				*has_config = 1;
 			pass[(*npass)++] = argv[i];
 			/* "--flag value": the value goes along. */
-			if (strchr(argv[i], '=') == NULL && i + 1 < argc &&
-			    strcmp(argv[i], "--help") != 0)
+			if (strchr(argv[i], '=') == NULL && i + 1 < argc)
 				pass[(*npass)++] = argv[++i];
 		}
 	}
@@ -699,12 +878,7 @@ check_load(struct config *cfg, int argc, char **argv, int has_config)
 		return -1;
 	}
 	rc = config_parse_args(cfg, argc, argv, err, sizeof(err));
-	if (rc == 1) {
-		printf("usage: pullproxy check [--config FILE] "
-		    "[--registry HOST[=URL]] [--json] [IMAGE]\n");
-		return 1;
-	}
-	if (rc == -1 || config_check(cfg, err, sizeof(err)) == -1) {
+	if (rc != 0 || config_check(cfg, err, sizeof(err)) == -1) {
 		fprintf(stderr, "pullproxy check: %s\n", err);
 		return -1;
 	}
@@ -725,16 +899,19 @@ check_main(int argc, char **argv)
 	memset(&c, 0, sizeof(c));
 	if ((pass = calloc((size_t)argc + 1, sizeof(*pass))) == NULL)
 		return 2;
-	if (check_args(argc, argv, pass, &npass, &select, &image, &c.json,
-	    &has_config) == -1) {
+	rc = check_args(argc, argv, pass, &npass, &select, &image, &c.json,
+	    &has_config);
+	if (rc != 0) {
 		free(pass);
-		return 2;
+		if (rc == 1)
+			check_usage(stdout);
+		return rc == 1 ? 0 : 2;
 	}
 	rc = check_load(&cfg, npass, pass, has_config);
 	free(pass);
 	if (rc != 0) {
 		config_free(&cfg);
-		return rc == 1 ? 0 : 2;
+		return 2;
 	}
 	c.cfg = &cfg;
 	if (image != NULL) {

@@ -717,48 +717,60 @@ containerd_config_put(const struct containerd_config_opts *o, struct containerd_
 	return 0;
 }
 
+/*
+ * Why f, as looked at, is not pullproxy's to write, or NULL when it is.
+ * Such a registry is skipped: someone else (AKS node bootstrap writes
+ * mcr.microsoft.com/hosts.toml on network-isolated clusters) decides how
+ * containerd reaches it, and the other registries are still written.
+ */
+static const char *
+containerd_config_skip_why(const struct containerd_config_opts *o,
+    const struct containerd_config_file *f)
+{
+	if (f->notdir)
+		return "not a directory";
+	if (f->state != CONTAINERD_CONFIG_FOREIGN)
+		return NULL;
+	if (!o->force)
+		return "not written by pullproxy (merge it by hand, or --force "
+		    "to set it aside as " CONTAINERD_CONFIG_SAVED " until "
+		    "--remove)";
+	if (f->saved_exists)
+		return "not written by pullproxy, and " CONTAINERD_CONFIG_SAVED
+		    " already holds one set aside";
+	return NULL;
+}
+
 int
 containerd_config_apply(const struct config *cfg, const struct containerd_config_opts *o,
     FILE *out, char *err, size_t errlen)
 {
 	const struct config_registry *r;
 	struct containerd_config_file *files, *f;
+	const char *why;
 	char text[4096];
 	size_t i;
-	int rc = -1, created;
+	int rc = -1, created, skipped = 0;
 
 	if (containerd_config_dir_check(o->hosts_dir, err, errlen) == -1)
 		return -1;
 	if ((files = calloc(cfg->nregistries + 1, sizeof(*files))) == NULL)
 		return containerd_config_err(err, errlen, "out of memory");
-	/* Look at every target first: one foreign file, nothing written. */
-	for (i = 0; i < cfg->nregistries; i++) {
-		f = &files[i];
-		if (containerd_config_look(o->hosts_dir, cfg->registries[i].name, f,
-		    err, errlen) == -1)
+	/* Look at every target first: one that cannot be read, nothing written. */
+	for (i = 0; i < cfg->nregistries; i++)
+		if (containerd_config_look(o->hosts_dir, cfg->registries[i].name,
+		    &files[i], err, errlen) == -1)
 			goto done;
-		if (f->notdir) {
-			containerd_config_err(err, errlen, "%s: not a directory, left "
-			    "alone", f->dir);
-			goto done;
-		}
-		if (f->state == CONTAINERD_CONFIG_FOREIGN && !o->force) {
-			containerd_config_err(err, errlen, "%s: not written by "
-			    "pullproxy, left alone (merge it by hand, or "
-			    "--force to set it aside as %s until --remove)",
-			    f->path, CONTAINERD_CONFIG_SAVED);
-			goto done;
-		}
-		if (f->state == CONTAINERD_CONFIG_FOREIGN && f->saved_exists) {
-			containerd_config_err(err, errlen, "%s: not written by "
-			    "pullproxy, and %s already holds one set aside: "
-			    "left alone", f->path, CONTAINERD_CONFIG_SAVED);
-			goto done;
-		}
-	}
 	for (i = 0; i < cfg->nregistries; i++) {
 		r = &cfg->registries[i];
 		f = &files[i];
+		if ((why = containerd_config_skip_why(o, f)) != NULL) {
+			fprintf(out, "skip %s: %s: left alone, containerd pulls "
+			    "%s without pullproxy\n", f->notdir ? f->dir :
+			    f->path, why, r->name);
+			skipped++;
+			continue;
+		}
 		/* Whether pullproxy made the directory is kept across runs. */
 		created = f->state == CONTAINERD_CONFIG_OURS ? f->created_dir :
 		    !f->dir_exists;
@@ -771,7 +783,8 @@ containerd_config_apply(const struct config *cfg, const struct containerd_config
 		if (containerd_config_put(o, f, text, out, err, errlen) == -1)
 			goto done;
 	}
-	rc = containerd_config_sweep(o, cfg, out, err, errlen);
+	if (containerd_config_sweep(o, cfg, out, err, errlen) == 0)
+		rc = skipped;
 done:
 	containerd_config_files_free(files, cfg->nregistries);
 	return rc;
@@ -861,7 +874,9 @@ containerd_config_usage(FILE *f)
 	    "Writes DIR/<registry>/hosts.toml for every registry in the "
 	    "config:\n"
 	    "containerd pulls through pullproxy first and falls back to the\n"
-	    "registry. Files pullproxy did not write are left alone.\n"
+	    "registry. A registry whose hosts.toml pullproxy did not write is\n"
+	    "skipped (a \"skip\" line says so) and the others are written;\n"
+	    "exit status 0 all the same, 1 when a file could not be written.\n"
 	    "\n"
 	    "  --config             pullproxy's config (default "
 	    CONTAINERD_CONFIG_CONFIG ")\n"
@@ -965,6 +980,11 @@ containerd_config_main(int argc, char **argv)
 	rc = containerd_config_apply(&cfg, &o, stdout, err, sizeof(err));
 	if (rc == -1)
 		fprintf(stderr, "pullproxy containerd-config: %s\n", err);
+	else if (rc > 0)
+		/* Not an error: the init container must not crash-loop on it. */
+		fprintf(stderr, "pullproxy containerd-config: %d of %zu "
+		    "registries left alone (skip lines on stdout)\n", rc,
+		    cfg.nregistries);
 	config_free(&cfg);
 	return rc == -1 ? 1 : 0;
 }

@@ -2,6 +2,11 @@
  * logs: `pullproxy logs`. One pass over the log, counting into small
  * tallies; the log's own fields (cause, hint, client_status) carry the
  * verdicts, so nothing is classified again here.
+ *
+ * A node's log comes in three shapes: pullproxy's own JSON lines, the
+ * same behind `kubectl logs --timestamps`'s time, and the CRI log file
+ * (/var/log/pods/...: "TIME STREAM F|P TEXT", where P marks a line the
+ * runtime cut into parts). All three reduce to the JSON line.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -39,6 +44,7 @@ struct logs_cause {
 	long long	 c_first;	/* ms; 0 when no line had a time */
 	long long	 c_last;
 	struct logs_tally c_repos;
+	struct logs_tally c_registries;
 };
 
 struct logs {
@@ -51,6 +57,11 @@ struct logs {
 	struct logs_cause *ls_causes;
 	size_t		 ls_ncauses;
 	struct logs_tally ls_clients;	/* client_status of failures */
+	/* What the logged line opening a repeat window got, by that
+	 * window's key, so that a repeat counts as what clients got. */
+	struct logs_tally ls_windows;
+	char		*ls_part[2];	/* CRI P lines not yet ended, per stream */
+	size_t		 ls_partlen[2];
 	struct logs_tally ls_served;	/* status of "request" lines */
 	unsigned long	 ls_requests;
 	struct logs_tally ls_other;	/* other warnings, by msg */
@@ -166,6 +177,29 @@ logs_tally_add(struct logs_tally *t, const char *key, unsigned long n)
 	t->t_v[t->t_n++].kv_n = n;
 }
 
+static unsigned long
+logs_tally_get(const struct logs_tally *t, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < t->t_n; i++)
+		if (strcmp(t->t_v[i].kv_key, key) == 0)
+			return t->t_v[i].kv_n;
+	return 0;
+}
+
+/* Pointer to key's count, or NULL when key is not there. */
+static unsigned long *
+logs_tally_find(const struct logs_tally *t, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < t->t_n; i++)
+		if (strcmp(t->t_v[i].kv_key, key) == 0)
+			return &t->t_v[i].kv_n;
+	return NULL;
+}
+
 static void
 logs_tally_int(struct logs_tally *t, json_int_t k, unsigned long n)
 {
@@ -227,9 +261,13 @@ logs_free(struct logs *ls)
 		free(ls->ls_causes[i].c_name);
 		free(ls->ls_causes[i].c_hint);
 		logs_tally_free(&ls->ls_causes[i].c_repos);
+		logs_tally_free(&ls->ls_causes[i].c_registries);
 	}
 	free(ls->ls_causes);
 	logs_tally_free(&ls->ls_clients);
+	logs_tally_free(&ls->ls_windows);
+	free(ls->ls_part[0]);
+	free(ls->ls_part[1]);
 	logs_tally_free(&ls->ls_served);
 	logs_tally_free(&ls->ls_other);
 	logs_tally_free(&ls->ls_retries);
@@ -282,6 +320,48 @@ logs_failure(struct logs *ls, json_t *o, const char *cause,
 		where = json_string_value(json_object_get(o, "registry"));
 	if (where != NULL)
 		logs_tally_add(&c->c_repos, where, n);
+	if ((where = json_string_value(json_object_get(o, "registry"))) != NULL)
+		logs_tally_add(&c->c_registries, where, n);
+}
+
+/*
+ * What clients got, counted once per failure. A "repeated" line stands
+ * for count failures of the window that the logged line with the same
+ * registry, repository, cause and served opened: they got what it got.
+ * One whose opening line is not in the log (cut, or before --since)
+ * counts as "unknown".
+ */
+static void
+logs_clients(struct logs *ls, json_t *o, const char *cause, int repeat,
+    unsigned long n)
+{
+	const char *served = json_string_value(json_object_get(o, "served"));
+	const char *reg = json_string_value(json_object_get(o, "registry"));
+	const char *repo = json_string_value(json_object_get(o, "repository"));
+	json_t *st = json_object_get(o, "client_status");
+	unsigned long *got, status;
+	char key[1024];
+
+	snprintf(key, sizeof(key), "%s\x1f%s\x1f%s\x1f%s",
+	    reg != NULL ? reg : "", repo != NULL ? repo : "", cause,
+	    served != NULL ? served : "");
+	if (!repeat) {
+		status = json_is_integer(st) && json_integer_value(st) > 0 ?
+		    (unsigned long)json_integer_value(st) : 0;
+		if ((got = logs_tally_find(&ls->ls_windows, key)) != NULL)
+			*got = status;
+		else
+			logs_tally_add(&ls->ls_windows, key, status);
+		if (status != 0)
+			logs_tally_int(&ls->ls_clients, (json_int_t)status, n);
+		return;
+	}
+	if ((got = logs_tally_find(&ls->ls_windows, key)) == NULL) {
+		/* Served anyway: clients got no error to count. */
+		if (served == NULL)
+			logs_tally_add(&ls->ls_clients, "unknown", n);
+	} else if (*got != 0)
+		logs_tally_int(&ls->ls_clients, (json_int_t)*got, n);
 }
 
 static void
@@ -291,6 +371,7 @@ logs_object(struct logs *ls, json_t *o)
 	json_t *cnt, *st;
 	long long t = 0;
 	unsigned long n = 1;
+	int repeat;
 
 	if (logs_time(json_string_value(json_object_get(o, "time")),
 	    &t) == -1)
@@ -327,18 +408,16 @@ logs_object(struct logs *ls, json_t *o)
 	if (cause != NULL && strcmp(cause, "none") != 0 &&
 	    strncmp(msg, "circuit ", 8) != 0) {
 		cnt = json_object_get(o, "count");
-		if (strcmp(msg, "upstream failure repeated") == 0 &&
-		    json_is_integer(cnt) && json_integer_value(cnt) > 0)
+		repeat = strcmp(msg, "upstream failure repeated") == 0;
+		if (repeat && json_is_integer(cnt) &&
+		    json_integer_value(cnt) > 0)
 			n = (unsigned long)json_integer_value(cnt);
 		logs_failure(ls, o, cause, n, t);
 		/* Served stale, or a download resumed: clients saw no error. */
 		if ((served = json_string_value(json_object_get(o,
 		    "served"))) != NULL)
 			logs_tally_add(&ls->ls_degraded, served, n);
-		st = json_object_get(o, "client_status");
-		if (json_is_integer(st))
-			logs_tally_int(&ls->ls_clients,
-			    json_integer_value(st), 1);
+		logs_clients(ls, o, cause, repeat, n);
 		return;
 	}
 	/* Other trouble ("cache bypassed"...), by message. */
@@ -347,14 +426,12 @@ logs_object(struct logs *ls, json_t *o)
 		logs_tally_add(&ls->ls_other, msg, 1);
 }
 
-void
-logs_line(struct logs *ls, const char *line, size_t len)
+static void
+logs_json_line(struct logs *ls, const char *line, size_t len)
 {
 	json_error_t err;
 	json_t *o;
 
-	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-		len--;
 	if (len == 0)
 		return;
 	o = json_loadb(line, len, 0, &err);
@@ -363,6 +440,74 @@ logs_line(struct logs *ls, const char *line, size_t len)
 	else
 		logs_object(ls, o);
 	json_decref(o);
+}
+
+/* Length of an RFC 3339 time at p ("2026-12-03T06:49:01.123456789Z",
+ * any offset) ended by a blank, or 0. */
+static size_t
+logs_prefix_time(const char *p, size_t len)
+{
+	size_t n;
+
+	if (len < 20 || !isdigit((unsigned char)p[0]) || p[4] != '-' ||
+	    p[10] != 'T')
+		return 0;
+	for (n = 0; n < len && p[n] != ' '; n++)
+		if (!isdigit((unsigned char)p[n]) && strchr("-T:.Z+", p[n]) == NULL)
+			return 0;
+	return n < len ? n : 0;
+}
+
+/* Append the text of a CRI "P" line to its stream's pending line. */
+static void
+logs_part(struct logs *ls, int stream, const char *p, size_t len)
+{
+	char *buf;
+
+	if ((buf = realloc(ls->ls_part[stream], ls->ls_partlen[stream] + len +
+	    1)) == NULL)
+		return;
+	memcpy(buf + ls->ls_partlen[stream], p, len);
+	ls->ls_part[stream] = buf;
+	ls->ls_partlen[stream] += len;
+}
+
+void
+logs_line(struct logs *ls, const char *line, size_t len)
+{
+	size_t n;
+	int stream;
+
+	while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	if (len == 0)
+		return;
+	if ((n = logs_prefix_time(line, len)) == 0) {
+		logs_json_line(ls, line, len);
+		return;
+	}
+	line += n + 1;
+	len -= n + 1;
+	/* kubectl logs --timestamps: the time, then the line. */
+	if (len < 9 || (strncmp(line, "stdout ", 7) != 0 &&
+	    strncmp(line, "stderr ", 7) != 0) || (line[7] != 'F' &&
+	    line[7] != 'P') || line[8] != ' ') {
+		logs_json_line(ls, line, len);
+		return;
+	}
+	/* The CRI log file: stream, F (full) or P (partial), the text. */
+	stream = line[3] == 'e';
+	if (line[7] == 'P') {
+		logs_part(ls, stream, line + 9, len - 9);
+		return;
+	}
+	if (ls->ls_partlen[stream] == 0) {
+		logs_json_line(ls, line + 9, len - 9);
+		return;
+	}
+	logs_part(ls, stream, line + 9, len - 9);
+	logs_json_line(ls, ls->ls_part[stream], ls->ls_partlen[stream]);
+	ls->ls_partlen[stream] = 0;
 }
 
 /* ------------------------------------------------------------------ output */
@@ -386,13 +531,22 @@ logs_sort(const struct logs *ls)
 	if (ls->ls_ncauses > 1)
 		qsort(ls->ls_causes, ls->ls_ncauses, sizeof(*ls->ls_causes),
 		    logs_cause_cmp);
-	for (i = 0; i < ls->ls_ncauses; i++)
+	for (i = 0; i < ls->ls_ncauses; i++) {
 		logs_tally_sort(&ls->ls_causes[i].c_repos);
+		logs_tally_sort(&ls->ls_causes[i].c_registries);
+	}
 	logs_tally_sort(&ls->ls_clients);
 	logs_tally_sort(&ls->ls_served);
 	logs_tally_sort(&ls->ls_other);
 	logs_tally_sort(&ls->ls_retries);
 	logs_tally_sort(&ls->ls_degraded);
+}
+
+/* Lines not JSON, a CRI line whose last part never came included. */
+static unsigned long
+logs_bad(const struct logs *ls)
+{
+	return ls->ls_bad + (ls->ls_partlen[0] > 0) + (ls->ls_partlen[1] > 0);
 }
 
 /* The log's hint, else the cause's general one. */
@@ -432,22 +586,11 @@ logs_tally_json(const struct logs_tally *t)
 	return o;
 }
 
-static unsigned long
-logs_tally_get(const struct logs_tally *t, const char *key)
-{
-	size_t i;
-
-	for (i = 0; i < t->t_n; i++)
-		if (strcmp(t->t_v[i].kv_key, key) == 0)
-			return t->t_v[i].kv_n;
-	return 0;
-}
-
 json_t *
 logs_json(const struct logs *ls)
 {
 	const struct logs_cause *c;
-	json_t *o, *causes, *repos, *co;
+	json_t *o, *causes, *repos, *regs, *co;
 	const char *hint;
 	size_t i, j;
 
@@ -460,12 +603,18 @@ logs_json(const struct logs *ls)
 			json_array_append_new(repos, json_pack("{s:s,s:I}",
 			    "repository", c->c_repos.t_v[j].kv_key, "count",
 			    (json_int_t)c->c_repos.t_v[j].kv_n));
+		regs = json_array();
+		for (j = 0; j < c->c_registries.t_n; j++)
+			json_array_append_new(regs, json_pack("{s:s,s:I}",
+			    "registry", c->c_registries.t_v[j].kv_key, "count",
+			    (json_int_t)c->c_registries.t_v[j].kv_n));
 		hint = logs_hint(c);
-		co = json_pack("{s:s,s:I,s:o,s:o,s:o,s:o}", "cause", c->c_name,
-		    "count", (json_int_t)c->c_count, "first",
+		co = json_pack("{s:s,s:I,s:o,s:o,s:o,s:o,s:o}", "cause",
+		    c->c_name, "count", (json_int_t)c->c_count, "first",
 		    logs_time_json(c->c_first), "last",
 		    logs_time_json(c->c_last), "hint", hint != NULL ?
-		    json_string(hint) : json_null(), "repositories", repos);
+		    json_string(hint) : json_null(), "registries", regs,
+		    "repositories", repos);
 		json_array_append_new(causes, co);
 	}
 	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o},s:o,s:o,"
@@ -473,7 +622,7 @@ logs_json(const struct logs *ls)
 	    "first", logs_time_json(ls->ls_first),
 	    "last", logs_time_json(ls->ls_last),
 	    "lines", (json_int_t)ls->ls_lines,
-	    "not_json", (json_int_t)ls->ls_bad,
+	    "not_json", (json_int_t)logs_bad(ls),
 	    "before_since", (json_int_t)ls->ls_old,
 	    "causes", causes,
 	    "client_status", logs_tally_json(&ls->ls_clients),
@@ -516,8 +665,8 @@ logs_print(const struct logs *ls, FILE *f)
 		fprintf(f, "%lu lines\n", ls->ls_lines);
 	if (ls->ls_old > 0)
 		fprintf(f, "%lu older lines left out (--since)\n", ls->ls_old);
-	if (ls->ls_bad > 0)
-		fprintf(f, "%lu lines were not JSON\n", ls->ls_bad);
+	if (logs_bad(ls) > 0)
+		fprintf(f, "%lu lines were not JSON\n", logs_bad(ls));
 	if (ls->ls_ncauses == 0)
 		fprintf(f, "\nno failures\n");
 	for (i = 0; i < ls->ls_ncauses; i++) {
@@ -526,6 +675,10 @@ logs_print(const struct logs *ls, FILE *f)
 		logs_time_format(c->c_last, b, sizeof(b));
 		fprintf(f, "\n%s: %lu, %s .. %s\n", c->c_name, c->c_count,
 		    c->c_first != 0 ? a : "?", c->c_last != 0 ? b : "?");
+		if (c->c_registries.t_n > 0) {
+			fprintf(f, "  registries: ");
+			logs_print_tally(f, &c->c_registries, SIZE_MAX);
+		}
 		if ((hint = logs_hint(c)) != NULL)
 			fprintf(f, "  hint: %s\n", hint);
 		if (c->c_repos.t_n > 0) {
@@ -534,8 +687,7 @@ logs_print(const struct logs *ls, FILE *f)
 		}
 	}
 	if (ls->ls_clients.t_n > 0) {
-		/* "repeated" lines say how many, not what clients got. */
-		fprintf(f, "\nclients got (repeats not itemised): ");
+		fprintf(f, "\nclients got: ");
 		logs_print_tally(f, &ls->ls_clients, SIZE_MAX);
 	}
 	if (ls->ls_degraded.t_n > 0) {
@@ -566,6 +718,8 @@ logs_usage(FILE *f)
 	    "usage: pullproxy logs [--since DURATION] [--json] [FILE|-]\n"
 	    "\n"
 	    "  summarise pullproxy's JSON log (FILE, or stdin when - or none):\n"
+	    "  its own lines, `kubectl logs --timestamps` or the node's CRI\n"
+	    "  log file (/var/log/pods/...), partial lines joined;\n"
 	    "  failures per cause with first and last time, hint and the\n"
 	    "  repositories hit; what clients got; what was served meanwhile\n"
 	    "  (request lines, at --log-level debug)\n"
@@ -631,9 +785,9 @@ logs_main(int argc, char **argv)
 			return 0;
 		default:
 			if (optopt == 's')
-				return logs_usage_err("--since needs a "
-				    "DURATION");
-			return logs_usage_err("bad option '%s'",
+				return logs_usage_err("--since: needs a "
+				    "value");
+			return logs_usage_err("%s: unknown option",
 			    argv[optind - 1]);
 		}
 	}

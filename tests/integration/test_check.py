@@ -9,11 +9,12 @@ import pytest
 
 pytest.register_assert_rewrite("acr")
 from acr import CLIENT_ID, TENANT, registry_section  # noqa: E402
-from conftest import LOCALHOST, PULLPROXY_BIN, closed_port, run  # noqa: E402
+from conftest import (LOCALHOST, PULLPROXY_BIN, build_index, closed_port,  # noqa: E402
+                      run)
 
 pytest_plugins = ["acr"]
 
-STEPS = ["name", "dns", "tcp", "tls", "v2", "identity", "manifest", "platform"]
+STEPS = ["name", "dns", "tcp", "tls", "v2", "identity", "manifest", "platform", "blob"]
 MI = dict(auth="managed-identity", client_id=CLIENT_ID, tenant=TENANT)
 
 
@@ -65,6 +66,43 @@ def test_docker_registry_passes(tmp_path, registry, images):
     assert "a pull of this image should work" in cp.stdout
 
 
+def test_docker_registry_index(tmp_path, registry, images):
+    """An image index: the node's manifest is fetched, then a blob of it."""
+    img = images["multi"]
+    conf = write_conf(tmp_path, "[server]\nplatform = linux/arm64\n"
+                      "[registry %s]\nurl = %s\n" % (registry.host, registry.url))
+    cp, out = check(conf, "%s/%s" % (registry.host, img.ref))
+    assert cp.returncode == 0, cp.stdout
+    assert results(out) == [(s, "skip" if s == "tls" else "pass") for s in STEPS]
+    steps = {s["step"]: s for s in out["steps"]}
+    arm = img.children[1]
+    assert "sha256:" in steps["platform"]["detail"]
+    assert arm.layers[0] in steps["blob"]["detail"], steps["blob"]
+    assert "206" in steps["blob"]["detail"]
+
+
+def test_identity_not_needed(tmp_path, registry, images):
+    """auth = managed-identity with IMDS unreachable, against a registry
+    that asks for no credentials: the identity step must not say a token
+    was obtained; the pull works anonymously."""
+    port, sock = closed_port()
+    try:
+        conf = write_conf(tmp_path, "[registry %s]\nurl = %s\nauth = managed-identity\n"
+                          "client_id = %s\nimds_url = http://%s:%d\nimds_retry_s = 0\n"
+                          % (registry.host, registry.url, CLIENT_ID, LOCALHOST, port))
+        cp, out = check(conf, "%s/%s" % (registry.host, images["small"].ref))
+        text, _ = check(conf, "%s/%s" % (registry.host, images["small"].ref),
+                        json_out=False)
+    finally:
+        sock.close()
+    ident = next(s for s in out["steps"] if s["step"] == "identity")
+    assert ident["result"] == "skip", ident
+    assert "no token was needed" in ident["detail"], ident
+    assert "token obtained" not in cp.stdout and "token obtained" not in text.stdout
+    assert cp.returncode == 0, cp.stdout
+    assert [s for s, r in results(out) if r == "fail"] == []
+
+
 def test_managed_identity_against_the_fake_acr(tmp_path, fake, acr_images):
     conf = write_conf(tmp_path, registry_section(fake, imds_url=fake.imds_url, **MI))
     cp, out = check(conf, "%s/id/small:v1" % fake.registry)
@@ -75,6 +113,8 @@ def test_managed_identity_against_the_fake_acr(tmp_path, fake, acr_images):
     endpoints = [r["endpoint"] for r in fake.requests()]
     for e in ("imds", "exchange", "token", "storage"):
         assert e in endpoints, endpoints
+    ident = next(s for s in out["steps"] if s["step"] == "identity")
+    assert ident["detail"] == "managed-identity: token obtained"
     # Without an image: the registry and the identity only.
     cp, out = check(conf, "--registry", fake.registry)
     assert cp.returncode == 0, cp.stdout
@@ -148,6 +188,46 @@ def test_firewall_on_the_data_endpoint(tmp_path, fake):
     assert cp.returncode == 1
     last = failed_at(out, "manifest", "forbidden_network")
     assert "403" in last["detail"] and "DENIED" in last["detail"]
+
+
+@pytest.fixture
+def acr_index(fake, acr_images):
+    """An image index in the fake ACR's content (read on every request)."""
+    content = acr_images[0]
+    if not (content / "id" / "checkmulti").exists():
+        build_index(content / "id" / "checkmulti", "id/checkmulti", "v1", [
+            ("amd64", [{"arch": b"amd64\n"}]),
+            ("arm64", [{"arch": b"arm64\n"}, {"more": b"x" * 4096}])])
+    return "%s/id/checkmulti:v1" % fake.registry
+
+
+def test_index_blob_through_storage(tmp_path, fake, acr_index):
+    """For an index the node's manifest is fetched and a blob of it, through
+    the redirect: a firewalled storage endpoint fails the check."""
+    conf = write_conf(tmp_path, "[server]\nplatform = linux/arm64\n" +
+                      registry_section(fake, imds_url=fake.imds_url, **MI))
+    cp, out = check(conf, acr_index)
+    assert cp.returncode == 0, cp.stdout
+    assert results(out) == [(s, "pass") for s in STEPS]
+    storage = [r for r in fake.requests() if r["endpoint"] == "storage"]
+    assert any(r.get("range") == "bytes=0-0" for r in storage), storage
+
+    fake.add_fault(endpoint="storage", status=403)
+    cp, out = check(conf, acr_index)
+    assert cp.returncode == 1, cp.stdout
+    last = out["steps"][-1]
+    assert last["step"] == "blob" and last["result"] == "fail", out["steps"]
+    assert "403" in last["detail"]
+    cp, _ = check(conf, acr_index, json_out=False)
+    assert "a pull of this image should work" not in cp.stdout
+    assert "pulls from this registry will fail" in cp.stdout
+
+
+def test_help_without_config(tmp_path):
+    for arg in ("--help", "-h"):
+        cp = run([PULLPROXY_BIN, "check", arg], check=False, cwd=str(tmp_path))
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.startswith("usage: pullproxy check ") and cp.stderr == ""
 
 
 def test_unknown_tag(tmp_path, registry, images):

@@ -19,6 +19,7 @@ from conftest import (LOCALHOST, PULLPROXY_BIN, ROOT, Containerd, build_image,
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
+MONITORING = K8S / "monitoring"
 SCHEMA = ROOT / "tests" / "kubernetes"
 
 CRI = '[plugins."io.containerd.grpc.v1.cri".registry]\n'
@@ -223,8 +224,9 @@ def test_foreign_hosts_toml_left_alone(tmp_path, registry):
     foreign = hosts / registry.host / "hosts.toml"
     foreign.write_text('server = "%s"\n[host."https://someone-elses-mirror"]\n' % registry.url)
     ctd_conf = containerd_config(tmp_path, hosts)
-    # Two registries: the one without a foreign file must not be written
-    # either (all or nothing).
+    # Two registries: the one without a foreign file is written all the
+    # same, and the exit status is 0 (an init container must not
+    # crash-loop on a node where someone else owns one registry's file).
     conf = pullproxy_conf(tmp_path / "pullproxy.conf", 5000,
                           [("second.example", "https://second.example"),
                            (registry.host, registry.url)])
@@ -232,8 +234,14 @@ def test_foreign_hosts_toml_left_alone(tmp_path, registry):
 
     cp = containerd_config_cmd("--config", conf, "--hosts-dir", hosts,
                                "--containerd-config", ctd_conf)
-    assert cp.returncode == 1
-    one_line_error(cp, foreign, "not written by pullproxy")
+    assert cp.returncode == 0, cp.stderr
+    assert "skip %s: not written by pullproxy" % foreign in cp.stdout, cp.stdout
+    assert "wrote %s" % (hosts / "second.example" / "hosts.toml") in cp.stdout
+    one_line_error(cp, "1 of 2 registries left alone")
+    assert foreign.read_text() == before[str(foreign.relative_to(hosts))][1].decode()
+    assert (hosts / "second.example" / "hosts.toml").read_text().startswith(MARK)
+    cp = containerd_config_cmd("--remove", "--hosts-dir", hosts)
+    assert cp.returncode == 0, cp.stderr
     assert snapshot(hosts) == before
 
     # --remove does not take what it did not write.
@@ -258,15 +266,71 @@ def load_yaml(path):
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
-def kustomize_objects(kdir):
-    """The objects a kustomization's resources hold (parsed YAML)."""
+def kustomize_objects(kdir, kind="Kustomization"):
+    """The objects a kustomization's (or component's) resources hold and
+    the ConfigMaps its configMapGenerator makes (parsed YAML; generated
+    names without kustomize's hash suffix)."""
     k = load_yaml(kdir / "kustomization.yaml")[0]
-    assert k["kind"] == "Kustomization"
+    assert k["kind"] == kind
     objs = []
     for res in k["resources"]:
         assert (kdir / res).is_file(), "kustomization names a missing file: %s" % res
         objs += load_yaml(kdir / res)
+    for gen in k.get("configMapGenerator", []):
+        data = {}
+        for f in gen["files"]:
+            assert (kdir / f).is_file(), "configMapGenerator names a missing file: %s" % f
+            data[f] = (kdir / f).read_text()
+        meta = {"name": gen["name"], "labels": gen.get("options", {}).get("labels", {})}
+        if "namespace" in gen:
+            meta["namespace"] = gen["namespace"]
+        objs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
     return k, objs
+
+
+def deploy_copy(tmp_path):
+    """A copy of deploy/kubernetes under tmp_path/deploy, to render or edit."""
+    copy = tmp_path / "deploy"
+    if not copy.exists():
+        shutil.copytree(K8S, copy / "kubernetes")
+    return copy
+
+
+def kustomize_render(deploy, components=()):
+    """kubectl kustomize of deploy/kubernetes (a copy: deploy_copy), from
+    an overlay next to it with these components, as an operator would
+    (kustomize refuses a parent or an absolute path as a resource): the
+    objects as applied. None without a kubectl whose kustomize knows
+    components and labels (v4 and later: kubectl 1.24+; Debian 12's
+    kubernetes-client is 1.20)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return None
+    cp = run([kubectl, "version", "--client", "-o", "json"], check=False, timeout=30)
+    try:
+        kv = json.loads(cp.stdout).get("kustomizeVersion", "")
+    except ValueError:
+        return None
+    m = re.match(r"v(\d+)\.", kv)
+    if m is None or int(m.group(1)) < 4:
+        return None
+    overlay = deploy / "overlay"
+    overlay.mkdir(exist_ok=True)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": ["../kubernetes"],
+        "components": ["../kubernetes/%s" % c for c in components]}))
+    cp = run([kubectl, "kustomize", str(overlay)], check=False, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    return [d for d in yaml.safe_load_all(cp.stdout) if d is not None]
+
+
+def image_platforms():
+    """The architectures the Dockerfile says the image is built for."""
+    m = re.search(r"buildx build --platform (\S+)", (K8S / "Dockerfile").read_text())
+    assert m, "the Dockerfile says how to build it multi-arch"
+    plats = m.group(1).split(",")
+    assert all(p.startswith("linux/") for p in plats), plats
+    return [p.split("/", 1)[1] for p in plats]
 
 
 def find(objs, kind, name):
@@ -291,6 +355,11 @@ def test_manifests_parse(manifests):
         for doc in load_yaml(path):
             assert "apiVersion" in doc and "kind" in doc, path
     assert {o["kind"] for o in objs} == {"Namespace", "ConfigMap", "DaemonSet"}
+    # The config is generated with kustomize's hash suffix, so that a
+    # change renames it and rolls the DaemonSet.
+    gen = [g for g in k["configMapGenerator"] if g["name"] == cm["metadata"]["name"]]
+    assert gen and not gen[0].get("options", {}).get("disableNameSuffixHash")
+    assert not k.get("generatorOptions", {}).get("disableNameSuffixHash")
     ns = find(objs, "Namespace", k["namespace"])
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     # Every container's image is the one kustomize rewrites.
@@ -307,6 +376,19 @@ def test_daemonset_fields(manifests, tmp_path):
         ds["spec"]["template"]["metadata"]["labels"].items()
     # containerd dials loopback in the node's namespace.
     assert spec["hostNetwork"] is True
+    # pullproxy never calls the API server: no token in the pod.
+    assert spec["automountServiceAccountToken"] is False
+    # Every node that can run it, tainted ones too, but only those:
+    # Linux, an architecture the image is built for, not a virtual node.
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert "nodeSelector" not in spec
+    terms = spec["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms) == 1
+    expr = {e["key"]: (e["operator"], e["values"]) for e in terms[0]["matchExpressions"]}
+    assert expr["kubernetes.io/os"] == ("In", ["linux"])
+    assert expr["kubernetes.io/arch"] == ("In", sorted(image_platforms()))
+    assert expr["type"] == ("NotIn", ["virtual-kubelet"])
     host, port = conf["server"]["listen"].rsplit(":", 1)
     assert host == LOCALHOST
     port = int(port)
@@ -379,9 +461,45 @@ def test_daemonset_fields(manifests, tmp_path):
     assert list(hosts.iterdir()) == []
 
 
+def test_shipped_config_on_aks_node_with_mcr_hosts_toml(manifests, tmp_path):
+    """AKS node bootstrap writes mcr.microsoft.com/hosts.toml on
+    network-isolated and custom-MCR clusters; the shipped ConfigMap lists
+    mcr.microsoft.com. The init container's command must leave that file
+    alone, write the ACR's, and exit 0 (no Init:CrashLoopBackOff)."""
+    _, _, ds, cm, conf = manifests
+    conf_file = tmp_path / "pullproxy.conf"
+    conf_file.write_text(cm["data"]["pullproxy.conf"])
+    hosts = tmp_path / "certs.d"
+    (hosts / "mcr.microsoft.com").mkdir(parents=True)
+    mcr = hosts / "mcr.microsoft.com" / "hosts.toml"
+    aks = ('[host."https://myacr.azurecr.io/v2/mcr"]\n'
+           '  capabilities = ["pull", "resolve"]\n  override_path = true\n')
+    mcr.write_text(aks)
+    init = [c for c in ds["spec"]["template"]["spec"]["initContainers"]
+            if c["name"] == "containerd-config"][0]
+    cmd = init["command"][1:]
+    for opt, val in (("--config", conf_file), ("--hosts-dir", hosts),
+                     ("--containerd-config", containerd_config(tmp_path, hosts))):
+        cmd[cmd.index(opt) + 1] = str(val)
+    cp = run([PULLPROXY_BIN, *cmd], check=False)
+    assert cp.returncode == 0, cp.stderr
+    assert "skip %s" % mcr in cp.stdout, cp.stdout
+    assert mcr.read_text() == aks
+    acr = [s.split(" ", 1)[1] for s in conf.sections()
+           if s.startswith("registry ") and s != "registry mcr.microsoft.com"]
+    assert acr
+    for name in acr:
+        assert (hosts / name / "hosts.toml").read_text().startswith(MARK)
+
+
 def test_uninstall_manifest_removes_hosts(manifests):
     k, objs = kustomize_objects(K8S / "uninstall")
     spec = find(objs, "DaemonSet", "pullproxy-remove")["spec"]["template"]["spec"]
+    # The same nodes as the DaemonSet it undoes.
+    main = manifests[2]["spec"]["template"]["spec"]
+    assert spec["affinity"] == main["affinity"]
+    assert spec["tolerations"] == main["tolerations"]
+    assert spec["automountServiceAccountToken"] is False
     cmd = spec["initContainers"][0]["command"]
     assert cmd[1:3] == ["containerd-config", "--remove"]
     hosts = cmd[cmd.index("--hosts-dir") + 1]
@@ -391,14 +509,46 @@ def test_uninstall_manifest_removes_hosts(manifests):
     assert hosts == init["command"][init["command"].index("--hosts-dir") + 1]
 
 
-def test_manifests_schema(manifests):
+def test_kustomize_renders_and_config_change_rolls(tmp_path):
+    """kubectl kustomize (when kubectl is installed): the DaemonSet mounts
+    the generated pullproxy-<hash> ConfigMap, and a changed pullproxy.conf
+    is a new name, so a changed pod template: the DaemonSet rolls."""
+    objs = kustomize_render(deploy_copy(tmp_path))
+    if objs is None:
+        pytest.skip("no kubectl with kustomize v4+: kustomize's rendering not run")
+    cms = [o for o in objs if o["kind"] == "ConfigMap"]
+    assert len(cms) == 1 and re.fullmatch(r"pullproxy-[a-z0-9]{10}", cms[0]["metadata"]["name"])
+    ds = find(objs, "DaemonSet", "pullproxy")
+    vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert vols["config"]["configMap"]["name"] == cms[0]["metadata"]["name"]
+
+    conf = deploy_copy(tmp_path) / "kubernetes" / "pullproxy.conf"
+    assert "tag_ttl_s = 60" in conf.read_text()
+    conf.write_text(conf.read_text().replace("tag_ttl_s = 60", "tag_ttl_s = 30"))
+    again = kustomize_render(deploy_copy(tmp_path))
+    cm2 = [o for o in again if o["kind"] == "ConfigMap"][0]
+    assert cm2["metadata"]["name"] != cms[0]["metadata"]["name"]
+    ds2 = find(again, "DaemonSet", "pullproxy")
+    assert ds2["spec"]["template"] != ds["spec"]["template"]
+    assert {v["name"]: v for v in ds2["spec"]["template"]["spec"]["volumes"]}[
+        "config"]["configMap"]["name"] == cm2["metadata"]["name"]
+
+
+def test_manifests_schema(manifests, tmp_path):
     """Kubernetes' OpenAPI schemas, offline (kubernetes-models from npm,
-    installed by scripts/install-deps.sh --test)."""
+    installed by scripts/install-deps.sh --test), and the Prometheus
+    Operator's for the monitoring CRDs."""
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None or not (SCHEMA / "node_modules" / "kubernetes-models").is_dir():
         pytest.skip("no node or tests/kubernetes/node_modules (scripts/install-deps.sh "
                     "--test installs them): schema validation not run")
     objs = manifests[1] + kustomize_objects(K8S / "uninstall")[1]
+    crds = (SCHEMA / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir()
+    objs += [o for o in monitoring_objects() if crds or o["kind"] not in CRD_KINDS]
+    # As kubectl would apply them, the monitoring patch included.
+    rendered = kustomize_render(deploy_copy(tmp_path), components=["monitoring"])
+    if rendered is not None:
+        objs += [o for o in rendered if crds or o["kind"] not in CRD_KINDS]
     cp = subprocess.run([node, str(SCHEMA / "validate.js")], input=json.dumps(objs),
                         capture_output=True, text=True, cwd=SCHEMA, timeout=60)
     assert cp.returncode == 0, cp.stdout + cp.stderr
@@ -409,6 +559,259 @@ def test_manifests_schema(manifests):
     cp = subprocess.run([node, str(SCHEMA / "validate.js")], input=json.dumps([bad]),
                         capture_output=True, text=True, cwd=SCHEMA, timeout=60)
     assert cp.returncode == 1 and "hostNetwork must be boolean" in cp.stdout, cp.stdout
+    if crds:
+        bad = json.loads(json.dumps(find(monitoring_objects(), "PrometheusRule", "pullproxy")))
+        bad["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+        cp = subprocess.run([node, str(SCHEMA / "validate.js")], input=json.dumps([bad]),
+                            capture_output=True, text=True, cwd=SCHEMA, timeout=60)
+        assert cp.returncode == 1 and "rules/0/for must match" in cp.stdout, cp.stdout
+
+
+# --------------------------------------------------------------- monitoring
+
+CRD_KINDS = {"PodMonitor", "PrometheusRule"}
+# Families the lead is adding (docs/operator-guide.md, Monitoring): the
+# alerts and the dashboard may use these besides what metrics.c exports.
+PLANNED = {"pullproxy_upstream_bytes_total", "pullproxy_cache_hit_bytes_total",
+           "pullproxy_requests_total", "pullproxy_request_duration_seconds",
+           "pullproxy_upstream_duration_seconds", "pullproxy_build_info"}
+ALERTS = {"PullproxyRegistryFailing", "PullproxyCircuitOpen", "PullproxyRegistryThrottling",
+          "PullproxyRateLimitRejecting", "PullproxyCacheNearBudget", "PullproxyServingStale"}
+
+
+def monitoring_objects():
+    return kustomize_objects(MONITORING, kind="Component")[1]
+
+
+def metrics_today():
+    """The metric families pullproxy exports today, as proxy/base/metrics.c
+    spells them."""
+    names = set(re.findall(r'"(pullproxy_[a-z0-9_]+)', (ROOT / "proxy/base/metrics.c").read_text()))
+    assert "pullproxy_upstream_failures_total" in names and len(names) > 15, names
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+def metric_names(expr):
+    """The pullproxy families a PromQL expression reads (a histogram's
+    _bucket, _sum and _count series are its family)."""
+    names = {re.sub(r"_(bucket|sum|count)$", "", n)
+             for n in re.findall(r"\b(pullproxy_[a-z0-9_]+)", expr)}
+    assert names, expr
+    return names
+
+
+def alert_rules():
+    rule = find(monitoring_objects(), "PrometheusRule", "pullproxy")
+    return [r for g in rule["spec"]["groups"] for r in g["rules"]]
+
+
+def test_monitoring_objects(manifests, tmp_path):
+    k, objs, ds, cm, conf = manifests
+    comp, mon = kustomize_objects(MONITORING, kind="Component")
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    for o in mon:
+        assert o["metadata"]["namespace"] == k["namespace"], o["metadata"]
+    # The DaemonSet patch: the metrics listener on the node's address.
+    patch = load_yaml(MONITORING / comp["patches"][0]["path"])[0]
+    assert (patch["kind"], patch["metadata"]["name"]) == ("DaemonSet", ds["metadata"]["name"])
+    c = patch["spec"]["template"]["spec"]["containers"][0]
+    base = [x for x in ds["spec"]["template"]["spec"]["containers"] if x["name"] == c["name"]][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    # The patch replaces args: it keeps the base's and adds the listener.
+    assert c["args"][:len(base["args"])] == base["args"]
+    assert c["args"][len(base["args"]):] == ["--metrics-listen", "$(HOST_IP):9090"]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9090, "hostPort": 9090,
+                           "protocol": "TCP"}]
+
+    svc = find(mon, "Service", "pullproxy-metrics")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics",
+                                     "protocol": "TCP"}]
+    pm = find(mon, "PodMonitor", "pullproxy")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ep = pm["spec"]["podMetricsEndpoints"]
+    assert [(e["port"], e["path"]) for e in ep] == [("metrics", "/metrics")]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in \
+        ep[0]["relabelings"]
+
+    rule = find(mon, "PrometheusRule", "pullproxy")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    rules = alert_rules()
+    assert {r["alert"] for r in rules} == ALERTS
+    for r in rules:
+        assert set(r) == {"alert", "expr", "for", "labels", "annotations"}, r
+        assert re.fullmatch(r"\d+[smh]", r["for"]), r
+        assert r["labels"]["severity"] in ("info", "warning", "critical")
+        assert {"summary", "description"} <= set(r["annotations"])
+
+    dash = find(mon, "ConfigMap", "pullproxy-dashboard")
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(dash["data"]["pullproxy-dashboard.json"])
+
+    # As kubectl applies them (when it is installed): the patch merged.
+    rendered = kustomize_render(deploy_copy(tmp_path), components=["monitoring"])
+    if rendered is None:
+        return
+    assert {o["kind"] for o in rendered} == {"Namespace", "ConfigMap", "DaemonSet", "Service"} | \
+        CRD_KINDS
+    main = [x for x in find(rendered, "DaemonSet", "pullproxy")["spec"]["template"]["spec"][
+        "containers"] if x["name"] == "pullproxy"][0]
+    assert sorted(p["containerPort"] for p in main["ports"]) == [5000, 9090]
+    assert main["args"] == c["args"] and main["env"] == c["env"]
+    assert main["livenessProbe"] == base["livenessProbe"]
+
+
+def test_monitoring_uses_only_known_metrics():
+    """Every alert and every dashboard query reads a family pullproxy
+    exports today (proxy/base/metrics.c) or one of the planned ones; the
+    dashboard shows every family exported today."""
+    known = metrics_today() | PLANNED
+    for r in alert_rules():
+        assert metric_names(r["expr"]) <= known, (r["alert"], metric_names(r["expr"]) - known)
+    dash = json.loads((MONITORING / "pullproxy-dashboard.json").read_text())
+    shown = set()
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    for e in exprs:
+        assert metric_names(e) <= known, (e, metric_names(e) - known)
+        shown |= metric_names(e)
+    assert metrics_today() <= shown, metrics_today() - shown
+    assert PLANNED <= shown, PLANNED - shown
+    # The operator guide's table names each alert with what it reads.
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    for r in alert_rules():
+        row = [l for l in guide.splitlines() if l.startswith("| `%s`" % r["alert"])]
+        assert len(row) == 1, r["alert"]
+        for name in metric_names(r["expr"]):
+            assert "`%s" % name in row[0], (r["alert"], name)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "namespace", "node"}
+    for p in dash["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+
+
+def promtool():
+    for p in (SCHEMA / "bin" / "promtool", shutil.which("promtool")):
+        if p is not None and os.access(str(p), os.X_OK):
+            return str(p)
+    return None
+
+
+# Each alert, fed series as a PodMonitor scrape labels them: what fires
+# and what must not (promtool test rules, one sample a minute).
+PROMTOOL_TESTS = """
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'pullproxy_upstream_failures_total{registry="myacr.azurecr.io",cause="auth_unauthorized",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+2x40'
+      # 404s are answers and a platform mismatch is the image's: no alert.
+      - series: 'pullproxy_upstream_failures_total{registry="myacr.azurecr.io",cause="not_found",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+50x40'
+      - series: 'pullproxy_upstream_failures_total{registry="mcr.microsoft.com",cause="platform_mismatch",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+50x40'
+      # Open, half-open, open: never closed.
+      - series: 'pullproxy_circuit_state{registry="myacr.azurecr.io",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '1 2 1 2 1 2 1 2 1 2 1 2 1 2 1 2 1 2 1 2'
+      # Closed once in every five minutes: no alert.
+      - series: 'pullproxy_circuit_state{registry="mcr.microsoft.com",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '1 1 1 0 1 1 1 0 1 1 1 0 1 1 1 0 1 1 1 0'
+      - series: 'pullproxy_upstream_throttled_total{registry="myacr.azurecr.io",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+3x40'
+      - series: 'pullproxy_upstream_throttled_total{registry="mcr.microsoft.com",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '7x40'
+      - series: 'pullproxy_ratelimit_rejected_total{registry="myacr.azurecr.io",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+1x40'
+      # Node n1: full and evicting. Node n2: full but not evicting.
+      - series: 'pullproxy_cache_bytes{namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '95x90'
+      - series: 'pullproxy_cache_budget_bytes{namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '100x90'
+      - series: 'pullproxy_cache_evictions_total{namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+1x90'
+      - series: 'pullproxy_cache_bytes{namespace="pullproxy",pod="pp-b",node="n2"}'
+        values: '99x90'
+      - series: 'pullproxy_cache_budget_bytes{namespace="pullproxy",pod="pp-b",node="n2"}'
+        values: '100x90'
+      - series: 'pullproxy_cache_evictions_total{namespace="pullproxy",pod="pp-b",node="n2"}'
+        values: '4x90'
+      - series: 'pullproxy_requests_total{kind="manifest",result="stale",namespace="pullproxy",pod="pp-a",node="n1"}'
+        values: '0+1x40'
+      - series: 'pullproxy_requests_total{kind="blob",result="hit",namespace="pullproxy",pod="pp-b",node="n2"}'
+        values: '0+100x40'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: PullproxyRegistryFailing
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: PullproxyRegistryFailing
+        exp_alerts:
+          - exp_labels: {severity: warning, registry: myacr.azurecr.io, cause: auth_unauthorized}
+      - eval_time: 12m
+        alertname: PullproxyCircuitOpen
+        exp_alerts:
+          - exp_labels: {severity: warning, registry: myacr.azurecr.io}
+      - eval_time: 20m
+        alertname: PullproxyRegistryThrottling
+        exp_alerts:
+          - exp_labels: {severity: warning, registry: myacr.azurecr.io}
+      - eval_time: 20m
+        alertname: PullproxyRateLimitRejecting
+        exp_alerts:
+          - exp_labels: {severity: warning, registry: myacr.azurecr.io}
+      - eval_time: 20m
+        alertname: PullproxyCacheNearBudget
+        exp_alerts: []
+      - eval_time: 75m
+        alertname: PullproxyCacheNearBudget
+        exp_alerts:
+          - exp_labels: {severity: info, namespace: pullproxy, pod: pp-a, node: n1}
+      - eval_time: 20m
+        alertname: PullproxyServingStale
+        exp_alerts:
+          - exp_labels: {severity: warning, namespace: pullproxy, pod: pp-a, node: n1}
+"""
+
+
+def test_alert_rules_promtool(tmp_path):
+    """promtool check rules, then promtool test rules: each alert fires on
+    the incident it is for and not on its look-alikes."""
+    tool = promtool()
+    if tool is None:
+        pytest.skip("no promtool (scripts/install-deps.sh --test takes it out of Debian's "
+                    "prometheus package): the rules are only parsed")
+    spec = find(monitoring_objects(), "PrometheusRule", "pullproxy")["spec"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": spec["groups"]}))
+    cp = run([tool, "check", "rules", str(rules)], check=False)
+    assert cp.returncode == 0 and "SUCCESS: %d rules found" % len(ALERTS) in cp.stdout, \
+        cp.stdout + cp.stderr
+    # The annotations' templates were checked above; the unit tests
+    # compare labels only.
+    bare = json.loads(json.dumps(spec["groups"]))
+    for g in bare:
+        for r in g["rules"]:
+            del r["annotations"]
+    rules.write_text(yaml.safe_dump({"groups": bare}))
+    tests = tmp_path / "tests.yaml"
+    tests.write_text(PROMTOOL_TESTS)
+    cp = run([tool, "test", "rules", str(tests)], check=False, cwd=str(tmp_path))
+    assert cp.returncode == 0 and "SUCCESS" in cp.stdout, cp.stdout + cp.stderr
+    # Every alert has a case that makes it fire.
+    fired = set(re.findall(r"alertname: (\w+)\n        exp_alerts:\n          -", PROMTOOL_TESTS))
+    assert fired == ALERTS, ALERTS - fired
+    # And the tool does fail a wrong expectation.
+    tests.write_text(PROMTOOL_TESTS.replace("registry: myacr.azurecr.io, cause: auth_unauthorized",
+                                            "registry: myacr.azurecr.io, cause: not_found"))
+    cp = run([tool, "test", "rules", str(tests)], check=False, cwd=str(tmp_path))
+    assert cp.returncode != 0, cp.stdout
 
 
 def test_image_has_the_runtime_libraries():
@@ -436,6 +839,10 @@ def test_image_has_the_runtime_libraries():
     missing = owners - pkgs - {"libc6", "libgcc-s1", "libasan8", "libubsan1"}
     assert not missing, "runtime stage lacks %s" % sorted(missing)
     assert re.search(r"^USER 65532:65532$", runtime, re.M)
+    # Built for amd64 and arm64 (buildx): no instruction names one.
+    assert sorted(image_platforms()) == ["amd64", "arm64"]
+    code = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
+    assert not re.search(r"amd64|arm64|x86_64|aarch64|--platform", code), code
 
 
 # ------------------------------------------------------------------ systemd

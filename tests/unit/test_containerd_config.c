@@ -419,7 +419,7 @@ test_foreign_left_alone(void **state)
 {
 	struct fixture *fx = *state;
 	struct containerd_config_opts o = { .hosts_dir = fx->dir };
-	char err[CONTAINERD_CONFIG_ERR_MAX], before[4096];
+	char err[CONTAINERD_CONFIG_ERR_MAX], before[4096], line[600];
 	const char *foreign = "server = \"https://myacr.azurecr.io\"\n"
 	    "[host.\"https://mirror.example\"]\n";
 
@@ -428,15 +428,39 @@ test_foreign_left_alone(void **state)
 	write_text(path_of(fx, "myacr.azurecr.io/ca.crt"), "cert\n");
 	strcpy(before, listing(fx->dir));
 
-	/* Refused, with the file named, and nothing written at all. */
+	/* That registry is skipped, with the file named; the other one is
+	 * written all the same (AKS writes mcr.microsoft.com/hosts.toml). */
 	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
-	    sizeof(err)), -1);
-	assert_non_null(strstr(err, path_of(fx,
-	    "myacr.azurecr.io/hosts.toml")));
-	assert_non_null(strstr(err, "not written by pullproxy"));
-	assert_string_equal(listing(fx->dir), before);
+	    sizeof(err)), 1);
+	snprintf(line, sizeof(line), "skip %s: not written by pullproxy",
+	    path_of(fx, "myacr.azurecr.io/hosts.toml"));
+	assert_non_null(strstr(out_text(fx), line));
+	assert_string_equal(listing(path_of(fx, "myacr.azurecr.io")),
+	    ".\n..\nca.crt\nhosts.toml\n");
 	assert_string_equal(read_text(path_of(fx,
 	    "myacr.azurecr.io/hosts.toml")), foreign);
+	assert_true(containerd_config_is_ours(read_text(path_of(fx,
+	    "127.0.0.1:5001/hosts.toml")), NULL));
+	/* Again: still skipped, the other unchanged. */
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
+	    sizeof(err)), 1);
+	assert_non_null(strstr(out_text(fx), line));
+	assert_non_null(strstr(out_text(fx), "unchanged "));
+	assert_string_equal(read_text(path_of(fx,
+	    "myacr.azurecr.io/hosts.toml")), foreign);
+	/* Taking ours back leaves the directory as it was found. */
+	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,
+	    sizeof(err)), 0);
+	assert_string_equal(listing(fx->dir), before);
+
+	/* A plain file where a registry's directory should be: skipped too. */
+	write_text(path_of(fx, "127.0.0.1:5001"), "not a directory\n");
+	assert_int_equal(containerd_config_apply(&fx->cfg, &o, out_reset(fx), err,
+	    sizeof(err)), 2);
+	assert_non_null(strstr(out_text(fx), "not a directory"));
+	assert_string_equal(read_text(path_of(fx, "127.0.0.1:5001")),
+	    "not a directory\n");
+	assert_int_equal(unlink(path_of(fx, "127.0.0.1:5001")), 0);
 
 	/* --remove leaves it as well. */
 	assert_int_equal(containerd_config_remove(&o, out_reset(fx), err,

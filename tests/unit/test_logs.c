@@ -147,6 +147,12 @@ test_summary(void **state)
 	assert_int_equal(json_array_size(repos), 2);
 	assert_string_equal(json_string_value(json_object_get(
 	    json_array_get(repos, 0), "repository")), "team/api");
+	/* The registry is named per cause. */
+	assert_int_equal(json_array_size(json_object_get(c, "registries")), 1);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(
+	    json_object_get(c, "registries"), 0), "registry")), "r");
+	assert_int_equal(geti(json_array_get(json_object_get(c, "registries"),
+	    0), "count"), 9);
 	assert_int_equal(geti(json_array_get(repos, 0), "count"), 8);
 	/* Ties by name: auth_unauthorized before not_found. */
 	c = json_array_get(causes, 1);
@@ -156,7 +162,9 @@ test_summary(void **state)
 	assert_string_equal(json_string_value(json_object_get(
 	    json_array_get(repos, 0), "repository")), "r");
 
-	assert_int_equal(geti(json_object_get(o, "client_status"), "502"), 2);
+	/* One failure, one client answer: the 7 repeats got what the line
+	 * opening their window got. */
+	assert_int_equal(geti(json_object_get(o, "client_status"), "502"), 9);
 	assert_int_equal(geti(json_object_get(o, "client_status"), "404"), 1);
 	req = json_object_get(o, "requests");
 	assert_int_equal(geti(req, "total"), 3);
@@ -206,10 +214,111 @@ test_print(void **state)
 	    "2026-11-23T16:01:00.000Z .. 2026-11-23T16:02:00.000Z"));
 	assert_non_null(strstr(buf, "  hint: fix the port\n"));
 	assert_non_null(strstr(buf, "repositories: team/api 8, team/web 1"));
-	assert_non_null(strstr(buf, "clients got (repeats not itemised): 502 2, 404 1"));
+	assert_non_null(strstr(buf, "clients got: 502 9, 404 1\n"));
+	assert_non_null(strstr(buf, "  registries: r 9\n"));
 	assert_non_null(strstr(buf, "served: 3 requests, 2 with 200"));
 	free(buf);
 	logs_free(ls);
+}
+
+/* The summary of lines fed one by one, as compact JSON (caller frees). */
+static char *
+summary_of(char **in, size_t n)
+{
+	struct logs *ls;
+	json_t *o;
+	char *text;
+	size_t i;
+
+	ls = logs_new(0);
+	assert_non_null(ls);
+	for (i = 0; i < n; i++)
+		logs_line(ls, in[i], strlen(in[i]));
+	o = logs_json(ls);
+	text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+	assert_non_null(text);
+	json_decref(o);
+	logs_free(ls);
+	return text;
+}
+
+/*
+ * The same log bare, behind `kubectl logs --timestamps`'s time, and as
+ * the CRI log file with every line cut into P parts (16 bytes each) and
+ * ended by an F part: the same summary.
+ */
+static void
+test_formats(void **state)
+{
+	const char *ts = "2026-12-03T06:49:01.123456789Z";
+	char *bare[64], *kubectl[64], *cri[256], *a, *b, *c;
+	size_t i, nb = 0, nk = 0, nc = 0, len, off;
+
+	(void)state;
+	for (i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+		len = strcspn(lines[i], "\n");
+		if (len == 0)
+			continue;
+		assert_true(asprintf(&bare[nb++], "%.*s\n", (int)len,
+		    lines[i]) > 0);
+		assert_true(asprintf(&kubectl[nk++], "%s %.*s\n", ts,
+		    (int)len, lines[i]) > 0);
+		for (off = 0; len - off > 16; off += 16) {
+			assert_true(nc < 255);
+			assert_true(asprintf(&cri[nc++], "%s stderr P %.16s\n",
+			    ts, lines[i] + off) > 0);
+		}
+		assert_true(asprintf(&cri[nc++], "%s stderr F %.*s\n", ts,
+		    (int)(len - off), lines[i] + off) > 0);
+		/* A stdout line between the parts is a line of its own. */
+		if (i == 1)
+			assert_true(asprintf(&cri[nc++], "%s stdout F "
+			    "not json\n", ts) > 0);
+	}
+	/* ... which the others have too, for the same count. */
+	assert_true(asprintf(&bare[nb++], "not json\n") > 0);
+	assert_true(asprintf(&kubectl[nk++], "%s not json\n", ts) > 0);
+	a = summary_of(bare, nb);
+	b = summary_of(kubectl, nk);
+	c = summary_of(cri, nc);
+	assert_non_null(strstr(a, "\"cause\":\"connection_refused\",\"count\":9"));
+	assert_non_null(strstr(a, "\"not_json\":4"));
+	assert_string_equal(a, b);
+	assert_string_equal(a, c);
+	/* A CRI line whose F part never came is not a line. */
+	cri[nc] = "2026-12-03T06:49:01.1Z stderr P {\"time\":\"2026-11-23T1";
+	free(c);
+	c = summary_of(cri, nc + 1);
+	assert_non_null(strstr(c, "\"not_json\":5"));
+	free(a);
+	free(b);
+	free(c);
+	for (i = 0; i < nb; i++)
+		free(bare[i]);
+	for (i = 0; i < nk; i++)
+		free(kubectl[i]);
+	for (i = 0; i < nc; i++)
+		free(cri[i]);
+}
+
+/* A repeat whose opening line is not in the log: clients got "unknown". */
+static void
+test_repeat_without_opening(void **state)
+{
+	char *in[] = {
+		T("2:00.000") "\"level\":\"warn\",\"msg\":\"upstream failure "
+		    "repeated\",\"registry\":\"r\",\"repository\":\"a\","
+		    "\"cause\":\"tls\",\"count\":3}",
+		T("2:00.000") "\"level\":\"warn\",\"msg\":\"upstream failure "
+		    "repeated\",\"registry\":\"r\",\"repository\":\"a\","
+		    "\"cause\":\"tls\",\"served\":\"stale\",\"count\":2}",
+	};
+	char *s;
+
+	(void)state;
+	s = summary_of(in, 2);
+	assert_non_null(strstr(s, "\"client_status\":{\"unknown\":3}"));
+	free(s);
 }
 
 int
@@ -221,6 +330,8 @@ main(void)
 		cmocka_unit_test(test_summary),
 		cmocka_unit_test(test_since),
 		cmocka_unit_test(test_print),
+		cmocka_unit_test(test_formats),
+		cmocka_unit_test(test_repeat_without_opening),
 	};
 
 	return cmocka_run_group_tests_name("logs", tests, NULL, NULL);

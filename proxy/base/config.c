@@ -700,25 +700,52 @@ config_flag_registry(struct config *cfg, const char *value)
 	return config_set_url(&r->url, eq + 1);
 }
 
+/*
+ * The flags of serve: most set the [server] key they name; --config and
+ * --help are the parser's own. One table, so that an unknown flag is
+ * known as such before its value is looked for.
+ */
+static const struct {
+	const char	*f_flag;
+	const char	*f_key;		/* [server] key, or NULL: special */
+} config_flags[] = {
+	{ "--listen", "listen" },
+	{ "--metrics-listen", "metrics_listen" },
+	{ "--cache-dir", "cache_dir" },
+	{ "--cache-max-size", "cache_max_size" },
+	{ "--tag-ttl", "tag_ttl_s" },
+	{ "--log", "log" },
+	{ "--log-level", "log_level" },
+	{ "--registry", NULL },
+	{ "--config", NULL },
+	{ "--help", NULL },
+};
+
+static int
+config_flag_known(const char *flag)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(config_flags) / sizeof(config_flags[0]); i++)
+		if (strcmp(flag, config_flags[i].f_flag) == 0)
+			return 1;
+	return 0;
+}
+
 /* Apply one flag; NULL when it was fine. */
 static const char *
 config_flag(struct config *cfg, const char *flag, const char *value)
 {
-	if (strcmp(flag, "--listen") == 0)
-		return config_set_listen(cfg, value);
-	if (strcmp(flag, "--cache-dir") == 0)
-		return config_set_server(cfg, "cache_dir", value);
-	if (strcmp(flag, "--cache-max-size") == 0)
-		return config_set_server(cfg, "cache_max_size", value);
-	if (strcmp(flag, "--tag-ttl") == 0)
-		return config_set_server(cfg, "tag_ttl_s", value);
+	size_t i;
+
 	if (strcmp(flag, "--registry") == 0)
 		return config_flag_registry(cfg, value);
-	if (strcmp(flag, "--log") == 0)
-		return config_set_server(cfg, "log", value);
-	if (strcmp(flag, "--log-level") == 0)
-		return config_set_level(cfg, value);
-	return "unknown flag (see --help)";
+	for (i = 0; i < sizeof(config_flags) / sizeof(config_flags[0]); i++)
+		if (config_flags[i].f_key != NULL &&
+		    strcmp(flag, config_flags[i].f_flag) == 0)
+			return config_set_server(cfg, config_flags[i].f_key,
+			    value);
+	return "unknown option";
 }
 
 static int
@@ -747,13 +774,15 @@ config_next_flag(int argc, char **argv, int i, char *flag, size_t flaglen,
 	eq = strchr(arg, '=');
 	if (eq != NULL) {
 		if ((size_t)(eq - arg) >= flaglen)
-			return config_err(err, errlen, "%s: unknown flag", arg);
+			return config_err(err, errlen, "%s: unknown option", arg);
 		memcpy(flag, arg, (size_t)(eq - arg));
 		flag[eq - arg] = '\0';
 		*value = eq + 1;
 		return i;
 	}
 	snprintf(flag, flaglen, "%s", arg);
+	if (!config_flag_known(flag))
+		return config_err(err, errlen, "%s: unknown option", flag);
 	if (strcmp(flag, "--help") == 0) {
 		*value = NULL;
 		return i;

@@ -114,7 +114,10 @@ test_bad_flags(void **state)
 	expect_flag_error("--registry", "a/b=http://x", "--registry: HOST");
 	expect_flag_error("--registry", "a=http://", "--registry: URL has no");
 	expect_flag_error("--log-level", "loud", "--log-level: expected");
-	expect_flag_error("--bogus", "1", "--bogus: unknown flag");
+	expect_flag_error("--bogus", "1", "--bogus: unknown option");
+	/* Unknown before its value is looked for: not "needs a value". */
+	expect_flag_error("--bogus", NULL, "--bogus: unknown option");
+	expect_flag_error("--bogus=1", NULL, "--bogus: unknown option");
 	expect_flag_error("stray", NULL, "stray: unexpected argument");
 	expect_flag_error("--config", "/nonexistent/pp.conf",
 	    "/nonexistent/pp.conf: No such file");

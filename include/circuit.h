@@ -57,7 +57,13 @@ void circuit_observe(struct circuit *c, int probe, enum classify_cause cause);
 /* A probe that ended without an answer (cancelled): let another probe. */
 void circuit_abandon(struct circuit *c, int probe);
 
+/*
+ * The state now: open only while its window lasts; after, half-open (the
+ * next request goes out as a probe), even when none has come yet.
+ */
 enum circuit_state circuit_state(const struct circuit *c);
+/* Set the state gauge (metrics.h) to circuit_state(), when scraped. */
+void circuit_sample(const struct circuit *c);
 /* What opened it (CLASSIFY_NONE while closed). */
 enum classify_cause circuit_cause(const struct circuit *c);
 /* Failures in a row so far. */

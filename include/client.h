@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 
+#include "metrics.h"
 #include "oci.h"
 
 struct evhttp_request;
@@ -29,6 +30,7 @@ struct client_request {
 	struct registry		*reg;
 	struct timeval		 t0;	/* when it arrived */
 	int			 from_peer;	/* on the peer listener */
+	enum metrics_result	 result;	/* set by whoever serves it */
 };
 
 struct client {

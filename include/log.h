@@ -31,10 +31,15 @@ void log_msg(enum log_level level, const char *fmt, ...)
 struct timeval;
 /* Milliseconds since start (gettimeofday). */
 long log_ms_since(const struct timeval *start);
+/* The same in seconds, to the microsecond. */
+double log_seconds_since(const struct timeval *start);
 
-/* The debug line for one client request, written when it ends. */
+/*
+ * The debug line for one client request, written when it ends; cache
+ * (NULL: left out) says what the cache did for it.
+ */
 void log_request(unsigned long id, const char *method, const char *uri,
-    const char *registry, int status, unsigned long long bytes, int cut,
-    const struct timeval *start);
+    const char *registry, const char *cache, int status,
+    unsigned long long bytes, int cut, const struct timeval *start);
 
 #endif

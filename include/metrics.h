@@ -1,12 +1,13 @@
 /*
- * metrics: counters, gauges and one histogram, rendered in the Prometheus
+ * metrics: counters, gauges and histograms, rendered in the Prometheus
  * text format for GET /metrics. Label sets are fixed (route kinds, status
  * codes, cache kinds, queue classes, the configured registries), so an
  * observation is an array increment: nothing is allocated, nothing is
  * looked up by string. One process, one loop: no locking.
  *
  * A registry slot is an int from metrics_registry(); functions given a
- * negative slot (the table was full) do nothing.
+ * negative slot (the table was full) do nothing. Slots outlive the
+ * registries that asked for them (a reload keeps the counters).
  */
 #ifndef PP_METRICS_H
 #define PP_METRICS_H
@@ -25,6 +26,16 @@ enum metrics_cache {
 	METRICS_CACHE_NKIND,
 };
 
+/* What the cache did for one client request (a label and a log field). */
+enum metrics_result {
+	METRICS_RESULT_NONE = 0,	/* answered or refused before the cache */
+	METRICS_RESULT_HIT,		/* from the cache */
+	METRICS_RESULT_MISS,		/* from the registry (or a fetch in flight) */
+	METRICS_RESULT_STALE,		/* a known tag from the cache: registry failed */
+	METRICS_RESULT_PASS,		/* never cached: relayed (tags, odd digests) */
+	METRICS_RESULT_N,
+};
+
 /* The cache's size, read by the server before rendering. */
 struct metrics_usage {
 	unsigned long long	 bytes;
@@ -34,22 +45,29 @@ struct metrics_usage {
 	unsigned long long	 evictions;
 };
 
-/* Forget everything (a new server); registry names are not copied. */
+/* Forget everything (a new server). */
 void metrics_reset(void);
 /* The slot of a registry, added when new; -1 when the table is full. */
 int metrics_registry(const char *name);
 
-/* A client request for a route of this kind ended (status 0: no answer). */
-void metrics_request(enum oci_route_kind kind, int status);
+/*
+ * A client request for a route of this kind ended (status 0: no answer)
+ * after seconds, with what the cache did for it.
+ */
+void metrics_request(enum oci_route_kind kind, int status,
+    enum metrics_result result, double seconds);
+const char *metrics_result_name(enum metrics_result result);
 /* A request answered from the cache (hit) or sent upstream (miss). */
 void metrics_cache(enum metrics_cache kind, int hit);
-/* Body bytes sent to clients from the cache. */
-void metrics_cache_bytes(enum metrics_cache kind, uint64_t bytes);
+/* Body bytes sent to a client out of the cache; hit: none came upstream. */
+void metrics_cache_bytes(enum metrics_cache kind, uint64_t bytes, int hit);
 /* A miss that joined a fetch in flight. */
 void metrics_coalesced(enum metrics_cache kind);
 void metrics_cache_usage(const struct metrics_usage *u);
 /* The final status of a request to a registry. */
 void metrics_upstream(int reg, long status);
+/* One transfer with a registry (or mirror) ended: its bytes and time. */
+void metrics_upstream_xfer(int reg, uint64_t bytes, double seconds);
 /* An upstream failure of a classified cause (enum classify_cause). */
 void metrics_failure(int reg, int cause);
 /* circuit.h's state (enum circuit_state), and each time it opens. */

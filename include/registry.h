@@ -41,6 +41,9 @@ struct registry_set *registry_set_new(struct event_base *base,
 void registry_set_close(struct registry_set *set);
 void registry_set_free(struct registry_set *set);
 
+/* Each breaker's gauge set to its state now (before /metrics renders). */
+void registry_set_sample(const struct registry_set *set);
+
 /* The registry containerd names with ns (the first when ns is NULL). */
 struct registry *registry_set_find(const struct registry_set *set,
     const char *ns);

@@ -124,18 +124,29 @@ log_ms_since(const struct timeval *start)
 	    (now.tv_usec - start->tv_usec) / 1000;
 }
 
+double
+log_seconds_since(const struct timeval *start)
+{
+	struct timeval now;
+
+	gettimeofday(&now, NULL);
+	return (double)(now.tv_sec - start->tv_sec) +
+	    (double)(now.tv_usec - start->tv_usec) / 1e6;
+}
+
 void
 log_request(unsigned long id, const char *method, const char *uri,
-    const char *registry, int status, unsigned long long bytes, int cut,
-    const struct timeval *start)
+    const char *registry, const char *cache, int status,
+    unsigned long long bytes, int cut, const struct timeval *start)
 {
 	json_t *o;
 
 	if (!log_enabled(LOG_LEVEL_DEBUG))
 		return;
-	o = json_pack("{s:I,s:s,s:s,s:s?,s:i,s:I,s:I}", "id", (json_int_t)id,
-	    "method", method, "path", uri, "registry", registry, "status",
-	    status, "bytes", (json_int_t)bytes, "ms",
+	o = json_pack("{s:I,s:s,s:s,s:s?,s:s?,s:i,s:I,s:I}", "id",
+	    (json_int_t)id, "method", method, "path", uri, "registry",
+	    registry, "cache", cache, "status", status, "bytes",
+	    (json_int_t)bytes, "ms",
 	    (json_int_t)log_ms_since(start));
 	if (o != NULL && cut)
 		json_object_set_new(o, "cut", json_true());

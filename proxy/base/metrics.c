@@ -4,6 +4,7 @@
  */
 #include <event2/buffer.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "classify.h"
@@ -28,12 +29,30 @@ static const char *metrics_routes[] = {
 
 static const char *metrics_kinds[] = { "manifest", "blob" };
 static const char *metrics_classes[] = { "high", "low" };
+static const char *metrics_results[] = {
+	[METRICS_RESULT_NONE] = "none", [METRICS_RESULT_HIT] = "hit",
+	[METRICS_RESULT_MISS] = "miss", [METRICS_RESULT_STALE] = "stale",
+	[METRICS_RESULT_PASS] = "pass",
+};
 
-/* Waiting time for a token, seconds (upper bounds; +Inf implied). */
+/*
+ * Histogram bounds, seconds (+Inf implied): waiting for a token; a
+ * request or transfer, from a cached manifest (sub-millisecond) to a
+ * layer of gigabytes.
+ */
 static const double metrics_wait_le[] = {
 	0.005, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 };
-#define METRICS_NWAIT	(sizeof(metrics_wait_le) / sizeof(metrics_wait_le[0]))
+static const double metrics_time_le[] = {
+	0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
+};
+#define METRICS_NLE(a)	(sizeof(a) / sizeof((a)[0]))
+#define METRICS_LE_MAX	16
+
+struct metrics_hist {
+	unsigned long long	 n[METRICS_LE_MAX + 1];	/* not cumulative */
+	double			 sum;
+};
 
 /* One number per registry, each its own family. */
 enum metrics_scalar {
@@ -72,20 +91,24 @@ static const struct {
 };
 
 struct metrics_reg {
-	const char		*name;
+	char			*name;	/* ours: a reload frees the config's */
 	unsigned long long	 upstream[METRICS_NCODE + 1];
 	unsigned long long	 failures[CLASSIFY_NCAUSES];
 	double			 scalar[METRICS_NSCALAR];
 	int			 queue[METRICS_NCLASS];
-	unsigned long long	 wait[METRICS_NWAIT + 1];	/* not cumulative */
-	double			 wait_sum;
+	struct metrics_hist	 wait;
+	struct metrics_hist	 xfer;
+	unsigned long long	 xfer_bytes;
 };
 
 static struct {
-	unsigned long long	 requests[METRICS_NROUTE][METRICS_NCODE + 1];
+	unsigned long long	 requests[METRICS_NROUTE][METRICS_NCODE + 1]
+				    [METRICS_RESULT_N];
+	struct metrics_hist	 duration[METRICS_NROUTE];
 	unsigned long long	 hits[METRICS_CACHE_NKIND];
 	unsigned long long	 misses[METRICS_CACHE_NKIND];
 	unsigned long long	 bytes[METRICS_CACHE_NKIND];
+	unsigned long long	 hit_bytes[METRICS_CACHE_NKIND];
 	unsigned long long	 coalesced[METRICS_CACHE_NKIND];
 	struct metrics_usage	 usage;
 	struct metrics_reg	 regs[METRICS_REGISTRY_MAX];
@@ -95,6 +118,10 @@ static struct {
 void
 metrics_reset(void)
 {
+	int i;
+
+	for (i = 0; i < metrics.nregs; i++)
+		free(metrics.regs[i].name);
 	memset(&metrics, 0, sizeof(metrics));
 }
 
@@ -106,10 +133,22 @@ metrics_registry(const char *name)
 	for (i = 0; i < metrics.nregs; i++)
 		if (strcmp(metrics.regs[i].name, name) == 0)
 			return i;
-	if (metrics.nregs == METRICS_REGISTRY_MAX)
+	if (metrics.nregs == METRICS_REGISTRY_MAX ||
+	    (metrics.regs[metrics.nregs].name = strdup(name)) == NULL)
 		return -1;
-	metrics.regs[metrics.nregs].name = name;
 	return metrics.nregs++;
+}
+
+static void
+metrics_observe(struct metrics_hist *h, const double *le, size_t nle,
+    double v)
+{
+	size_t i;
+
+	for (i = 0; i < nle && v > le[i]; i++)
+		;
+	h->n[i]++;
+	h->sum += v;
 }
 
 static struct metrics_reg *
@@ -131,9 +170,18 @@ metrics_code(long status)
 }
 
 void
-metrics_request(enum oci_route_kind kind, int status)
+metrics_request(enum oci_route_kind kind, int status,
+    enum metrics_result result, double seconds)
 {
-	metrics.requests[kind][metrics_code(status)]++;
+	metrics.requests[kind][metrics_code(status)][result]++;
+	metrics_observe(&metrics.duration[kind], metrics_time_le,
+	    METRICS_NLE(metrics_time_le), seconds);
+}
+
+const char *
+metrics_result_name(enum metrics_result result)
+{
+	return metrics_results[result];
 }
 
 void
@@ -146,9 +194,11 @@ metrics_cache(enum metrics_cache kind, int hit)
 }
 
 void
-metrics_cache_bytes(enum metrics_cache kind, uint64_t bytes)
+metrics_cache_bytes(enum metrics_cache kind, uint64_t bytes, int hit)
 {
 	metrics.bytes[kind] += bytes;
+	if (hit)
+		metrics.hit_bytes[kind] += bytes;
 }
 
 void
@@ -158,6 +208,18 @@ metrics_upstream(int reg, long status)
 
 	if (r != NULL)
 		r->upstream[metrics_code(status)]++;
+}
+
+void
+metrics_upstream_xfer(int reg, uint64_t bytes, double seconds)
+{
+	struct metrics_reg *r = metrics_reg(reg);
+
+	if (r == NULL)
+		return;
+	r->xfer_bytes += bytes;
+	metrics_observe(&r->xfer, metrics_time_le,
+	    METRICS_NLE(metrics_time_le), seconds);
 }
 
 void
@@ -209,14 +271,10 @@ void
 metrics_rl_wait(int reg, double seconds)
 {
 	struct metrics_reg *r = metrics_reg(reg);
-	size_t i;
 
-	if (r == NULL)
-		return;
-	for (i = 0; i < METRICS_NWAIT && seconds > metrics_wait_le[i]; i++)
-		;
-	r->wait[i]++;
-	r->wait_sum += seconds;
+	if (r != NULL)
+		metrics_observe(&r->wait, metrics_wait_le,
+		    METRICS_NLE(metrics_wait_le), seconds);
 }
 
 void
@@ -274,6 +332,30 @@ metrics_code_label(char *buf, size_t len, size_t code)
 		snprintf(buf, len, "other");
 }
 
+/* A histogram's series, with one label (label="value"). */
+static void
+metrics_render_hist(struct evbuffer *out, const char *name,
+    const char *label, const char *value, const struct metrics_hist *h,
+    const double *le, size_t nle)
+{
+	unsigned long long sum = 0;
+	size_t i;
+
+	for (i = 0; i <= nle; i++) {
+		sum += h->n[i];
+		if (i < nle)
+			evbuffer_add_printf(out, "%s_bucket{%s=\"%s\",le=\"%g\"} "
+			    "%llu\n", name, label, value, le[i], sum);
+		else
+			evbuffer_add_printf(out, "%s_bucket{%s=\"%s\",le=\"+Inf\"} "
+			    "%llu\n", name, label, value, sum);
+	}
+	evbuffer_add_printf(out, "%s_sum{%s=\"%s\"} %.6f\n", name, label, value,
+	    h->sum);
+	evbuffer_add_printf(out, "%s_count{%s=\"%s\"} %llu\n", name, label,
+	    value, sum);
+}
+
 static void
 metrics_render_client(struct evbuffer *out)
 {
@@ -287,8 +369,11 @@ metrics_render_client(struct evbuffer *out)
 		{ "pullproxy_cache_misses_total", "Requests that needed the "
 		    "registry (or a download in flight).", metrics.misses },
 		{ "pullproxy_cache_served_bytes_total",
-		    "Body bytes sent to clients from the cache.",
-		    metrics.bytes },
+		    "Body bytes sent to clients out of the cache, hits and "
+		    "misses (a miss is stored, then served).", metrics.bytes },
+		{ "pullproxy_cache_hit_bytes_total", "Body bytes sent to "
+		    "clients on hits: none of them came from the registry.",
+		    metrics.hit_bytes },
 		{ "pullproxy_coalesced_total", "Misses that waited for a "
 		    "download or revalidation already in flight instead of "
 		    "starting their own.", metrics.coalesced },
@@ -312,19 +397,30 @@ metrics_render_client(struct evbuffer *out)
 		    metrics.usage.evictions },
 	};
 	char code[16];
-	size_t k, c, f;
+	size_t k, c, f, x;
 
 	metrics_head(out, "pullproxy_requests_total", "counter",
-	    "Client requests answered, by route kind and status.");
+	    "Client requests answered, by route kind, status and what the "
+	    "cache did (hit, miss, stale, pass: never cached, none).");
 	for (k = 0; k < METRICS_NROUTE; k++)
-		for (c = 0; c <= METRICS_NCODE; c++) {
-			if (metrics.requests[k][c] == 0)
-				continue;
-			metrics_code_label(code, sizeof(code), c);
-			evbuffer_add_printf(out, "pullproxy_requests_total"
-			    "{route=\"%s\",status=\"%s\"} %llu\n",
-			    metrics_routes[k], code, metrics.requests[k][c]);
-		}
+		for (c = 0; c <= METRICS_NCODE; c++)
+			for (x = 0; x < METRICS_RESULT_N; x++) {
+				if (metrics.requests[k][c][x] == 0)
+					continue;
+				metrics_code_label(code, sizeof(code), c);
+				evbuffer_add_printf(out,
+				    "pullproxy_requests_total{kind=\"%s\","
+				    "status=\"%s\",result=\"%s\"} %llu\n",
+				    metrics_routes[k], code,
+				    metrics_results[x],
+				    metrics.requests[k][c][x]);
+			}
+	metrics_head(out, "pullproxy_request_duration_seconds", "histogram",
+	    "Time from a client request's arrival to its last byte sent.");
+	for (k = 0; k < METRICS_NROUTE; k++)
+		metrics_render_hist(out, "pullproxy_request_duration_seconds",
+		    "kind", metrics_routes[k], &metrics.duration[k],
+		    metrics_time_le, METRICS_NLE(metrics_time_le));
 	for (f = 0; f < sizeof(kinded) / sizeof(kinded[0]); f++) {
 		metrics_head(out, kinded[f].name, "counter", kinded[f].help);
 		for (k = 0; k < METRICS_CACHE_NKIND; k++)
@@ -336,31 +432,6 @@ metrics_render_client(struct evbuffer *out)
 		evbuffer_add_printf(out, "%s %llu\n", usage[f].name,
 		    usage[f].v);
 	}
-}
-
-static void
-metrics_render_wait(struct evbuffer *out, const struct metrics_reg *r)
-{
-	unsigned long long sum = 0;
-	size_t i;
-
-	for (i = 0; i <= METRICS_NWAIT; i++) {
-		sum += r->wait[i];
-		if (i < METRICS_NWAIT)
-			evbuffer_add_printf(out,
-			    "pullproxy_ratelimit_wait_seconds_bucket"
-			    "{registry=\"%s\",le=\"%g\"} %llu\n", r->name,
-			    metrics_wait_le[i], sum);
-		else
-			evbuffer_add_printf(out,
-			    "pullproxy_ratelimit_wait_seconds_bucket"
-			    "{registry=\"%s\",le=\"+Inf\"} %llu\n", r->name,
-			    sum);
-	}
-	evbuffer_add_printf(out, "pullproxy_ratelimit_wait_seconds_sum"
-	    "{registry=\"%s\"} %.6f\n", r->name, r->wait_sum);
-	evbuffer_add_printf(out, "pullproxy_ratelimit_wait_seconds_count"
-	    "{registry=\"%s\"} %llu\n", r->name, sum);
 }
 
 /* One family per registry loop: the format wants a family's lines together. */
@@ -413,15 +484,36 @@ metrics_render_registries(struct evbuffer *out)
 			    "{registry=\"%s\",class=\"%s\"} %d\n",
 			    metrics.regs[i].name, metrics_classes[c],
 			    metrics.regs[i].queue[c]);
+	metrics_head(out, "pullproxy_upstream_bytes_total", "counter",
+	    "Bytes received from each registry or mirror for client "
+	    "requests (error answers included, token requests not): what "
+	    "the cache did not save.");
+	for (i = 0; i < metrics.nregs; i++)
+		evbuffer_add_printf(out, "pullproxy_upstream_bytes_total"
+		    "{registry=\"%s\"} %llu\n", metrics.regs[i].name,
+		    metrics.regs[i].xfer_bytes);
 	metrics_head(out, "pullproxy_ratelimit_wait_seconds", "histogram",
 	    "Time requests waited for a token before going upstream.");
 	for (i = 0; i < metrics.nregs; i++)
-		metrics_render_wait(out, &metrics.regs[i]);
+		metrics_render_hist(out, "pullproxy_ratelimit_wait_seconds",
+		    "registry", metrics.regs[i].name, &metrics.regs[i].wait,
+		    metrics_wait_le, METRICS_NLE(metrics_wait_le));
+	metrics_head(out, "pullproxy_upstream_duration_seconds", "histogram",
+	    "Time of each transfer with a registry or mirror, from its "
+	    "start to its last byte (one per attempt).");
+	for (i = 0; i < metrics.nregs; i++)
+		metrics_render_hist(out, "pullproxy_upstream_duration_seconds",
+		    "registry", metrics.regs[i].name, &metrics.regs[i].xfer,
+		    metrics_time_le, METRICS_NLE(metrics_time_le));
 }
 
 void
 metrics_render(struct evbuffer *out)
 {
+	metrics_head(out, "pullproxy_build_info", "gauge",
+	    "1, labelled with the running version.");
+	evbuffer_add_printf(out, "pullproxy_build_info{version=\"%s\"} 1\n",
+	    PULLPROXY_VERSION);
 	metrics_render_client(out);
 	metrics_render_registries(out);
 }

@@ -147,7 +147,8 @@ breader_unlink(struct breader *r)
 static void
 breader_close(struct breader *r, int abort_client)
 {
-	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_client.c_bytes);
+	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_client.c_bytes,
+	    r->r_client.c_rq.result == METRICS_RESULT_HIT);
 	cache_blob_unhold(r->r_ctx->bc_cache, r->r_client.c_rq.route.reference);
 	client_end(&r->r_client, abort_client);
 	breader_unlink(r);
@@ -814,9 +815,12 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
     const struct client_request *rq)
 {
 	const struct oci_route *route = &rq->route;
+	struct client_request miss = *rq;
 	struct cache_blob_info info;
 	struct breader *r;
 	struct bfetch *f;
+
+	miss.result = METRICS_RESULT_MISS;
 
 	/*
 	 * Single flight by digest alone: content is addressed by digest, so
@@ -828,7 +832,7 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 	    &info) != CACHE_OK) {
 		/* A HEAD on a miss is not worth a download. */
 		if (rq->head) {
-			relay_start(ctx->bc_relays, req, rq);
+			relay_start(ctx->bc_relays, req, &miss);
 			return;
 		}
 		if ((f = bfetch_start(ctx, rq)) == NULL) {
@@ -845,6 +849,8 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 		return;
 	}
 	r->r_fetch = f;
+	r->r_client.c_rq.result = f == NULL ? METRICS_RESULT_HIT :
+	    METRICS_RESULT_MISS;
 	if (f == NULL) {
 		TAILQ_INSERT_TAIL(&ctx->bc_readers, r, r_entry);
 		breader_begin(r, info.size, info.media_type);

@@ -103,6 +103,19 @@ client_cut(struct client *c, struct evhttp_connection *evcon)
 	c->c_bytes -= unsent < c->c_bytes ? unsent : c->c_bytes;
 }
 
+/* The one place a request is counted and logged. */
+static void
+client_count(const struct client_request *rq, const char *uri, int status,
+    uint64_t bytes, int cut)
+{
+	metrics_request(rq->route.kind, status, rq->result,
+	    log_seconds_since(&rq->t0));
+	log_request(rq->id, rq->head ? "HEAD" : "GET", uri, rq->reg != NULL ?
+	    registry_name(rq->reg) : NULL, rq->result != METRICS_RESULT_NONE ?
+	    metrics_result_name(rq->result) : NULL, status, bytes, cut,
+	    &rq->t0);
+}
+
 void
 client_end(struct client *c, int abort_client)
 {
@@ -125,12 +138,9 @@ client_end(struct client *c, int abort_client)
 			    "internal error");
 		}
 	}
-	if (!c->c_handed) {
-		metrics_request(c->c_rq.route.kind, c->c_status);
-		log_request(c->c_rq.id, c->c_rq.head ? "HEAD" : "GET",
-		    c->c_uri, registry_name(c->c_rq.reg), c->c_status,
-		    c->c_bytes, c->c_cut, &c->c_rq.t0);
-	}
+	if (!c->c_handed)
+		client_count(&c->c_rq, c->c_uri, c->c_status, c->c_bytes,
+		    c->c_cut);
 	free(c->c_uri);
 	c->c_uri = NULL;
 }
@@ -139,7 +149,5 @@ void
 client_log(const struct client_request *rq, const char *uri, int status,
     uint64_t bytes)
 {
-	metrics_request(rq->route.kind, status);
-	log_request(rq->id, rq->head ? "HEAD" : "GET", uri, rq->reg != NULL ?
-	    registry_name(rq->reg) : NULL, status, bytes, 0, &rq->t0);
+	client_count(rq, uri, status, bytes, 0);
 }

@@ -261,9 +261,11 @@ mfetch_answer_cached(struct mfetch *f, const char *digest, int stale)
 		if (manifest_lookup(f->f_ctx, digest, &hit) == -1)
 			return -1;
 		req = client_take(&w->w_client, 200);
-		if (stale)
+		if (stale) {
+			w->w_client.c_rq.result = METRICS_RESULT_STALE;
 			evhttp_add_header(evhttp_request_get_output_headers(req),
 			    "Warning", "110 pullproxy \"Response is Stale\"");
+		}
 		w->w_client.c_bytes = manifest_send(req, hit.media, digest,
 		    hit.body, hit.len, hit.pin);
 		mwaiter_close(w);
@@ -552,6 +554,7 @@ manifest_wait(struct manifest_ctx *ctx, struct evhttp_request *req,
 		return;
 	}
 	w->w_fetch = f;
+	w->w_client.c_rq.result = METRICS_RESULT_MISS;
 	TAILQ_INSERT_TAIL(&f->f_waiters, w, w_entry);
 	ctx->mc_waiters++;
 }
@@ -563,9 +566,11 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 	const struct oci_route *route = &rq->route;
 	uint64_t fetched, ttl_ms = (uint64_t)ctx->mc_cfg->tag_ttl_s * 1000;
 	char digest[CACHE_DIGEST_MAX];
+	struct client_request hrq = *rq;
 	struct manifest_hit hit;
 	size_t n;
 
+	hrq.result = METRICS_RESULT_HIT;
 	digest[0] = '\0';
 	if (route->by_digest) {
 		/* The server sends only sha256 digests here. */
@@ -587,8 +592,8 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 		/* Logged before sending, while req (and its URI) is ours. */
 		n = rq->head ? 0 : hit.len;
 		metrics_cache(METRICS_CACHE_MANIFEST, 1);
-		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n);
-		client_log(rq, evhttp_request_get_uri(req), 200, n);
+		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n, 1);
+		client_log(&hrq, evhttp_request_get_uri(req), 200, n);
 		manifest_send(req, hit.media, digest, hit.body, hit.len,
 		    hit.pin);
 		return;

@@ -375,6 +375,9 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
+	/* Never cached, unless the blob reader decided (a miss). */
+	if (r->r_client.c_rq.result == METRICS_RESULT_NONE)
+		r->r_client.c_rq.result = METRICS_RESULT_PASS;
 	r->r_ctx = ctx;
 	r->r_mode = RELAY_STREAM;
 	r->r_expect = -1;

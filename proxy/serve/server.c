@@ -97,9 +97,10 @@ server_log(unsigned long id, const char *method, const char *uri,
     enum oci_route_kind kind, int status, size_t bytes,
     const struct timeval *t0)
 {
-	metrics_request(kind, status);
-	log_request(id, method, uri != NULL ? uri : "-", NULL, status, bytes,
-	    0, t0);
+	metrics_request(kind, status, METRICS_RESULT_NONE,
+	    log_seconds_since(t0));
+	log_request(id, method, uri != NULL ? uri : "-", NULL, NULL, status,
+	    bytes, 0, t0);
 }
 
 static void
@@ -164,6 +165,7 @@ server_ops(struct server_listener *lis, struct evhttp_request *req,
 	if (strcmp(path, "/metrics") == 0) {
 		type = "text/plain; version=0.0.4; charset=utf-8";
 		server_cache_usage(srv);
+		registry_set_sample(srv->s_regs);
 		metrics_render(body);
 	} else if (strcmp(path, "/readyz") == 0 &&
 	    (srv->s_lis[SERVER_CLIENTS].l_sock == NULL ||

@@ -185,7 +185,16 @@ circuit_abandon(struct circuit *c, int probe)
 enum circuit_state
 circuit_state(const struct circuit *c)
 {
+	if (c->c_state == CIRCUIT_OPEN && circuit_now() >= c->c_until)
+		return CIRCUIT_HALF_OPEN;
 	return c->c_state;
+}
+
+void
+circuit_sample(const struct circuit *c)
+{
+	if (c != NULL)
+		metrics_circuit(c->c_metric, circuit_state(c));
 }
 
 enum classify_cause

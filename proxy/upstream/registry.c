@@ -155,6 +155,20 @@ registry_set_free(struct registry_set *set)
 	free(set);
 }
 
+void
+registry_set_sample(const struct registry_set *set)
+{
+	const struct registry *r;
+	size_t i, m;
+
+	for (i = 0; i < set->rs_n; i++) {
+		r = set->rs_regs[i];
+		circuit_sample(r->r_circuit);
+		for (m = 0; m < r->r_nmirrors; m++)
+			circuit_sample(r->r_mirrors[m].circuit);
+	}
+}
+
 struct registry *
 registry_set_find(const struct registry_set *set, const char *ns)
 {

@@ -798,6 +798,20 @@ upstream_note_failure(struct upstream_xfer *x, struct upstream_result *res)
 	}
 }
 
+/* One attempt's bytes and time, for whoever answered: registry or mirror. */
+static void
+upstream_account(struct upstream_xfer *x, double seconds)
+{
+	curl_off_t got = 0;
+
+	if (x->x_registry == NULL)
+		return;
+	curl_easy_getinfo(x->x_easy, CURLINFO_SIZE_DOWNLOAD_T, &got);
+	metrics_upstream_xfer(metrics_registry(x->x_mirror >= 0 ?
+	    x->x_mirrors[x->x_mirror].url : x->x_registry), (uint64_t)got,
+	    seconds);
+}
+
 static void
 upstream_check_done(struct upstream *up)
 {
@@ -825,6 +839,7 @@ upstream_check_done(struct upstream *up)
 		res.error = res.curl == CURLE_OK ? "" : (x->x_errbuf[0] != '\0' ?
 		    x->x_errbuf : curl_easy_strerror(res.curl));
 		curl_easy_getinfo(x->x_easy, CURLINFO_TOTAL_TIME, &res.seconds);
+		upstream_account(x, res.seconds);
 		upstream_note_failure(x, &res);
 		/* A mirror's 429 is the mirror's: the registry's pace stays. */
 		if (x->x_rl != NULL && res.curl == CURLE_OK && x->x_mirror < 0)

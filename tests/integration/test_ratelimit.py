@@ -126,8 +126,9 @@ def test_burst_is_paced_and_excess_fails_fast(acr_proxy, anon, many_tags):
     assert m['pullproxy_ratelimit_rejected_total{registry="%s"}' % reg] == len(throttled)
     assert m['pullproxy_ratelimit_queue_depth{registry="%s",class="high"}' % reg] == 0
     assert m['pullproxy_ratelimit_wait_seconds_count{registry="%s"}' % reg] == len(ok)
-    assert m['pullproxy_requests_total{route="manifest",status="503"}'] == len(throttled)
-    assert m['pullproxy_requests_total{route="manifest",status="200"}'] == len(ok)
+    assert m['pullproxy_requests_total{kind="manifest",status="503",result="miss"}'] == \
+        len(throttled)
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="miss"}'] == len(ok)
     assert m['pullproxy_upstream_responses_total{registry="%s",status="200"}' % reg] == len(ok)
 
 
@@ -202,14 +203,15 @@ def test_metrics_and_probes(acr_proxy, anon, acr_images):
     assert m['pullproxy_cache_misses_total{kind="manifest"}'] == 2
     assert m['pullproxy_cache_hits_total{kind="manifest"}'] == 1
     assert m['pullproxy_cache_served_bytes_total{kind="manifest"}'] == len(small.manifest)
-    assert m['pullproxy_requests_total{route="manifest",status="200"}'] == 2
-    assert m['pullproxy_requests_total{route="manifest",status="404"}'] == 1
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="miss"}'] == 1
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="hit"}'] == 1
+    assert m['pullproxy_requests_total{kind="manifest",status="404",result="miss"}'] == 1
     assert m['pullproxy_upstream_responses_total{registry="%s",status="404"}' % reg] == 1
     # Two requests went upstream, each taking a token (refilled since).
     assert m['pullproxy_ratelimit_wait_seconds_count{registry="%s"}' % reg] == 2
     assert m['pullproxy_ratelimit_wait_seconds_bucket{registry="%s",le="0.005"}' % reg] == 2
     # The probes and /metrics are not registry requests.
-    assert not any(k.startswith('pullproxy_requests_total{route="other"') for k in m)
+    assert not any(k.startswith('pullproxy_requests_total{kind="other"') for k in m)
     text = pp.get("/metrics").body.decode()
     for family in ("pullproxy_requests_total", "pullproxy_ratelimit_wait_seconds",
                    "pullproxy_ratelimit_rejected_total", "pullproxy_upstream_throttled_total",

@@ -1,0 +1,83 @@
+"""Operating a node: metrics that tell hits from registry traffic, the
+circuit gauge on an idle node, latency histograms and the build."""
+
+import time
+
+import pytest
+
+pytest.register_assert_rewrite("acr")
+from acr import fake_requests, get  # noqa: E402
+from conftest import PULLPROXY_BIN, metrics, run, wait_for  # noqa: E402
+
+pytest_plugins = ["acr"]
+
+
+def proxy(acr_proxy, fake, **reg):
+    """pullproxy for the fake ACR, anonymous pulls."""
+    fake.config(anonymous=True)
+    return acr_proxy(**reg)
+
+
+def test_hit_bytes_apart_from_registry_bytes(fake, acr_images, acr_proxy):
+    """One miss and two hits of a layer: the bytes served on hits are
+    counted apart from all served, the registry's bytes once; each request
+    says hit or miss in its metric and its log line."""
+    small = acr_images[1]["small"]
+    layer = small.layers[1]
+    size = len(small.blobs[layer])
+    assert size > 100 * 1024
+    pp = proxy(acr_proxy, fake)
+    path = "/v2/id/small/blobs/" + layer
+    for _ in range(3):
+        r = get(pp, fake, path)
+        assert r.status == 200 and len(r.body) == size
+    assert len(fake_requests(fake, "blobs")) == 1
+    reg = fake.registry
+    m = metrics(pp)
+    assert m['pullproxy_cache_hit_bytes_total{kind="blob"}'] == 2 * size
+    assert m['pullproxy_cache_served_bytes_total{kind="blob"}'] == 3 * size
+    # The layer came once from the registry (and nothing else did).
+    assert size <= m['pullproxy_upstream_bytes_total{registry="%s"}' % reg] < 2 * size
+    assert m['pullproxy_requests_total{kind="blob",status="200",result="hit"}'] == 2
+    assert m['pullproxy_requests_total{kind="blob",status="200",result="miss"}'] == 1
+    assert m['pullproxy_request_duration_seconds_count{kind="blob"}'] == 3
+    assert m['pullproxy_request_duration_seconds_bucket{kind="blob",le="+Inf"}'] == 3
+    assert m['pullproxy_upstream_duration_seconds_count{registry="%s"}' % reg] == 1
+    lines = wait_for(lambda: [l for l in pp.requests() if l["route"] == path][2:] and
+                     [l for l in pp.requests() if l["route"] == path], 5, "request lines")
+    assert [l["cache"] for l in lines] == ["miss", "hit", "hit"]
+
+    # A tag: miss, then hit; the base route is not the cache's.
+    tag = "/v2/id/small/manifests/v1"
+    assert get(pp, fake, tag).status == 200
+    assert get(pp, fake, tag).status == 200
+    assert pp.get("/v2/").status == 200
+    m = metrics(pp)
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="miss"}'] == 1
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="hit"}'] == 1
+    assert m['pullproxy_cache_hit_bytes_total{kind="manifest"}'] == len(small.manifest)
+    assert m['pullproxy_requests_total{kind="base",status="200",result="none"}'] == 1
+    base = [l for l in pp.requests() if l["route"] == "/v2/"]
+    assert len(base) == 1 and base[0]["cache"] is None
+
+
+def test_build_info_names_the_version(fake, acr_proxy):
+    pp = proxy(acr_proxy, fake)
+    version = run([PULLPROXY_BIN, "--version"]).stdout.split()[1]
+    assert metrics(pp)['pullproxy_build_info{version="%s"}' % version] == 1
+
+
+def test_circuit_gauge_follows_time_on_an_idle_node(fake, acr_proxy):
+    """Open is a window: once it has passed, the gauge says half-open (the
+    next request is a probe) though no request came to move the state."""
+    pp = proxy(acr_proxy, fake, circuit_failures=1, circuit_open_s=1, retries=0)
+    fake.add_fault(endpoint="manifests", status=503)
+    assert get(pp, fake, "/v2/id/other/manifests/v1").status == 502
+    wait_for(lambda: pp.logs("circuit open"), 5, "circuit open")
+    opened = time.monotonic()
+    sent = len(fake_requests(fake))
+    time.sleep(1.5)
+    assert time.monotonic() - opened >= 1.5
+    key = 'pullproxy_circuit_state{registry="%s"}' % fake.registry
+    assert metrics(pp)[key] == 2
+    assert len(fake_requests(fake)) == sent    # time alone moved it

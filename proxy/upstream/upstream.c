@@ -154,7 +154,7 @@ struct upstream_sock {
 
 static void upstream_check_done(struct upstream *);
 static void upstream_note_url(struct upstream_xfer *);
-static enum classify_cause upstream_cause(const struct upstream_result *);
+static enum classify_cause upstream_cause(const struct upstream_result *, int);
 static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
     const char *);
 
@@ -284,7 +284,8 @@ upstream_end_unsent(struct upstream_xfer *x, CURLcode code)
 	x->x_up->u_active--;
 	/* A probe answered 401 went out; one refused by the pace did not. */
 	if (x->x_probe && x->x_replay)
-		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres));
+		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres,
+		    1));
 	else
 		circuit_abandon(x->x_circuit, x->x_probe);
 	x->x_probe = 0;
@@ -669,9 +670,12 @@ upstream_status_hold(struct upstream_xfer *x, long status)
 	return 0;
 }
 
-/* How this attempt failed, in classify.h's terms (NONE: it did not). */
+/*
+ * How this attempt failed, in classify.h's terms (NONE: it did not); with
+ * fault, only a failure that counts against the registry (a circuit's).
+ */
 static enum classify_cause
-upstream_cause(const struct upstream_result *res)
+upstream_cause(const struct upstream_result *res, int fault)
 {
 	struct classify_input in;
 	struct classify_result c;
@@ -680,7 +684,7 @@ upstream_cause(const struct upstream_result *res)
 	upstream_result_classify(&in, res);
 	in.status = res->status;
 	classify(&in, &c);
-	return c.cause;
+	return fault && !c.fault ? CLASSIFY_NONE : c.cause;
 }
 
 /*
@@ -691,9 +695,9 @@ static int
 upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 {
 	const struct upstream_mirror *m = &x->x_mirrors[x->x_mirror];
-	enum classify_cause cause = upstream_cause(res);
+	enum classify_cause cause = upstream_cause(res, 0);
 
-	circuit_observe(m->circuit, x->x_mprobe, cause);
+	circuit_observe(m->circuit, x->x_mprobe, upstream_cause(res, 1));
 	x->x_mprobe = 0;
 	if (x->x_headers_done ||
 	    (res->curl == CURLE_OK && x->x_held != HOLD_FALLBACK))
@@ -734,7 +738,7 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 
 	if (x->x_retries == 0 || x->x_headers_done)
 		return 0;
-	cause = upstream_cause(res);
+	cause = upstream_cause(res, 0);
 	/*
 	 * Garbage for a status line: a reused connection can still hold the
 	 * excess bytes of an answer longer than its Content-Length.
@@ -842,7 +846,7 @@ upstream_check_done(struct upstream *up)
 			continue;
 		if (x->x_circuit != NULL && x->x_mirror < 0)
 			circuit_observe(x->x_circuit, x->x_probe,
-			    upstream_cause(&res));
+			    upstream_cause(&res, 1));
 		x->x_probe = 0;
 		x->x_state = XFER_DEAD;
 		up->u_active--;

@@ -103,6 +103,8 @@ struct auth_fetch {
 	char			*f_url;		/* asked, without its query */
 	int			 f_attempts;	/* IMDS */
 	long			 f_backoff_s;	/* IMDS: waited between attempts */
+	long			 f_refresh_gen;	/* of the refresh token sent */
+	int			 f_renewed;	/* got a new one after a refusal */
 	struct timeval		 f_t0;
 	TAILQ_HEAD(, auth_wait)	 f_waiters;
 };
@@ -119,6 +121,7 @@ struct auth {
 	char			*a_service;
 	struct auth_cred	 a_basic;	/* the registry asked for Basic */
 	struct auth_cred	 a_refresh;	/* managed-identity */
+	long			 a_refresh_gen;	/* a_refresh values so far */
 	struct auth_fetch	*a_rfetch;	/* getting a_refresh */
 	TAILQ_HEAD(, auth_scope) a_scopes;
 };
@@ -959,6 +962,7 @@ auth_fetch_token(struct auth_fetch *f)
 		    sizeof(err));
 		break;
 	case CONFIG_AUTH_MANAGED_IDENTITY:
+		f->f_refresh_gen = a->a_refresh_gen;
 		auth_fetch_token_post(f, scope, a->a_refresh.c_value);
 		return;
 	}
@@ -1043,6 +1047,8 @@ auth_fetch_answer(struct auth_fetch *f)
 	}
 	c = s != NULL ? &s->s_token : &f->f_auth->a_refresh;
 	refresh = s != NULL ? s->s_fetched++ > 0 : c->c_value != NULL;
+	if (s == NULL)
+		f->f_auth->a_refresh_gen++;
 	auth_cred_set(c, value, lifetime, now);
 	auth_log_token(f, lifetime, refresh);
 	auth_fetch_end(f, 1);
@@ -1074,6 +1080,38 @@ auth_imds_retry(struct auth_fetch *f)
 	return 1;
 }
 
+/*
+ * The registry refused the refresh token before its expiry (the role was
+ * removed and granted back, the registry rotated its keys): it is not
+ * offered again, and this fetch gets a new one through IMDS and the
+ * exchange, once, then asks for its token again. 1 when it went back.
+ */
+static int
+auth_fetch_refused(struct auth_fetch *f)
+{
+	struct auth *a = f->f_auth;
+	json_t *o;
+
+	if (f->f_scope == NULL || f->f_phase != AUTH_PHASE_TOKEN ||
+	    f->f_res.curl != CURLE_OK || f->f_status != 401 ||
+	    a->a_reg->auth_kind != CONFIG_AUTH_MANAGED_IDENTITY)
+		return 0;
+	/* Unless another fetch has replaced it meanwhile. */
+	if (f->f_refresh_gen == a->a_refresh_gen)
+		auth_cred_clear(&a->a_refresh);
+	if (f->f_renewed)
+		return 0;
+	f->f_renewed = 1;
+	o = json_pack("{s:s,s:s,s:s,s:I}", "registry", a->a_reg->name,
+	    "provider", config_auth_name(a->a_reg->auth_kind), "scope",
+	    f->f_scope->s_want, "status", (json_int_t)f->f_status);
+	if (o != NULL)
+		auth_error_fields(o, f->f_body);
+	log_event(LOG_LEVEL_WARN, "auth refresh refused", o);
+	auth_fetch_step(f);
+	return 1;
+}
+
 static void
 auth_fetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
     void *arg)
@@ -1085,10 +1123,8 @@ auth_fetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	f->f_status = res->status;
 	f->f_res = *res;
 	f->f_res.error = NULL;
-	/* A refresh token the registry refuses is not offered again. */
-	if (f->f_phase == AUTH_PHASE_TOKEN && res->status == 401 &&
-	    f->f_auth->a_reg->auth_kind == CONFIG_AUTH_MANAGED_IDENTITY)
-		auth_cred_clear(&f->f_auth->a_refresh);
+	if (auth_fetch_refused(f))
+		return;
 	if (res->curl != CURLE_OK)
 		auth_fetch_fail(f, res->error);
 	else if (res->status == 200)

@@ -262,6 +262,44 @@ def test_refresh_token_renewed_before_it_expires(fake, acr_proxy):
     assert not pp.logs("auth failure")
 
 
+def test_refused_refresh_token_goes_back_through_imds_once(fake, acr_proxy):
+    """The registry refuses the cached refresh token before its expiry
+    (the role removed and granted back): the pull in flight gets a new one
+    through IMDS and the exchange, once, and succeeds."""
+    pp = acr_proxy(**mi_settings(fake))
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 200
+    fake.revoke_refresh_tokens()
+    fake.clear_requests()
+    r = get(pp, fake, "/v2/id/other/manifests/v1")
+    assert r.status == 200, r.body
+    assert [r["status"] for r in fake_requests(fake, "token")] == [401, 200]
+    assert [r["status"] for r in fake_requests(fake, "imds")] == [200]
+    assert [r["status"] for r in fake_requests(fake, "exchange")] == [200]
+    refused = pp.logs("auth refresh refused")
+    assert len(refused) == 1 and refused[0]["scope"] == "repository:id/other:pull"
+    assert refused[0]["status"] == 401 and refused[0]["code"] == "UNAUTHORIZED"
+    assert not pp.logs("auth failure") and not pp.logs("upstream failure")
+    # The new refresh token serves the next scope without IMDS.
+    assert get(pp, fake, "/v2/id/big/manifests/v1").status == 200
+    assert len(fake_requests(fake, "imds")) == 1
+
+
+def test_refused_refresh_token_goes_back_once_only(fake, acr_proxy):
+    """A registry that refuses every refresh token costs one more trip
+    through IMDS and the exchange per fetch, not a loop."""
+    pp = acr_proxy(**mi_settings(fake))
+    fake.add_fault(endpoint="token", status=401)
+    r = get(pp, fake, "/v2/id/small/manifests/v1")
+    assert r.status == 502
+    assert len(fake_requests(fake, "token")) == 2
+    assert len(fake_requests(fake, "imds")) == 2
+    assert [r["status"] for r in fake_requests(fake, "exchange")] == [200, 200]
+    assert len(pp.logs("auth refresh refused")) == 1
+    fail = wait_for(lambda: pp.logs("auth failure"), 5, "auth failure")
+    assert len(fail) == 1 and fail[0]["phase"] == "token", fail
+    assert fail[0]["cause"] == "auth_unauthorized"
+
+
 def test_imds_retries_then_gives_up(fake, acr_proxy):
     # One 500, then a token: the retry after a second's back-off.
     fake.add_fault(endpoint="imds", status=500, count=1)

@@ -163,6 +163,10 @@ static const char *classify_hints[CLASSIFY_NCAUSES] = {
 	"https to plain http, or to a loopback or link-local address such " \
 	"as IMDS): check the registry's storage settings and any proxy " \
 	"in the path that rewrites its answers"
+#define CLASSIFY_HINT_TOKEN_REDIRECT \
+	"the token endpoint answered with a redirect: pullproxy sends " \
+	"credentials only where the registry's challenge named, never on; " \
+	"check the realm and any proxy in the path that rewrites answers"
 #define CLASSIFY_HINT_REDIRECT_DNS \
 	"the registry's storage host does not resolve: resolve and allow " \
 	"*.blob.core.windows.net and ACR.REGION.data.azurecr.io (their " \
@@ -324,6 +328,11 @@ classify_transport(const struct classify_input *in,
 	case CURLE_TOO_MANY_REDIRECTS:
 		classify_set(out, CLASSIFY_REDIRECT_FAILED,
 		    CLASSIFY_PHASE_REDIRECT, NULL);
+		return;
+	case CURLE_ABORTED_BY_CALLBACK:
+		/* upstream.c's rule, for a URL the registry named (a realm). */
+		classify_set(out, CLASSIFY_REDIRECT_FAILED,
+		    CLASSIFY_PHASE_REDIRECT, CLASSIFY_HINT_REDIRECT_REFUSED);
 		return;
 	case CURLE_URL_MALFORMAT:
 	case CURLE_OUT_OF_MEMORY:
@@ -507,6 +516,11 @@ classify_cause_of(const struct classify_input *in,
 		classify_transport(in, out);
 	else if (in->status >= 400)
 		classify_status(in, out);
+	else if (in->status >= 300 && (in->phase == CLASSIFY_PHASE_EXCHANGE ||
+	    in->phase == CLASSIFY_PHASE_TOKEN))
+		/* Not followed: it carried credentials. */
+		classify_set(out, CLASSIFY_REDIRECT_FAILED,
+		    CLASSIFY_PHASE_REDIRECT, CLASSIFY_HINT_TOKEN_REDIRECT);
 	else if (in->phase == CLASSIFY_PHASE_EXCHANGE ||
 	    in->phase == CLASSIFY_PHASE_TOKEN)
 		/* Nothing was sent, or no token came back. */

@@ -774,6 +774,25 @@ auth_fetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 static void auth_fetch_on_done(struct upstream_xfer *,
     const struct upstream_result *, void *);
 
+/* The length of "scheme://host[:port]" at the start of an http(s) URL. */
+static size_t
+auth_origin_len(const char *url)
+{
+	const char *host = strstr(url, "://") + 3;
+
+	return (size_t)(host - url) + strcspn(host, "/?#");
+}
+
+/* Whether an http(s) URL is on the registry's own scheme, host and port. */
+static int
+auth_on_registry(const struct auth *a, const char *url)
+{
+	size_t len = auth_origin_len(a->a_reg->url);
+
+	return auth_origin_len(url) == len &&
+	    strncasecmp(url, a->a_reg->url, len) == 0;
+}
+
 /*
  * Send one request of the fetch: GET url, or POST form when not NULL,
  * with one more header line (or NULL). Fails the fetch when it cannot.
@@ -803,6 +822,13 @@ auth_fetch_send(struct auth_fetch *f, enum auth_phase phase, const char *url,
 	req.body = form;
 	req.bodylen = form != NULL ? strlen(form) : 0;
 	req.headers = headers;
+	/* A realm elsewhere is the registry's word: not further into the
+	 * node than the registry is. */
+	req.named_by = phase == AUTH_PHASE_TOKEN &&
+	    !auth_on_registry(f->f_auth, url) ? reg->url : NULL;
+	/* A secret in the form or the header goes where it was sent only. */
+	req.no_redirect = phase != AUTH_PHASE_IMDS && (form != NULL ||
+	    header != NULL);
 	req.ca_file = reg->ca_file;
 	req.tls_verify = reg->tls_verify;
 	/* Token requests count against the registry, first in line; IMDS is
@@ -838,32 +864,21 @@ auth_fetch_imds(struct auth_fetch *f)
 	free(url);
 }
 
-/* The length of "scheme://host[:port]" at the start of an http(s) URL. */
-static size_t
-auth_origin_len(const char *url)
-{
-	const char *host = strstr(url, "://") + 3;
-
-	return (size_t)(host - url) + strcspn(host, "/?#");
-}
-
 /* Where scope tokens come from, if the challenge is usable; else why not. */
 static const char *
 auth_realm_problem(const struct auth *a)
 {
-	const char *realm = a->a_realm, *url = a->a_reg->url;
+	const char *realm = a->a_realm;
 
 	if (realm == NULL || *realm == '\0')
 		return "the challenge names no realm";
 	if (strncmp(realm, "https://", 8) != 0 &&
 	    strncmp(realm, "http://", 7) != 0)
 		return "the realm is not an http(s) URL";
-	if (a->a_reg->auth_kind != CONFIG_AUTH_ACR_REFRESH_TOKEN &&
-	    a->a_reg->auth_kind != CONFIG_AUTH_MANAGED_IDENTITY)
+	if (a->a_reg->auth_kind == CONFIG_AUTH_ANONYMOUS)
 		return NULL;
-	/* ACR credentials go to the registry itself, nowhere else. */
-	if (auth_origin_len(realm) != auth_origin_len(url) ||
-	    strncasecmp(realm, url, auth_origin_len(url)) != 0)
+	/* Credentials go to the registry itself, nowhere else. */
+	if (!auth_on_registry(a, realm))
 		return "the realm is not on the registry's host";
 	return NULL;
 }
@@ -1127,6 +1142,10 @@ auth_fetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 		return;
 	if (res->curl != CURLE_OK)
 		auth_fetch_fail(f, res->error);
+	else if (res->status >= 300 && res->status < 400 &&
+	    f->f_phase != AUTH_PHASE_IMDS)
+		auth_fetch_fail(f, "redirected: a request with credentials "
+		    "is not sent on");
 	else if (res->status == 200)
 		auth_fetch_answer(f);
 	else if (f->f_phase != AUTH_PHASE_IMDS || !auth_imds_retry(f))

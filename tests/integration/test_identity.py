@@ -424,6 +424,40 @@ def test_acr_credentials_never_go_to_another_host(fake, acr_proxy):
     assert not any(fake_requests(fake, e) for e in ("imds", "exchange", "token"))
 
 
+@pytest.mark.parametrize("endpoint", ["exchange", "token"])
+def test_credential_posts_do_not_follow_redirects(fake, acr_proxy, sentinel,
+                                                  endpoint):
+    """The exchange carries the Entra token, the token POST the refresh
+    token, both in the body: a 307 elsewhere is not followed (curl would
+    POST the same body there)."""
+    fake.add_fault(endpoint=endpoint, status=307, headers={
+        "Location": "https://127.0.0.1:%d/oauth2/%s" % (sentinel.port, endpoint)})
+    pp = acr_proxy(**mi_settings(fake))
+    r = get(pp, fake, "/v2/id/small/manifests/v1")
+    assert r.status == 502
+    assert sentinel.connections == 0
+    assert [r["status"] for r in fake_requests(fake, endpoint)] == [307]
+    fail = wait_for(lambda: pp.logs("auth failure"), 5, "auth failure")
+    assert len(fail) == 1 and fail[0]["phase"] == endpoint, fail
+    assert fail[0]["status"] == 307 and "redirected" in fail[0]["error"]
+    assert fail[0]["cause"] == "redirect_failed" and "token endpoint" in fail[0]["hint"]
+
+
+def test_basic_credentials_never_go_to_another_host(fake, acr_proxy, sentinel):
+    """A Bearer realm on another host, here a loopback listener, gets no
+    Basic credentials: the realm must be on the registry's host."""
+    realm = "http://localhost:%d/token" % sentinel.port
+    fake.add_fault(endpoint="manifests", status=401, headers={
+        "WWW-Authenticate": 'Bearer realm="%s",service="x"' % realm})
+    pp = acr_proxy(auth="basic", username_file=("user", USER + "\n"),
+                   password_file=("password", PASSWORD + "\n"))
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 502
+    assert sentinel.connections == 0
+    fail = pp.logs("auth failure")
+    assert len(fail) == 1 and fail[0]["phase"] == "challenge", fail
+    assert fail[0]["error"] == "the realm is not on the registry's host"
+
+
 # ------------------------------------------------------------------ secrets
 
 def test_no_secret_in_any_log(tmp_path_factory):

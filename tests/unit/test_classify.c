@@ -113,6 +113,16 @@ static const struct sample samples[] = {
 	    CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
 	{ "a cache write, not upstream", { .status = 200, .host = HOST },
 	    CLASSIFY_NONE, CLASSIFY_PHASE_REQUEST },
+	{ "token POST redirected, not followed", { .phase =
+	    CLASSIFY_PHASE_TOKEN, .status = 307, .connected = 1, .headers = 1,
+	    .host = HOST }, CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
+	{ "exchange redirected, not followed", { .phase =
+	    CLASSIFY_PHASE_EXCHANGE, .status = 307, .connected = 1,
+	    .headers = 1, .host = HOST }, CLASSIFY_REDIRECT_FAILED,
+	    CLASSIFY_PHASE_REDIRECT },
+	{ "realm on the node refused", { .phase = CLASSIFY_PHASE_TOKEN,
+	    .curl = CURLE_ABORTED_BY_CALLBACK, .host = HOST },
+	    CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
 };
 
 static void

@@ -333,7 +333,10 @@ config_set_nonempty(char **dst, const char *value)
 	return config_set_str(dst, value);
 }
 
-/* The registry called name, added when new. NULL when the table is full. */
+/*
+ * The registry called name, added when new. NULL when the table is full
+ * (or its name cannot be copied).
+ */
 static struct config_registry *
 config_registry_get(struct config *cfg, const char *name)
 {
@@ -385,9 +388,8 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 		return config_set_pct(&cfg->cache_low_pct, value);
 	if (strcmp(key, "tag_ttl_s") == 0)
 		return config_set_long(&cfg->tag_ttl_s, value, 0, 86400);
-	if (strcmp(key, "log") == 0) {
+	if (strcmp(key, "log") == 0)
 		return config_set_str(&cfg->log_file, value);
-	}
 	if (strcmp(key, "log_level") == 0)
 		return config_set_level(cfg, value);
 	if (strcmp(key, "connect_timeout_ms") == 0)

@@ -103,6 +103,8 @@ struct upstream_xfer {
 	const struct upstream_result *x_res;	/* during on_done */
 	/* The redirect rule (upstream_hop_allowed): */
 	int			 x_https;	/* asked over https: stays https */
+	int			 x_named;	/* named by the registry (named_by) */
+	int			 x_noredirect;	/* a 3xx is the answer */
 	enum upstream_reach	 x_reach;	/* where the last hop went */
 	char			 x_refusal[128];	/* a hop it refused */
 	/* With a ratelimit handle: */
@@ -154,7 +156,7 @@ struct upstream_sock {
 
 static void upstream_check_done(struct upstream *);
 static void upstream_note_url(struct upstream_xfer *);
-static enum classify_cause upstream_cause(const struct upstream_result *);
+static enum classify_cause upstream_cause(const struct upstream_result *, int);
 static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
     const char *);
 
@@ -284,7 +286,8 @@ upstream_end_unsent(struct upstream_xfer *x, CURLcode code)
 	x->x_up->u_active--;
 	/* A probe answered 401 went out; one refused by the pace did not. */
 	if (x->x_probe && x->x_replay)
-		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres));
+		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres,
+		    1));
 	else
 		circuit_abandon(x->x_circuit, x->x_probe);
 	x->x_probe = 0;
@@ -669,9 +672,12 @@ upstream_status_hold(struct upstream_xfer *x, long status)
 	return 0;
 }
 
-/* How this attempt failed, in classify.h's terms (NONE: it did not). */
+/*
+ * How this attempt failed, in classify.h's terms (NONE: it did not); with
+ * fault, only a failure that counts against the registry (a circuit's).
+ */
 static enum classify_cause
-upstream_cause(const struct upstream_result *res)
+upstream_cause(const struct upstream_result *res, int fault)
 {
 	struct classify_input in;
 	struct classify_result c;
@@ -680,7 +686,7 @@ upstream_cause(const struct upstream_result *res)
 	upstream_result_classify(&in, res);
 	in.status = res->status;
 	classify(&in, &c);
-	return c.cause;
+	return fault && !c.fault ? CLASSIFY_NONE : c.cause;
 }
 
 /*
@@ -691,9 +697,9 @@ static int
 upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 {
 	const struct upstream_mirror *m = &x->x_mirrors[x->x_mirror];
-	enum classify_cause cause = upstream_cause(res);
+	enum classify_cause cause = upstream_cause(res, 0);
 
-	circuit_observe(m->circuit, x->x_mprobe, cause);
+	circuit_observe(m->circuit, x->x_mprobe, upstream_cause(res, 1));
 	x->x_mprobe = 0;
 	if (x->x_headers_done ||
 	    (res->curl == CURLE_OK && x->x_held != HOLD_FALLBACK))
@@ -734,7 +740,7 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 
 	if (x->x_retries == 0 || x->x_headers_done)
 		return 0;
-	cause = upstream_cause(res);
+	cause = upstream_cause(res, 0);
 	/*
 	 * Garbage for a status line: a reused connection can still hold the
 	 * excess bytes of an answer longer than its Content-Length.
@@ -857,7 +863,7 @@ upstream_check_done(struct upstream *up)
 			continue;
 		if (x->x_circuit != NULL && x->x_mirror < 0)
 			circuit_observe(x->x_circuit, x->x_probe,
-			    upstream_cause(&res));
+			    upstream_cause(&res, 1));
 		x->x_probe = 0;
 		x->x_state = XFER_DEAD;
 		up->u_active--;
@@ -895,11 +901,13 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 	if (status < 200)
 		return len;	/* 1xx interim, or a proxy's CONNECT */
 	/*
-	 * curl follows a 3xx with a Location. (CURLINFO_REDIRECT_URL cannot
-	 * tell: it stays NULL while CURLOPT_FOLLOWLOCATION is on.)
+	 * curl follows a 3xx with a Location, unless told not to (then it is
+	 * the answer). (CURLINFO_REDIRECT_URL cannot tell: it stays NULL
+	 * while CURLOPT_FOLLOWLOCATION is on.)
 	 */
-	if (status >= 300 && status < 400 && curl_easy_header(x->x_easy,
-	    "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK) {
+	if (status >= 300 && status < 400 && !x->x_noredirect &&
+	    curl_easy_header(x->x_easy, "Location", 0, CURLH_HEADER, -1,
+	    &loc) == CURLHE_OK) {
 		/* curl refuses it (REDIR_PROTOCOLS): say why in the log. */
 		if (x->x_https && strncasecmp(loc->value, "http:", 5) == 0)
 			snprintf(x->x_refusal, sizeof(x->x_refusal),
@@ -984,13 +992,39 @@ upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr)
 	char ip[INET6_ADDRSTRLEN];
 
 	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_COUNT, &redirects);
-	if (redirects == 0 || to == REACH_REMOTE || to == x->x_reach)
+	if ((redirects == 0 && !x->x_named) || to == REACH_REMOTE ||
+	    to == x->x_reach)
 		return 1;
 	inet_ntop(family, addr, ip, sizeof(ip));
-	snprintf(x->x_refusal, sizeof(x->x_refusal), "redirect to %s "
-	    "address %s refused: the registry is not there", to ==
-	    REACH_LOOPBACK ? "loopback" : "link-local", ip);
+	snprintf(x->x_refusal, sizeof(x->x_refusal), "%s to %s address %s "
+	    "refused: the registry is not there", redirects == 0 ?
+	    "a URL the registry named" : "redirect", to == REACH_LOOPBACK ?
+	    "loopback" : "link-local", ip);
 	return 0;
+}
+
+/* How far into the node a base URL's host reaches, without resolving it. */
+static enum upstream_reach
+upstream_url_reach(const char *url)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	const char *host = strstr(url, "://");
+	char name[256];
+	size_t len;
+
+	host = host != NULL ? host + 3 : url;
+	if (*host == '[') {
+		len = strcspn(++host, "]");
+		snprintf(name, sizeof(name), "%.*s", (int)len, host);
+		return inet_pton(AF_INET6, name, addr) == 1 ?
+		    upstream_reach(AF_INET6, addr) : REACH_REMOTE;
+	}
+	len = strcspn(host, ":/");
+	snprintf(name, sizeof(name), "%.*s", (int)len, host);
+	if (strcasecmp(name, "localhost") == 0)
+		return REACH_LOOPBACK;
+	return inet_pton(AF_INET, name, addr) == 1 ?
+	    upstream_reach(AF_INET, addr) : REACH_REMOTE;
 }
 
 /* CURLOPT_OPENSOCKETFUNCTION: a refused hop is never contacted. */
@@ -1197,6 +1231,9 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_retries = req->body == NULL ? req->retries : 0;
 	x->x_registry = req->registry;
 	x->x_mirror = -1;
+	x->x_noredirect = req->no_redirect;
+	if ((x->x_named = req->named_by != NULL))
+		x->x_reach = upstream_url_reach(req->named_by);
 	if (req->nmirrors > 0 && req->path != NULL && req->registry != NULL) {
 		x->x_mirrors = req->mirrors;
 		x->x_nmirrors = req->nmirrors;
@@ -1228,7 +1265,7 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	 * custom Authorization header goes to the original host and port
 	 * only, and UNRESTRICTED_AUTH stays off.
 	 */
-	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->no_redirect ? 0L : 1L);
 	curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)UPSTREAM_MAX_REDIRS);
 	curl_easy_setopt(e, CURLOPT_UNRESTRICTED_AUTH, 0L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);

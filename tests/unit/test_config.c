@@ -619,6 +619,84 @@ test_bad_fleet(void **state)
 	config_free(&cfg);
 }
 
+/*
+ * A key given again replaces its value: the list and string setters free
+ * the old value once (a double free here aborts under ASan), including a
+ * mirror list refilled after a shorter or failed one.
+ */
+static void
+test_repeated_keys(void **state)
+{
+	struct config cfg;
+	struct config_registry *r;
+	char err[CONFIG_ERR_MAX];
+	const char *path;
+
+	(void)state;
+	path = write_file("again.conf", "[server]\n"
+	    "listen = 127.0.0.1:1\nlisten = 127.0.0.2:2\n"
+	    "cache_dir = /a\ncache_dir = /b\nlog = /a.log\nlog = /b.log\n"
+	    "platform = linux/amd64\nplatform = linux/arm64\n"
+	    "client_token_file = /a\nclient_token_file = /b\n"
+	    "[registry a.io]\nurl = https://a.io\nurl = https://b.io/\n"
+	    "mirrors = http://m1, http://m2, http://m3\n"
+	    "mirrors = http://m4\n"
+	    "mirrors = http://m5 http://m6\n"
+	    "ca_file = /a\nca_file = /b\nclient_id = a\nclient_id = b\n"
+	    "tenant = a\ntenant = b\nimds_url = http://a\n"
+	    "imds_url = http://b\nusername_file = /a\nusername_file = /b\n"
+	    "password_file = /a\npassword_file = /b\n"
+	    "refresh_token_file = /a\nrefresh_token_file = /b\n"
+	    "mirror_token_file = /a\nmirror_token_file = /b\n"
+	    "[registry a.io]\nmirrors = http://m7\n"
+	    "[fleet]\npeers = a:1, b:2\npeers = c:3\n"
+	    "peers_dns = x.svc, y.svc\npeers_dns = z.svc\n"
+	    "peers_dns_server = 10.0.0.1\npeers_dns_server = 10.0.0.2:54\n"
+	    "peer_listen = 10.0.0.1:1\npeer_listen = 10.0.0.2:2\n"
+	    "peer_token_file = /a\npeer_token_file = /b\n");
+	config_init(&cfg);
+	assert_int_equal(config_load_file(&cfg, path, err, sizeof(err)), 0);
+	assert_string_equal(cfg.listen_host, "127.0.0.2");
+	assert_string_equal(cfg.cache_dir, "/b");
+	assert_string_equal(cfg.log_file, "/b.log");
+	assert_string_equal(cfg.platform, "linux/arm64");
+	assert_string_equal(cfg.client_token_file, "/b");
+	assert_int_equal(cfg.nregistries, 1);
+	r = &cfg.registries[0];
+	assert_string_equal(r->url, "https://b.io");
+	assert_int_equal(r->nmirrors, 1);
+	assert_string_equal(r->mirrors[0].url, "http://m7");
+	assert_null(r->mirrors[1].url);
+	assert_string_equal(r->ca_file, "/b");
+	assert_string_equal(r->client_id, "b");
+	assert_string_equal(r->tenant, "b");
+	assert_string_equal(r->imds_url, "http://b");
+	assert_string_equal(r->username_file, "/b");
+	assert_string_equal(r->password_file, "/b");
+	assert_string_equal(r->refresh_token_file, "/b");
+	assert_string_equal(r->mirror_token_file, "/b");
+	assert_int_equal(cfg.fleet.npeers, 1);
+	assert_string_equal(cfg.fleet.peers[0].host, "c");
+	assert_int_equal(cfg.fleet.npeers_dns, 1);
+	assert_string_equal(cfg.fleet.peers_dns[0], "z.svc");
+	assert_string_equal(cfg.fleet.peers_dns_server, "10.0.0.2");
+	assert_int_equal(cfg.fleet.peers_dns_server_port, 54);
+	assert_string_equal(cfg.fleet.peer_listen_host, "10.0.0.2");
+	assert_int_equal(cfg.fleet.peer_listen_port, 2);
+	assert_string_equal(cfg.fleet.peer_token_file, "/b");
+	config_free(&cfg);
+
+	/* A list that failed half way, then given again. */
+	expect_file_error("[registry a.io]\nurl = https://a.io\n"
+	    "mirrors = http://m1 http://m2 http://m3 http://m4 http://m5\n"
+	    "mirrors = http://m6\n",
+	    "3: [registry a.io] mirrors: at most 4 mirrors");
+	expect_file_error("[registry a.io]\nurl = https://a.io\n"
+	    "mirrors = http://m1, ftp://m2\nmirrors = http://m3\n",
+	    "3: [registry a.io] mirrors: URL must start with http:// or "
+	    "https://");
+}
+
 int
 main(void)
 {
@@ -635,6 +713,7 @@ main(void)
 		cmocka_unit_test(test_missing_url),
 		cmocka_unit_test(test_example),
 		cmocka_unit_test(test_ratelimit),
+		cmocka_unit_test(test_repeated_keys),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, setup, teardown);

@@ -8,6 +8,10 @@
  * Every upstream request for a client's route is made here, by
  * registry_req_init: the URL, the repository scope the token needs and
  * the rate class come from the route itself, never from parsing a URL.
+ *
+ * A reload builds a new set and retires the old one, which lives on
+ * while requests hold its registries (registry_hold/registry_release):
+ * transfers in flight keep their identity, pace and breaker to the end.
  */
 #ifndef PP_REGISTRY_H
 #define PP_REGISTRY_H
@@ -40,6 +44,17 @@ struct registry_set *registry_set_new(struct event_base *base,
  */
 void registry_set_close(struct registry_set *set);
 void registry_set_free(struct registry_set *set);
+/*
+ * No new request will use set: once no registry of it is held, unused(arg)
+ * is called from the loop (never from inside registry_release), where the
+ * owner closes and frees it.
+ */
+void registry_set_retire(struct registry_set *set, void (*unused)(void *),
+    void *arg);
+
+/* A request keeps reg (and its set) alive until it lets go. */
+void registry_hold(struct registry *reg);
+void registry_release(struct registry *reg);
 
 /* Each breaker's gauge set to its state now (before /metrics renders). */
 void registry_set_sample(const struct registry_set *set);

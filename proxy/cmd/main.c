@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cachecmd.h"
@@ -66,9 +67,36 @@ usage(FILE *f)
 	    "                one JSON line per change for --for SECONDS\n");
 }
 
+struct cmd_serve_args {
+	int	 argc;
+	char	**argv;
+};
+
+/* SIGHUP: the same flags and file again, checked the same way. */
+static struct config *
+cmd_serve_load(void *arg, char *err, size_t errlen)
+{
+	const struct cmd_serve_args *a = arg;
+	struct config *cfg;
+
+	if ((cfg = malloc(sizeof(*cfg))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	config_init(cfg);
+	if (config_parse_args(cfg, a->argc, a->argv, err, errlen) != 0 ||
+	    config_check(cfg, err, errlen) == -1) {
+		config_free(cfg);
+		free(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
 static int
 cmd_serve(int argc, char **argv)
 {
+	struct cmd_serve_args args = { argc, argv };
 	struct config cfg;
 	char err[CONFIG_ERR_MAX];
 	int rc;
@@ -96,7 +124,7 @@ cmd_serve(int argc, char **argv)
 		config_free(&cfg);
 		return 1;
 	}
-	rc = server_run(&cfg);
+	rc = server_run(&cfg, cmd_serve_load, &args);
 	curl_global_cleanup();
 	log_close();
 	config_free(&cfg);

@@ -401,6 +401,7 @@ bfetch_close(struct bfetch *f, int complete, int status, enum oci_err err,
 	if (f->f_errbody != NULL)
 		evbuffer_free(f->f_errbody);
 	free(f->f_chunk);
+	registry_release(f->f_rq.reg);
 	free(f);
 }
 
@@ -786,6 +787,7 @@ bfetch_start(struct blob_ctx *ctx, const struct client_request *rq)
 		return NULL;
 	f->f_ctx = ctx;
 	f->f_rq = *rq;
+	registry_hold(rq->reg);
 	TAILQ_INIT(&f->f_readers);
 	TAILQ_INSERT_TAIL(&ctx->bc_fetches, f, f_entry);
 	cache_blob_hold(ctx->bc_cache, rq->route.reference);

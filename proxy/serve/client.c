@@ -41,6 +41,8 @@ client_hold(struct client *c, const struct client_request *rq,
 	if ((c->c_uri = strdup(evhttp_request_get_uri(req))) == NULL)
 		return -1;
 	c->c_rq = *rq;
+	if (rq->reg != NULL)
+		registry_hold(rq->reg);
 	c->c_req = req;
 	c->c_gone = gone;
 	c->c_arg = arg;
@@ -143,6 +145,8 @@ client_end(struct client *c, int abort_client)
 		    c->c_cut);
 	free(c->c_uri);
 	c->c_uri = NULL;
+	if (c->c_rq.reg != NULL)
+		registry_release(c->c_rq.reg);
 }
 
 void

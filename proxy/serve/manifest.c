@@ -207,6 +207,7 @@ mfetch_close(struct mfetch *f)
 	if (f->f_body != NULL)
 		evbuffer_free(f->f_body);
 	free(f->f_accept);
+	registry_release(f->f_rq.reg);
 	free(f);
 }
 
@@ -517,6 +518,7 @@ mfetch_new(struct manifest_ctx *ctx, struct evhttp_request *req,
 		return NULL;
 	f->f_ctx = ctx;
 	f->f_rq = *rq;
+	registry_hold(rq->reg);
 	snprintf(f->f_known, sizeof(f->f_known), "%s", known);
 	TAILQ_INIT(&f->f_waiters);
 	TAILQ_INSERT_TAIL(&ctx->mc_fetches, f, f_entry);

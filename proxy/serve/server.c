@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "blob.h"
 #include "cache.h"
 #include "classify.h"
+#include "confdiff.h"
 #include "config.h"
 #include "client.h"
 #include "guard.h"
@@ -63,10 +65,20 @@ struct server_listener {
 	struct guard		*l_guard;
 };
 
+/* A config loaded by a reload and the registries built from it. */
+struct server_gen {
+	TAILQ_ENTRY(server_gen)	 g_entry;
+	struct server		*g_srv;
+	struct config		*g_cfg;		/* NULL: the first, not ours */
+	struct registry_set	*g_regs;
+};
+
 struct server {
 	struct event_base	*s_base;
-	const struct config	*s_cfg;
-	struct registry_set	*s_regs;
+	const struct config	*s_cfg;		/* the first: listeners, cache */
+	struct registry_set	*s_regs;	/* for new requests */
+	struct config		*s_own;		/* s_regs' config when reloaded */
+	TAILQ_HEAD(, server_gen) s_retired;	/* still held by requests */
 	struct server_listener	 s_lis[SERVER_NROLES];
 	struct upstream		*s_up;
 	struct cache		*s_cache;
@@ -443,6 +455,7 @@ server_new(struct event_base *base, const struct config *cfg)
 		return NULL;
 	srv->s_base = base;
 	srv->s_cfg = cfg;
+	TAILQ_INIT(&srv->s_retired);
 	for (r = 0; r < SERVER_NROLES; r++) {
 		srv->s_lis[r].l_srv = srv;
 		srv->s_lis[r].l_role = r;
@@ -503,9 +516,73 @@ server_inflight(const struct server *srv)
 	    manifest_ctx_inflight(srv->s_manifests);
 }
 
+static void
+server_config_free(struct config *cfg)
+{
+	if (cfg != NULL) {
+		config_free(cfg);
+		free(cfg);
+	}
+}
+
+/* No request holds a retired generation any more: let it go. */
+static void
+server_gen_unused(void *arg)
+{
+	struct server_gen *g = arg;
+
+	TAILQ_REMOVE(&g->g_srv->s_retired, g, g_entry);
+	registry_set_close(g->g_regs);
+	registry_set_free(g->g_regs);
+	server_config_free(g->g_cfg);
+	free(g);
+	log_msg(LOG_LEVEL_DEBUG, "previous config released");
+}
+
+int
+server_reload(struct server *srv, struct config *cfg)
+{
+	const struct config *now = srv->s_own != NULL ? srv->s_own :
+	    srv->s_cfg;
+	char err[CONFIG_ERR_MAX];
+	struct registry_set *regs;
+	struct server_gen *g;
+	const char *key;
+	json_t *changes;
+
+	if ((key = confdiff_restart(srv->s_cfg, cfg)) != NULL)
+		snprintf(err, sizeof(err), "%s changed: that needs a restart",
+		    key);
+	else if ((g = calloc(1, sizeof(*g))) == NULL)
+		snprintf(err, sizeof(err), "out of memory");
+	else if ((regs = registry_set_new(srv->s_base, srv->s_up, cfg, err,
+	    sizeof(err))) == NULL)
+		free(g);
+	else {
+		changes = confdiff_changes(now, cfg);
+		g->g_srv = srv;
+		g->g_cfg = srv->s_own;
+		g->g_regs = srv->s_regs;
+		TAILQ_INSERT_TAIL(&srv->s_retired, g, g_entry);
+		srv->s_regs = regs;
+		srv->s_own = cfg;
+		registry_set_retire(g->g_regs, server_gen_unused, g);
+		log_event(LOG_LEVEL_INFO, "config reloaded", json_pack(
+		    "{s:o*,s:i}", "changes", changes, "inflight",
+		    server_inflight(srv)));
+		server_check_names(cfg);
+		return 0;
+	}
+	log_event(LOG_LEVEL_ERROR, "reload refused", json_pack("{s:s,s:s}",
+	    "error", err, "kept", "the running config"));
+	server_config_free(cfg);
+	return -1;
+}
+
 void
 server_free(struct server *srv)
 {
+	struct server_gen *g;
 	int r;
 
 	if (srv == NULL)
@@ -521,17 +598,31 @@ server_free(struct server *srv)
 		guard_free(srv->s_lis[r].l_guard);
 	}
 	registry_set_close(srv->s_regs);
+	TAILQ_FOREACH(g, &srv->s_retired, g_entry)
+		registry_set_close(g->g_regs);
 	upstream_free(srv->s_up);
 	registry_set_free(srv->s_regs);
+	server_config_free(srv->s_own);
+	while ((g = TAILQ_FIRST(&srv->s_retired)) != NULL) {
+		TAILQ_REMOVE(&srv->s_retired, g, g_entry);
+		registry_set_free(g->g_regs);
+		server_config_free(g->g_cfg);
+		free(g);
+	}
 	/* After evhttp: queued file segments unpin the cache as they go. */
 	if (srv->s_cache != NULL)
 		cache_close(srv->s_cache);
 	free(srv);
 }
 
-/* Shutdown: SIGTERM stops accepting; the drain timer ends the loop. */
+/*
+ * Shutdown: SIGTERM stops accepting; the drain timer ends the loop.
+ * SIGHUP reloads the config with sr_load.
+ */
 struct server_run {
 	struct server	*sr_srv;
+	server_loader	 sr_load;
+	void		*sr_load_arg;
 	struct event	*sr_drain;
 	struct timeval	 sr_deadline;
 	int		 sr_stopping;
@@ -580,6 +671,26 @@ server_signal_cb(evutil_socket_t sig, short what, void *arg)
 	server_drain_cb(-1, 0, run);
 }
 
+static void
+server_hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server_run *run = arg;
+	char err[CONFIG_ERR_MAX];
+	struct config *cfg;
+
+	(void)sig;
+	(void)what;
+	if (run->sr_stopping)
+		return;
+	log_msg(LOG_LEVEL_INFO, "SIGHUP: reloading the config");
+	if ((cfg = run->sr_load(run->sr_load_arg, err, sizeof(err))) == NULL) {
+		log_event(LOG_LEVEL_ERROR, "reload refused", json_pack(
+		    "{s:s,s:s}", "error", err, "kept", "the running config"));
+		return;
+	}
+	server_reload(run->sr_srv, cfg);
+}
+
 /*
  * With epoll's changelist, the disable/enable pairs each keep-alive request
  * makes on its socket within one loop turn cost one epoll_ctl, or none:
@@ -602,11 +713,11 @@ server_base_new(void)
 }
 
 int
-server_run(const struct config *cfg)
+server_run(const struct config *cfg, server_loader load, void *arg)
 {
 	struct server_run run;
 	struct event_base *base;
-	struct event *sigterm, *sigint;
+	struct event *sigterm, *sigint, *sighup;
 	char listen[300];
 	json_t *regs;
 	int rc = 1;
@@ -615,6 +726,8 @@ server_run(const struct config *cfg)
 	if ((base = server_base_new()) == NULL)
 		return 1;
 	memset(&run, 0, sizeof(run));
+	run.sr_load = load;
+	run.sr_load_arg = arg;
 	server_check_names(cfg);
 	if (incident_begin(base) == -1)
 		goto out;
@@ -623,8 +736,10 @@ server_run(const struct config *cfg)
 	run.sr_drain = event_new(base, -1, EV_PERSIST, server_drain_cb, &run);
 	sigterm = evsignal_new(base, SIGTERM, server_signal_cb, &run);
 	sigint = evsignal_new(base, SIGINT, server_signal_cb, &run);
+	sighup = evsignal_new(base, SIGHUP, server_hup_cb, &run);
 	evsignal_add(sigterm, NULL);
 	evsignal_add(sigint, NULL);
+	evsignal_add(sighup, NULL);
 	regs = json_array();
 	for (size_t i = 0; i < cfg->nregistries; i++)
 		json_array_append_new(regs, json_string(cfg->registries[i].name));
@@ -638,6 +753,7 @@ server_run(const struct config *cfg)
 	rc = 0;
 	event_free(sigterm);
 	event_free(sigint);
+	event_free(sighup);
 	event_free(run.sr_drain);
 	server_free(run.sr_srv);
 out:

@@ -2,6 +2,7 @@
  * registry: the run-time side of a configured registry, and the one place
  * where a client's route becomes an upstream request.
  */
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "registry.h"
 
 struct registry {
+	struct registry_set		*r_set;
 	const struct config		*r_cfg;
 	const struct config_registry	*r_conf;
 	struct auth			*r_auth;
@@ -27,6 +29,10 @@ struct registry {
 struct registry_set {
 	size_t			 rs_n;
 	struct registry		*rs_regs[CONFIG_REGISTRY_MAX];
+	long			 rs_held;	/* registry_hold()s not released */
+	struct event		*rs_unused;	/* retired and not held */
+	void			(*rs_unused_cb)(void *);
+	void			*rs_unused_arg;
 };
 
 /* "Bearer <token>" for the registry's mirrors, read once at start. */
@@ -112,24 +118,64 @@ fail:
 	return NULL;
 }
 
+static void
+registry_set_unused(evutil_socket_t fd, short what, void *arg)
+{
+	struct registry_set *set = arg;
+
+	(void)fd;
+	(void)what;
+	set->rs_unused_cb(set->rs_unused_arg);
+}
+
 struct registry_set *
 registry_set_new(struct event_base *base, struct upstream *up,
     const struct config *cfg, char *err, size_t errlen)
 {
 	struct registry_set *set;
 
-	if ((set = calloc(1, sizeof(*set))) == NULL) {
+	if ((set = calloc(1, sizeof(*set))) == NULL ||
+	    (set->rs_unused = event_new(base, -1, 0, registry_set_unused,
+	    set)) == NULL) {
+		free(set);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	for (; set->rs_n < cfg->nregistries; set->rs_n++)
+	for (; set->rs_n < cfg->nregistries; set->rs_n++) {
 		if ((set->rs_regs[set->rs_n] = registry_new(base, up, cfg,
 		    &cfg->registries[set->rs_n], err, errlen)) == NULL) {
 			registry_set_close(set);
 			registry_set_free(set);
 			return NULL;
 		}
+		set->rs_regs[set->rs_n]->r_set = set;
+	}
 	return set;
+}
+
+void
+registry_set_retire(struct registry_set *set, void (*unused)(void *),
+    void *arg)
+{
+	set->rs_unused_cb = unused;
+	set->rs_unused_arg = arg;
+	if (set->rs_held == 0)
+		event_active(set->rs_unused, 0, 0);
+}
+
+void
+registry_hold(struct registry *reg)
+{
+	reg->r_set->rs_held++;
+}
+
+void
+registry_release(struct registry *reg)
+{
+	struct registry_set *set = reg->r_set;
+
+	if (--set->rs_held == 0 && set->rs_unused_cb != NULL)
+		event_active(set->rs_unused, 0, 0);
 }
 
 void
@@ -152,6 +198,7 @@ registry_set_free(struct registry_set *set)
 		return;
 	for (i = 0; i < set->rs_n; i++)
 		registry_free(set->rs_regs[i]);
+	event_free(set->rs_unused);
 	free(set);
 }
 

@@ -1,13 +1,18 @@
 """Operating a node: metrics that tell hits from registry traffic, the
-circuit gauge on an idle node, latency histograms and the build."""
+circuit gauge on an idle node, latency histograms and the build; SIGHUP
+reloading the registries while transfers go on."""
 
+import hashlib
+import os
+import signal
+import threading
 import time
 
 import pytest
 
 pytest.register_assert_rewrite("acr")
 from acr import fake_requests, get  # noqa: E402
-from conftest import PULLPROXY_BIN, metrics, run, wait_for  # noqa: E402
+from conftest import PULLPROXY_BIN, free_port, metrics, run, wait_for  # noqa: E402
 
 pytest_plugins = ["acr"]
 
@@ -81,3 +86,74 @@ def test_circuit_gauge_follows_time_on_an_idle_node(fake, acr_proxy):
     key = 'pullproxy_circuit_state{registry="%s"}' % fake.registry
     assert metrics(pp)[key] == 2
     assert len(fake_requests(fake)) == sent    # time alone moved it
+
+
+# ------------------------------------------------------------------ reload
+
+def reload(pp, msg):
+    """SIGHUP, then the line that says what became of it."""
+    seen = len(pp.logs("config reloaded")) + len(pp.logs("reload refused"))
+    os.kill(pp.pid, signal.SIGHUP)
+    lines = wait_for(lambda: (pp.logs("config reloaded") + pp.logs("reload refused"))[seen:]
+                     if len(pp.logs("config reloaded")) + len(pp.logs("reload refused")) > seen
+                     else None, 10, "the reload's outcome")
+    assert pp.proc.poll() is None, pp.stderr()
+    assert [l["msg"] for l in lines] == [msg], lines
+    return lines[0]
+
+
+def test_sighup_reloads_registries_without_dropping_transfers(fake, acr_images, acr_proxy):
+    big = acr_images[1]["big"]
+    layer = big.layers[0]
+    pp = proxy(acr_proxy, fake, rate=10, burst=20)
+    section = pp.conf.read_text()
+    # A layer download stalls half way: it is in flight during the reload.
+    fake.add_fault(endpoint="storage", stall_s=2, count=1)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=get(pp, fake, "/v2/id/big/blobs/" + layer,
+                                                         timeout=60)))
+    t.start()
+    wait_for(lambda: fake_requests(fake, "storage"), 10, "the download to start")
+
+    pp.conf.write_text(section.replace("rate = 10", "rate = 5").replace("burst = 20", "burst = 4"))
+    line = reload(pp, "config reloaded")
+    assert line["changes"] == {"changed": {fake.registry: ["rate", "burst"]}}, line
+    assert line["inflight"] >= 1
+    t.join(60)
+    assert got["r"].status == 200 and hashlib.sha256(got["r"].body).hexdigest() == layer[7:]
+    # The old registries went once the transfer ended; new requests use
+    # the new ones (its bucket holds at most the new burst).
+    wait_for(lambda: [l for l in pp.log_lines() if l.get("msg") == "previous config released"],
+             10, "the old config to be released")
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 200
+    assert metrics(pp)['pullproxy_ratelimit_tokens{registry="%s"}' % fake.registry] <= 4
+
+    # A bad file: refused with its line, the running config kept.
+    pp.conf.write_text(section + "bogus_key = 1\n")
+    line = reload(pp, "reload refused")
+    assert str(pp.conf) in line["error"] and "bogus_key" in line["error"], line
+    assert line["kept"] == "the running config"
+    assert get(pp, fake, "/v2/id/other/manifests/v1").status == 200
+
+    # A listener is bound at start: a restart, not a reload.
+    pp.conf.write_text("[server]\nmetrics_listen = 127.0.0.1:%d\n" % free_port() + section)
+    line = reload(pp, "reload refused")
+    assert line["error"] == "[server] metrics_listen changed: that needs a restart", line
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 200
+
+
+def test_sighup_adds_and_removes_registries(fake, acr_proxy):
+    pp = proxy(acr_proxy, fake)
+    section = pp.conf.read_text()
+    other = section.replace("[registry %s]" % fake.registry, "[registry second.example]")
+    pp.conf.write_text(section + other)
+    line = reload(pp, "config reloaded")
+    assert line["changes"] == {"added": ["second.example"]}, line
+    r = pp.get("/v2/id/small/manifests/v1?ns=second.example",
+               headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status == 200, r.body
+    pp.conf.write_text(other)
+    line = reload(pp, "config reloaded")
+    assert line["changes"] == {"removed": [fake.registry]}, line
+    r = get(pp, fake, "/v2/id/small/manifests/v1")
+    assert r.status == 404 and b"not configured" in r.body, r.body

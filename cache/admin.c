@@ -160,6 +160,45 @@ cache_blob_verify(struct cache *c, const char *digest,
 }
 
 enum cache_err
+cache_tag_foreach(struct cache *c,
+    int (*fn)(const char *ref, const char *digest, void *), void *arg)
+{
+	char ref[CACHE_KEY_MAX + 1], digest[CACHE_DIGEST_MAX];
+	struct cache_pin *pin;
+	enum cache_err ce;
+	MDB_cursor *cur;
+	uint64_t fetched;
+	const char *d;
+	MDB_val k, v;
+	int rc;
+
+	if ((ce = cache_pin_get(c, &pin)) != CACHE_OK)
+		return ce;
+	if ((rc = mdb_cursor_open(pin->cp_txn, c->c_tags, &cur)) != 0) {
+		cache_unpin(pin);
+		return cache_err_from_mdb(c, rc, "list");
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (k.mv_size >= sizeof(ref) ||
+		    cache_tag_decode(&v, &d, &fetched) == -1)
+			continue;
+		memcpy(ref, k.mv_data, k.mv_size);
+		ref[k.mv_size] = '\0';
+		memcpy(digest, d, DIGEST_STR_LEN + 1);
+		if (fn(ref, digest, arg) != 0) {
+			rc = MDB_NOTFOUND;
+			break;
+		}
+	}
+	mdb_cursor_close(cur);
+	cache_unpin(pin);
+	if (rc == MDB_NOTFOUND)
+		return CACHE_OK;
+	return cache_err_from_mdb(c, rc, "list");
+}
+
+enum cache_err
 cache_blob_evict(struct cache *c, const char *digest)
 {
 	unsigned char key[CACHE_KEYLEN];

@@ -165,6 +165,20 @@ enum cache_err cache_blob_foreach(struct cache *c,
  * chunks are missing or the sizes are wrong), CACHE_NOTFOUND, ... */
 enum cache_err cache_blob_verify(struct cache *c, const char *digest,
     char actual[CACHE_DIGEST_MAX]);
+/* Calls fn for every tag ("registry/repo:tag") and the digest it names. */
+enum cache_err cache_tag_foreach(struct cache *c,
+    int (*fn)(const char *ref, const char *digest, void *), void *arg);
+struct cache_images;
+/*
+ * Which images a blob belongs to, where the cache knows: from every
+ * cached tag, its manifest (and an index's cached children) name their
+ * config and layers. A snapshot; NULL when out of memory.
+ */
+struct cache_images *cache_images_new(struct cache *c);
+/* The references ("registry/repo:tag") of digest, up to max; how many. */
+size_t cache_images_of(const struct cache_images *im, const char *digest,
+    const char **refs, size_t max);
+void cache_images_free(struct cache_images *im);
 enum cache_err cache_blob_evict(struct cache *c, const char *digest);
 /* Evict least recently used blobs and manifests until their bytes <=
  * target; returns how many went. */

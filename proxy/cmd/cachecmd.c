@@ -1,9 +1,15 @@
 /*
  * cachecmd: `pullproxy cache`. stats, ls and verify open the cache
- * read-only, so they work next to a running server; evict and purge write
- * and need the server stopped (the cache's lock says so).
+ * read-only, so they work next to a running server. evict and purge
+ * write: on a cache a server holds (its lock says so), they ask that
+ * server on its admin socket (adminapi.h).
  */
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+
 #include <errno.h>
+#include <event2/http.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -12,15 +18,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "adminapi.h"
 #include "cache.h"
 #include "cachecmd.h"
 #include "config.h"
 
+/* Images named in ls per blob, at most. */
+#define CACHECMD_IMAGES_MAX	32
+
 struct cachecmd {
-	const char	*cc_dir;
-	int		 cc_json;
-	struct cache	*cc_cache;
+	const char		*cc_dir;
+	int			 cc_json;
+	struct cache		*cc_cache;
+	struct cache_images	*cc_images;	/* ls */
 };
 
 static void
@@ -32,7 +44,9 @@ cachecmd_usage(FILE *f)
 	    "\n"
 	    "  stats               blobs, manifests, tags, budget, file sizes\n"
 	    "  ls                  one line per blob: digest, size, media type,"
-	    " last access\n"
+	    " last access,\n"
+	    "                      the cached tags (registry/repo:tag) it"
+	    " belongs to\n"
 	    "  verify [DIGEST...]  re-hash stored blobs (all by default); exit"
 	    " 1 if any is corrupt\n"
 	    "  evict DIGEST...     remove these blobs\n"
@@ -41,9 +55,12 @@ cachecmd_usage(FILE *f)
 	    "                      (K, M, G, T)\n"
 	    "  purge               remove everything\n"
 	    "\n"
-	    "stats, ls and verify work while pullproxy runs; evict and purge\n"
-	    "need it stopped. --cache-dir overrides the config file's"
-	    " cache_dir.\n"
+	    "stats, ls and verify read the cache; evict and purge ask the"
+	    " running\n"
+	    "server on its admin socket (DIR/" ADMINAPI_SOCKET "), where"
+	    " purge keeps what\n"
+	    "transfers in flight still use. --cache-dir overrides the config"
+	    " file's\ncache_dir.\n"
 	    "--json prints JSON (one object per line).\n");
 }
 
@@ -174,30 +191,48 @@ static int
 cachecmd_ls_one(const struct cache_blob_info *info, void *arg)
 {
 	struct cachecmd *cc = arg;
+	const char *refs[CACHECMD_IMAGES_MAX];
 	char ct[32], at[32];
+	json_t *images;
+	size_t n, i;
 
+	n = cache_images_of(cc->cc_images, info->digest, refs,
+	    CACHECMD_IMAGES_MAX);
 	cachecmd_time(info->created, ct, sizeof(ct));
 	cachecmd_time(info->last_access, at, sizeof(at));
-	if (cc->cc_json)
-		cachecmd_json(json_pack("{s:s, s:I, s:s, s:s, s:s}",
+	if (cc->cc_json) {
+		images = json_array();
+		for (i = 0; i < n; i++)
+			json_array_append_new(images, json_string(refs[i]));
+		cachecmd_json(json_pack("{s:s, s:I, s:s, s:s, s:s, s:o}",
 		    "digest", info->digest, "size", (json_int_t)info->size,
 		    "media_type", info->media_type, "created", ct,
-		    "last_access", at));
-	else
-		printf("%s %12" PRIu64 " %s %s\n", info->digest, info->size,
-		    info->media_type[0] != '\0' ? info->media_type : "-", at);
+		    "last_access", at, "images", images));
+		return 0;
+	}
+	printf("%s %12" PRIu64 " %s %s ", info->digest, info->size,
+	    info->media_type[0] != '\0' ? info->media_type : "-", at);
+	for (i = 0; i < n; i++)
+		printf("%s%s", i > 0 ? "," : "", refs[i]);
+	printf("%s\n", n == 0 ? "-" : "");
 	return 0;
 }
 
 static int
 cachecmd_ls(struct cachecmd *cc)
 {
-	if (cache_blob_foreach(cc->cc_cache, cachecmd_ls_one, cc) !=
+	enum cache_err ce = CACHE_OK;
+
+	if ((cc->cc_images = cache_images_new(cc->cc_cache)) == NULL ||
+	    (ce = cache_blob_foreach(cc->cc_cache, cachecmd_ls_one, cc)) !=
 	    CACHE_OK) {
-		fprintf(stderr, "pullproxy cache: %s\n",
-		    cache_strerror(cc->cc_cache));
+		fprintf(stderr, "pullproxy cache: %s\n", ce == CACHE_OK ?
+		    strerror(ENOMEM) : cache_strerror(cc->cc_cache));
+		cache_images_free(cc->cc_images);
 		return 1;
 	}
+	cache_images_free(cc->cc_images);
+	cc->cc_images = NULL;
 	return 0;
 }
 
@@ -370,6 +405,143 @@ cachecmd_purge(struct cachecmd *cc)
 	return 0;
 }
 
+/* The running server's answer to POST path?query, its body in *body. */
+static int
+cachecmd_ask(const struct cachecmd *cc, const char *pathq, char **body)
+{
+	struct timeval tv = { 60, 0 };
+	struct sockaddr_un sun;
+	char *req = NULL, *buf = NULL, *p, *nb;
+	size_t len = 0, cap = 0;
+	ssize_t n;
+	int fd, status = -1;
+
+	*body = NULL;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if ((size_t)snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/%s",
+	    cc->cc_dir, ADMINAPI_SOCKET) >= sizeof(sun.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+		return -1;
+	/* A hung server must not hang the command. */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
+	    asprintf(&req, "POST %s HTTP/1.0\r\nHost: pullproxy\r\n"
+	    "Content-Length: 0\r\n\r\n", pathq) == -1) {
+		req = NULL;
+		goto out;
+	}
+	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req))
+		goto out;
+	for (;;) {
+		if (len + 4096 + 1 > cap) {
+			cap = cap ? cap * 2 : 8192;
+			if ((nb = realloc(buf, cap)) == NULL)
+				goto out;
+			buf = nb;
+		}
+		if ((n = read(fd, buf + len, cap - len - 1)) <= 0)
+			break;
+		len += (size_t)n;
+	}
+	if (n < 0 || buf == NULL)
+		goto out;
+	buf[len] = '\0';
+	if (sscanf(buf, "HTTP/1.%*c %d", &status) != 1 ||
+	    (p = strstr(buf, "\r\n\r\n")) == NULL) {
+		status = -1;
+		errno = EPROTO;
+		goto out;
+	}
+	if ((*body = strdup(p + 4)) == NULL)
+		status = -1;
+out:
+	free(req);
+	free(buf);
+	close(fd);
+	return status;
+}
+
+/* evict or purge through the running server; the exit status. */
+static int
+cachecmd_online(struct cachecmd *cc, const char *cmd, int argc, char **argv,
+    const char *to)
+{
+	json_t *o, *d;
+	char *pathq = NULL, *next, *body, *line, *enc, a[32];
+	uint64_t target;
+	int i, status = 0, http;
+
+	if (strcmp(cmd, "purge") == 0)
+		pathq = strdup("/cache/purge");
+	else if (to != NULL) {
+		if (cachecmd_size(to, &target) == -1)
+			return cachecmd_usage_err("--to: expected a size such "
+			    "as 512M or 20G, not '%s'", to);
+		if (asprintf(&pathq, "/cache/evict?to=%" PRIu64, target) == -1)
+			pathq = NULL;
+	} else {
+		pathq = strdup("/cache/evict?");
+		for (i = 0; pathq != NULL && i < argc; i++) {
+			enc = evhttp_uriencode(argv[i], -1, 0);
+			if (enc == NULL || asprintf(&next, "%s%sdigest=%s",
+			    pathq, i > 0 ? "&" : "", enc) == -1)
+				next = NULL;
+			free(enc);
+			free(pathq);
+			pathq = next;
+		}
+	}
+	if (pathq == NULL) {
+		fprintf(stderr, "pullproxy cache: %s\n", strerror(ENOMEM));
+		return 1;
+	}
+	http = cachecmd_ask(cc, pathq, &body);
+	free(pathq);
+	if (http == -1) {
+		fprintf(stderr, "pullproxy cache: the cache is locked (a "
+		    "running server, or another cache command) and %s/%s "
+		    "does not answer: %s\n", cc->cc_dir, ADMINAPI_SOCKET,
+		    strerror(errno));
+		return 1;
+	}
+	for (line = strtok_r(body, "\n", &next); line != NULL;
+	    line = strtok_r(NULL, "\n", &next)) {
+		if ((o = json_loads(line, 0, NULL)) == NULL)
+			continue;
+		d = json_object_get(o, "digest");
+		if (json_object_get(o, "error") != NULL) {
+			fprintf(stderr, "pullproxy cache: %s%s%s\n", d != NULL ?
+			    json_string_value(d) : "", d != NULL ? ": " : "",
+			    json_string_value(json_object_get(o, "error")));
+			status = 1;
+		} else if (cc->cc_json)
+			printf("%s\n", line);
+		else if (d != NULL)
+			printf("evicted %s\n", json_string_value(d));
+		else
+			printf("%s %" JSON_INTEGER_FORMAT " blobs and manifests"
+			    "; %s left (%" JSON_INTEGER_FORMAT " blobs)%s\n",
+			    strcmp(cmd, "purge") == 0 ? "purged: evicted" :
+			    "evicted", json_integer_value(json_object_get(o,
+			    "evicted")), cachecmd_human((uint64_t)(
+			    json_integer_value(json_object_get(o, "blob_bytes")) +
+			    json_integer_value(json_object_get(o,
+			    "manifest_bytes"))), a, sizeof(a)),
+			    json_integer_value(json_object_get(o, "blobs")),
+			    strcmp(cmd, "purge") == 0 && json_integer_value(
+			    json_object_get(o, "blobs")) > 0 ?
+			    ", in use by transfers in flight" : "");
+		json_decref(o);
+	}
+	free(body);
+	return http == 200 ? status : 1;
+}
+
 static int
 cachecmd_run(struct cachecmd *cc, const struct config *cfg, int argc,
     char **argv, const char *to)
@@ -398,14 +570,11 @@ cachecmd_run(struct cachecmd *cc, const struct config *cfg, int argc,
 	opts.high_pct = cfg->cache_high_pct;
 	opts.low_pct = cfg->cache_low_pct;
 	opts.readonly = strcmp(cmd, "evict") != 0 && strcmp(cmd, "purge") != 0;
-	if ((ce = cache_open(&cc->cc_cache, &opts, err, sizeof(err))) !=
-	    CACHE_OK) {
-		if (ce == CACHE_BUSY)
-			fprintf(stderr, "pullproxy cache: %s: stop pullproxy "
-			    "(or the other cache command) first; stats, ls "
-			    "and verify work while it runs\n", err);
-		else
-			fprintf(stderr, "pullproxy cache: %s\n", err);
+	if ((ce = cache_open(&cc->cc_cache, &opts, err, sizeof(err))) ==
+	    CACHE_BUSY && !opts.readonly)
+		return cachecmd_online(cc, cmd, argc - 1, argv + 1, to);
+	if (ce != CACHE_OK) {
+		fprintf(stderr, "pullproxy cache: %s\n", err);
 		return 1;
 	}
 	if (strcmp(cmd, "stats") == 0)

@@ -2,19 +2,26 @@
  * server: the evhttp front. Validates and routes every request before
  * anything goes upstream; only configured registries are ever contacted.
  */
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <sys/queue.h>
+#include <errno.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "adminapi.h"
 #include "blob.h"
 #include "cache.h"
 #include "classify.h"
@@ -54,6 +61,7 @@ enum server_role {
 	SERVER_CLIENTS,	/* containerd: the pull API and the probes */
 	SERVER_PEERS,	/* the fleet's other nodes: pulls and the probes */
 	SERVER_METRICS,	/* scrapers: /metrics and the probes, no credential */
+	SERVER_ADMIN,	/* pullproxy cache, on a unix socket (adminapi.h) */
 	SERVER_NROLES,
 };
 
@@ -77,6 +85,7 @@ struct server {
 	struct event_base	*s_base;
 	const struct config	*s_cfg;		/* the first: listeners, cache */
 	struct registry_set	*s_regs;	/* for new requests */
+	char			*s_admin_path;	/* the socket, removed at exit */
 	struct config		*s_own;		/* s_regs' config when reloaded */
 	TAILQ_HEAD(, server_gen) s_retired;	/* still held by requests */
 	struct server_listener	 s_lis[SERVER_NROLES];
@@ -285,6 +294,11 @@ server_request_cb(struct evhttp_request *req, void *arg)
 	rq.from_peer = lis->l_role == SERVER_PEERS;
 	if (server_guard(lis, req, path, rq.id, &rq.t0))
 		return;
+	/* Not a client request: adminapi logs what it does. */
+	if (lis->l_role == SERVER_ADMIN) {
+		adminapi_handle(srv->s_cache, req, path);
+		return;
+	}
 	if (server_ops(lis, req, path))
 		return;
 	if (lis->l_role == SERVER_METRICS)
@@ -400,6 +414,45 @@ server_bev_cb(struct event_base *base, void *arg)
 	return bev;
 }
 
+/*
+ * The admin socket at path, 0600. A socket left by a server that died is
+ * replaced: the cache's lock, already ours, says no other server runs.
+ */
+static struct evhttp_bound_socket *
+server_bind_unix(struct server_listener *lis, const char *path)
+{
+	struct evconnlistener *lev;
+	struct sockaddr_un sun;
+	mode_t mask;
+	int fd, rc;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0)) == -1)
+		return NULL;
+	(void)unlink(path);
+	mask = umask(0177);
+	rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(mask);
+	if (rc == -1 || listen(fd, 16) == -1 || (lev = evconnlistener_new(
+	    lis->l_srv->s_base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE, -1,
+	    fd)) == NULL) {
+		close(fd);
+		return NULL;
+	}
+	if ((lis->l_srv->s_admin_path = strdup(path)) == NULL) {
+		evconnlistener_free(lev);
+		return NULL;
+	}
+	return evhttp_bind_listener(lis->l_http, lev);
+}
+
 /* Bind a listener with its guard; -1, logged, when it cannot. */
 static int
 server_listen(struct server_listener *lis, const char *host, int port,
@@ -426,8 +479,12 @@ server_listen(struct server_listener *lis, const char *host, int port,
 	evhttp_set_timeout(lis->l_http, (int)cfg->idle_timeout_s);
 	evhttp_set_gencb(lis->l_http, server_request_cb, lis);
 	evhttp_set_bevcb(lis->l_http, server_bev_cb, lis);
-	if ((lis->l_sock = evhttp_bind_socket_with_handle(lis->l_http, host,
-	    (ev_uint16_t)port)) == NULL) {
+	if (lis->l_role == SERVER_ADMIN)
+		lis->l_sock = server_bind_unix(lis, host);
+	else
+		lis->l_sock = evhttp_bind_socket_with_handle(lis->l_http, host,
+		    (ev_uint16_t)port);
+	if (lis->l_sock == NULL) {
 		log_event(LOG_LEVEL_ERROR, "cannot listen", json_pack(
 		    "{s:s,s:i}", "host", host, "port", port));
 		return -1;
@@ -448,6 +505,7 @@ server_new(struct event_base *base, const struct config *cfg)
 	    cfg->header_timeout_s };
 	const struct guard_opts metrics = { NULL, NULL, NULL, NULL, NULL,
 	    cfg->header_timeout_s };
+	char admin[4096];
 	struct server *srv;
 	int r;
 
@@ -489,6 +547,14 @@ server_new(struct event_base *base, const struct config *cfg)
 		server_free(srv);
 		return NULL;
 	}
+	/* Without it the server still serves: cache evict says why. */
+	snprintf(admin, sizeof(admin), "%s/%s", cfg->cache_dir,
+	    ADMINAPI_SOCKET);
+	if (server_listen(&srv->s_lis[SERVER_ADMIN], admin, 0,
+	    &metrics) == -1)
+		log_event(LOG_LEVEL_WARN, "no admin socket: pullproxy cache "
+		    "evict and purge need the server stopped", json_pack(
+		    "{s:s}", "path", admin));
 	return srv;
 }
 
@@ -597,6 +663,9 @@ server_free(struct server *srv)
 		/* After evhttp: its connections go with it. */
 		guard_free(srv->s_lis[r].l_guard);
 	}
+	if (srv->s_admin_path != NULL)
+		(void)unlink(srv->s_admin_path);
+	free(srv->s_admin_path);
 	registry_set_close(srv->s_regs);
 	TAILQ_FOREACH(g, &srv->s_retired, g_entry)
 		registry_set_close(g->g_regs);

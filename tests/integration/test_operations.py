@@ -1,10 +1,13 @@
 """Operating a node: metrics that tell hits from registry traffic, the
 circuit gauge on an idle node, latency histograms and the build; SIGHUP
-reloading the registries while transfers go on."""
+reloading the registries while transfers go on; the cache administered
+while the server runs."""
 
 import hashlib
+import json
 import os
 import signal
+import stat
 import threading
 import time
 
@@ -157,3 +160,53 @@ def test_sighup_adds_and_removes_registries(fake, acr_proxy):
     assert line["changes"] == {"removed": [fake.registry]}, line
     r = get(pp, fake, "/v2/id/small/manifests/v1")
     assert r.status == 404 and b"not configured" in r.body, r.body
+
+
+# ----------------------------------------------------------- cache admin
+
+def cache_cmd(pp, *args, check=True):
+    return run([PULLPROXY_BIN, "cache", "--cache-dir", str(pp.cache_dir), *args],
+               check=check, timeout=60)
+
+
+def test_cache_admin_while_the_server_runs(fake, acr_images, acr_proxy):
+    """ls names the images a blob belongs to; evict and purge go through
+    the running server's admin socket instead of being refused."""
+    small = acr_images[1]["small"]
+    pp = proxy(acr_proxy, fake)
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 200
+    for d in [small.config_digest] + small.layers:
+        assert get(pp, fake, "/v2/id/small/blobs/" + d).status == 200
+    sock = pp.cache_dir / "admin.sock"
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+    ref = "%s/id/small:v1" % fake.registry
+    listed = [json.loads(l) for l in cache_cmd(pp, "ls", "--json").stdout.splitlines()]
+    assert {b["digest"] for b in listed} == {small.config_digest, *small.layers}
+    assert all(b["images"] == [ref] for b in listed), listed
+    text = cache_cmd(pp, "ls").stdout.splitlines()
+    assert all(l.endswith(" " + ref) for l in text), text
+
+    layer = small.layers[0]
+    cp = cache_cmd(pp, "evict", layer)
+    assert cp.stdout == "evicted %s\n" % layer, cp.stdout + cp.stderr
+    assert layer not in cache_cmd(pp, "ls").stdout
+    line = wait_for(lambda: pp.logs("cache evict"), 5, "the evict line")[0]
+    assert line["digest"] == layer and line["result"] == "evicted"
+    cp = cache_cmd(pp, "evict", layer, check=False)
+    assert cp.returncode == 1 and "not in the cache" in cp.stderr, cp.stderr
+    # Served again, from the registry.
+    before = len(fake_requests(fake, "blobs"))
+    assert get(pp, fake, "/v2/id/small/blobs/" + layer).status == 200
+    assert len(fake_requests(fake, "blobs")) == before + 1
+
+    cp = cache_cmd(pp, "purge")
+    assert cp.returncode == 0 and cp.stdout.startswith("purged: evicted "), cp.stdout
+    assert json.loads(cache_cmd(pp, "stats", "--json").stdout)["blobs"] == 0
+    assert pp.logs("cache purge")
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 200
+    cp = cache_cmd(pp, "evict", "--to", "0", "--json")
+    assert json.loads(cp.stdout)["blobs"] == 0, cp.stdout
+    # Not an admin path: refused, and the server carries on.
+    cp = cache_cmd(pp, "evict", "nonsense&to=0", check=False)
+    assert cp.returncode == 1 and "not in the cache" in cp.stderr, cp.stderr

@@ -33,6 +33,10 @@ void platform_configured(const char *s, struct platform *p);
  */
 int platform_index_match(const void *body, size_t len,
     const struct platform *p, char *have, size_t havelen);
+/* The same, with the first matching entry's digest in digest (or ""). */
+int platform_index_pick(const void *body, size_t len,
+    const struct platform *p, char *digest, size_t digestlen, char *have,
+    size_t havelen);
 /*
  * The same for an image config blob (a single-platform image names its
  * platform there): -1 when body is not one.

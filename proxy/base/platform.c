@@ -110,11 +110,23 @@ int
 platform_index_match(const void *body, size_t len, const struct platform *p,
     char *have, size_t havelen)
 {
+	char digest[160];
+
+	return platform_index_pick(body, len, p, digest, sizeof(digest), have,
+	    havelen);
+}
+
+int
+platform_index_pick(const void *body, size_t len, const struct platform *p,
+    char *digest, size_t digestlen, char *have, size_t havelen)
+{
 	json_t *doc, *list, *e;
+	const char *d;
 	size_t i, used = 0;
 	int match = 0;
 
 	have[0] = '\0';
+	digest[0] = '\0';
 	doc = json_loadb(body, len, 0, NULL);
 	list = json_object_get(doc, "manifests");
 	if (!json_is_array(list)) {
@@ -123,8 +135,11 @@ platform_index_match(const void *body, size_t len, const struct platform *p,
 	}
 	json_array_foreach(list, i, e)
 		if (platform_entry(json_object_get(e, "platform"), p, have,
-		    havelen, &used))
+		    havelen, &used) && !match) {
 			match = 1;
+			d = json_string_value(json_object_get(e, "digest"));
+			snprintf(digest, digestlen, "%s", d != NULL ? d : "");
+		}
 	json_decref(doc);
 	return match;
 }

@@ -14,6 +14,7 @@
 #include "containerd_config.h"
 #include "log.h"
 #include "logs.h"
+#include "prefetch.h"
 #include "server.h"
 
 static void
@@ -33,6 +34,8 @@ usage(FILE *f)
 	    "       pullproxy check [--config FILE] [--registry HOST[=URL]]\n"
 	    "                       [--json] [IMAGE]\n"
 	    "       pullproxy fleet [--config FILE] [--for SECONDS] [KEY ...]\n"
+	    "       pullproxy prefetch [--config FILE] [--listen HOST:PORT]\n"
+	    "                       [--platform OS/ARCH] [--quiet] IMAGE...\n"
 	    "       pullproxy --version | --help\n"
 	    "\n"
 	    "  serve         run the mirror (containerd points hosts.toml at it)\n"
@@ -47,9 +50,9 @@ usage(FILE *f)
 	    "  --cache-max-size SIZE  cache budget, e.g. 20G (default 10G)\n"
 	    "  --tag-ttl SECONDS      how long a tag is trusted (default 60)\n"
 	    "\n"
-	    "  cache         inspect the cache: stats, ls, verify (re-hash every\n"
-	    "                blob; safe while serving), evict, purge (stop the\n"
-	    "                server first)\n"
+	    "  cache         inspect the cache: stats, ls (with each blob's\n"
+	    "                images), verify (re-hash every blob), evict, purge;\n"
+	    "                evict and purge ask a running server\n"
 	    "  logs          incident summary of a JSON log (also as kubectl\n"
 	    "                logs --timestamps or the CRI log file prints it):\n"
 	    "                failures per cause and registry with hints, what\n"
@@ -64,7 +67,12 @@ usage(FILE *f)
 	    "                " CHECK_DEFAULT_CONFIG ")\n"
 	    "  fleet         the [fleet] members this node resolves, and the\n"
 	    "                owner of each KEY (sha256:... or REGISTRY/REPO:TAG),\n"
-	    "                one JSON line per change for --for SECONDS\n");
+	    "                one JSON line per change for --for SECONDS\n"
+	    "  prefetch      pull images (this node's platform) into the\n"
+	    "                running server's cache, without containerd\n"
+	    "\n"
+	    "  SIGHUP to serve reloads the registries (auth, pace, mirrors);\n"
+	    "  listeners and the cache need a restart.\n");
 }
 
 struct cmd_serve_args {
@@ -160,6 +168,8 @@ main(int argc, char **argv)
 		return check_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "fleet") == 0)
 		return fleetcmd_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "prefetch") == 0)
+		return prefetch_main(argc - 1, argv + 1);
 	fprintf(stderr, "pullproxy: unknown command '%s' (try --help)\n",
 	    argv[1]);
 	return 2;

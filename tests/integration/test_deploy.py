@@ -20,6 +20,7 @@ from conftest import (LOCALHOST, PULLPROXY_BIN, ROOT, Containerd, build_image,
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 MONITORING = K8S / "monitoring"
+PREFETCH = K8S / "prefetch"
 SCHEMA = ROOT / "tests" / "kubernetes"
 
 CRI = '[plugins."io.containerd.grpc.v1.cri".registry]\n'
@@ -692,6 +693,51 @@ def test_monitoring_uses_only_known_metrics():
     for p in dash["panels"]:
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}", p["title"]
+
+
+def test_prefetch_component(manifests, tmp_path):
+    """The prefetch DaemonSet runs where pullproxy runs, reaches it on the
+    node's loopback with its config, prefetches in an init container and
+    then idles; it passes the schemas and renders with the base."""
+    k, objs, ds, cm, conf = manifests
+    comp, pre = kustomize_objects(PREFETCH, kind="Component")
+    pds = find(pre, "DaemonSet", "pullproxy-prefetch")
+    assert pds["metadata"]["namespace"] == k["namespace"]
+    spec, base = pds["spec"]["template"]["spec"], ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["tolerations"] == base["tolerations"] and spec["affinity"] == base["affinity"]
+    assert pds["spec"]["selector"]["matchLabels"].items() <= \
+        pds["spec"]["template"]["metadata"]["labels"].items()
+    # Not pullproxy's own pods: its Service and PodMonitor select by name.
+    assert pds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] != \
+        ds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+    init = spec["initContainers"][0]
+    assert init["image"] == "pullproxy"
+    assert init["command"] == ["/bin/sh", "-c"]
+    assert init["args"][0].startswith(
+        "exec /usr/local/bin/pullproxy prefetch --config /etc/pullproxy/pullproxy.conf ")
+    assert "$PREFETCH_IMAGES" in init["args"][0]
+    assert {e["name"] for e in init["env"]} == {"PREFETCH_IMAGES"}
+    vol = [v for v in spec["volumes"] if v["name"] == "config"][0]
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]
+    assert [m["mountPath"] for m in init["volumeMounts"]] == ["/etc/pullproxy"]
+    # The config it reads listens on the loopback it can reach.
+    assert conf["server"]["listen"].startswith("127.0.0.1:")
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is not None and (SCHEMA / "node_modules" / "kubernetes-models").is_dir():
+        cp = subprocess.run([node, str(SCHEMA / "validate.js")], input=json.dumps(pre),
+                            capture_output=True, text=True, cwd=SCHEMA, timeout=60)
+        assert cp.returncode == 0 and cp.stdout.count(": ok\n") == len(pre), cp.stdout
+    rendered = kustomize_render(deploy_copy(tmp_path), components=["prefetch"])
+    if rendered is None:
+        return
+    r = find(rendered, "DaemonSet", "pullproxy-prefetch")
+    assert r["metadata"]["namespace"] == k["namespace"]
+    # The generated ConfigMap's name, hash and all.
+    cms = [o["metadata"]["name"] for o in rendered if o["kind"] == "ConfigMap"]
+    assert [v for v in r["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == "config"][0]["configMap"]["name"] in cms
 
 
 def promtool():

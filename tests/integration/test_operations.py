@@ -210,3 +210,36 @@ def test_cache_admin_while_the_server_runs(fake, acr_images, acr_proxy):
     # Not an admin path: refused, and the server carries on.
     cp = cache_cmd(pp, "evict", "nonsense&to=0", check=False)
     assert cp.returncode == 1 and "not in the cache" in cp.stderr, cp.stderr
+
+
+# ------------------------------------------------------------- prefetch
+
+def test_prefetch_pulls_one_platform_into_the_cache(pullproxy, registry, images):
+    multi = images["multi"]
+    arm = [c for c in multi.children if '"arm64"' in c.blobs[c.config_digest].decode()][0]
+    image = "%s/pp/multi:v1" % registry.host
+    cp = run([PULLPROXY_BIN, "prefetch", "--listen", "127.0.0.1:%d" % pullproxy.port,
+              "--platform", "linux/arm64", image], check=False)
+    assert cp.returncode == 0, cp.stderr
+    assert "%s: 2 blobs" % image in cp.stderr and arm.digest in cp.stderr, cp.stderr
+    # Cached, and named by the tag that led to them through the index.
+    listed = {b["digest"]: b["images"] for b in map(json.loads, run(
+        [PULLPROXY_BIN, "cache", "--cache-dir", str(pullproxy.cache_dir), "ls", "--json"]
+    ).stdout.splitlines())}
+    assert listed == {d: [image] for d in [arm.config_digest] + arm.layers}, listed
+    # A pull now is all hits.
+    for d in arm.layers:
+        r = pullproxy.get("/v2/pp/multi/blobs/%s?ns=%s" % (d, registry.host))
+        assert r.status == 200
+    m = metrics(pullproxy)
+    assert m['pullproxy_requests_total{kind="blob",status="200",result="hit"}'] == len(arm.layers)
+
+    cp = run([PULLPROXY_BIN, "prefetch", "--listen", "127.0.0.1:%d" % pullproxy.port,
+              "--platform", "linux/s390x", image], check=False)
+    assert cp.returncode == 1 and "no manifest for linux/s390x" in cp.stderr, cp.stderr
+    assert "linux/amd64" in cp.stderr and "linux/arm64" in cp.stderr
+    cp = run([PULLPROXY_BIN, "prefetch", "--listen", "127.0.0.1:%d" % pullproxy.port,
+              "%s/pp/multi:nope" % registry.host, image], check=False)
+    assert cp.returncode == 1 and ": 404: MANIFEST_UNKNOWN" in cp.stderr, cp.stderr
+    cp = run([PULLPROXY_BIN, "prefetch", "nonsense"], check=False)
+    assert cp.returncode == 1 and "expected registry/repository" in cp.stderr, cp.stderr

@@ -33,7 +33,17 @@ struct incident {
 	size_t		 bodylen;
 	/* What clients got instead of an error, or NULL: "stale", "resumed". */
 	const char	*served;
+	/*
+	 * NULL, or where to write what a client should be told when the
+	 * failure has a cause (not a 404): "upstream registry NAME: CAUSE
+	 * (error) [registry: its message]: HINT". Untouched otherwise.
+	 */
+	char		*tell;
+	size_t		 tellen;
 };
+
+/* The length of a tell buffer that holds a hint and a registry's word. */
+#define INCIDENT_TELL_MAX	512
 
 void incident_log(const struct incident *f);
 /* The window timer runs on base; without this, windows close lazily. */

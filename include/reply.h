@@ -19,7 +19,8 @@ struct upstream_result;
 
 /*
  * Send a complete error reply with an OCI body and its Content-Length
- * (HEAD gets the headers only). Returns the body length sent.
+ * (HEAD gets the headers only, and a 5xx's reason phrase carries msg).
+ * Returns the body length sent.
  */
 size_t reply_error(struct evhttp_request *req, int status, enum oci_err err,
     const char *msg);

@@ -90,6 +90,7 @@ struct bfetch {
 	struct event		*f_room;	/* waiting for the cache to have room */
 	int			 f_roomtries;
 	struct evbuffer		*f_errbody;
+	char			 f_tell[INCIDENT_TELL_MAX];	/* the cause */
 	TAILQ_HEAD(, breader)	 f_readers;
 };
 
@@ -349,9 +350,12 @@ bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
 		.phase = phase,
 		.res = x != NULL ? upstream_xfer_result(x) : NULL,
 		.served = served,
+		.tell = f->f_tell,
+		.tellen = sizeof(f->f_tell),
 	};
 	struct breader *r;
 
+	f->f_tell[0] = '\0';
 	if (status >= 400) {
 		rf.body = evbuffer_pullup(f->f_errbody, -1);
 		rf.bodylen = evbuffer_get_length(f->f_errbody);
@@ -387,7 +391,8 @@ bfetch_close(struct bfetch *f, int complete, int status, enum oci_err err,
 		r->r_fetch = NULL;
 		TAILQ_INSERT_TAIL(&ctx->bc_readers, r, r_entry);
 		if (!complete)
-			breader_fail(r, status, err, msg);
+			breader_fail(r, status, err, f->f_tell[0] != '\0' ?
+			    f->f_tell : msg);
 		else if (!r->r_client.c_started)
 			breader_begin(r, f->f_size, f->f_media);
 		else

@@ -175,6 +175,18 @@ incident_log(const struct incident *f)
 	reply_body_error(f->body, f->bodylen, &doc, &code, &msg);
 	incident_classify(f, code, msg, &c);
 	metrics_failure(metrics_registry(registry), c.cause);
+	/*
+	 * containerd reports the first host's error when every host fails:
+	 * the pod's event then names the cause and hint, as the log would.
+	 */
+	if (f->tell != NULL && c.cause != CLASSIFY_NONE &&
+	    c.cause != CLASSIFY_NOT_FOUND)
+		snprintf(f->tell, f->tellen, "upstream registry %s: %s%s%.120s%s"
+		    "%s%.160s%s: %s", registry, classify_cause_name(c.cause),
+		    f->error != NULL ? " (" : "", f->error != NULL ? f->error :
+		    "", f->error != NULL ? ")" : "", msg != NULL ?
+		    " [registry: " : "", msg != NULL ? msg : "", msg != NULL ?
+		    "]" : "", c.hint);
 	if (c.cause != CLASSIFY_NONE &&
 	    incident_repeat_count(f, registry, c.cause)) {
 		json_decref(doc);

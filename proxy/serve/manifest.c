@@ -59,6 +59,7 @@ struct mfetch {
 	struct upstream_xfer	*f_xfer;
 	int			 f_head;	/* revalidating a known tag */
 	char			 f_known[CACHE_DIGEST_MAX];	/* or "" */
+	char			 f_tell[INCIDENT_TELL_MAX];	/* the cause */
 	struct evbuffer		*f_body;
 	TAILQ_HEAD(, mwaiter)	 f_waiters;
 };
@@ -225,8 +226,11 @@ mfetch_log_failure(struct mfetch *f, const struct upstream_xfer *x,
 		.phase = phase,
 		.res = x != NULL ? upstream_xfer_result(x) : NULL,
 		.served = served,
+		.tell = f->f_tell,
+		.tellen = sizeof(f->f_tell),
 	};
 
+	f->f_tell[0] = '\0';
 	if (status >= 400) {
 		rf.body = evbuffer_pullup(f->f_body, -1);
 		rf.bodylen = evbuffer_get_length(f->f_body);
@@ -307,7 +311,8 @@ mfetch_failed(struct mfetch *f, struct upstream_xfer *x, long status,
 		    registry_name(f->f_rq.reg), error);
 	mfetch_log_failure(f, x, phase, status, error,
 	    TAILQ_EMPTY(&f->f_waiters) ? 0 : cstatus, NULL);
-	mfetch_fail_all(f, cstatus, err, msg);
+	mfetch_fail_all(f, cstatus, err, f->f_tell[0] != '\0' ? f->f_tell :
+	    msg);
 	mfetch_close(f);
 }
 

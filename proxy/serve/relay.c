@@ -141,10 +141,11 @@ relay_fail(struct relay *r, int status, enum oci_err err, const char *msg)
 	relay_close(r, r->r_client.c_started);
 }
 
+/* tell: NULL, or where the cause goes for the client (incident.h). */
 static void
 relay_log_failure(struct relay *r, const struct upstream_xfer *x,
     enum classify_phase phase, long upstatus, const char *error,
-    int client_status)
+    int client_status, char *tell)
 {
 	struct incident f = {
 		.rq = &r->r_client.c_rq,
@@ -154,6 +155,8 @@ relay_log_failure(struct relay *r, const struct upstream_xfer *x,
 		.client_status = client_status,
 		.phase = phase,
 		.res = upstream_xfer_result(x),
+		.tell = tell,
+		.tellen = INCIDENT_TELL_MAX,
 	};
 
 	if (upstatus >= 400) {
@@ -181,7 +184,7 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 {
 	enum oci_err err;
 	int cstatus;
-	char msg[256];
+	char msg[INCIDENT_TELL_MAX];
 
 	cstatus = reply_upstream_status(r->r_client.c_rq.route.kind, status,
 	    evbuffer_pullup(r->r_buf, -1), evbuffer_get_length(r->r_buf), &err);
@@ -192,7 +195,7 @@ relay_upstream_error(struct relay *r, const struct upstream_xfer *x,
 	/* Before relay_fail, which frees r. */
 	if (status != 416)
 		relay_log_failure(r, x, CLASSIFY_PHASE_REQUEST, status, NULL,
-		    cstatus);
+		    cstatus, msg);
 	relay_fail(r, cstatus, err, msg);
 }
 
@@ -302,14 +305,14 @@ relay_stream_done(struct relay *r, struct upstream_xfer *x,
 		got += evbuffer_get_length(r->r_held);
 	if (r->r_expect >= 0 && got != (uint64_t)r->r_expect) {
 		relay_log_failure(r, x, CLASSIFY_PHASE_BODY, res->status,
-		    "short body", r->r_client.c_status);
+		    "short body", r->r_client.c_status, NULL);
 		relay_close(r, 1);
 		return;
 	}
 	if (r->r_digest != NULL && !digest_matches(r->r_digest,
 	    r->r_client.c_rq.route.reference)) {
 		relay_log_failure(r, x, CLASSIFY_PHASE_DIGEST, res->status,
-		    "digest mismatch", r->r_client.c_status);
+		    "digest mismatch", r->r_client.c_status, NULL);
 		relay_close(r, 1);
 		return;
 	}
@@ -334,15 +337,17 @@ relay_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	    !(r->r_mode == RELAY_ERROR && res->status >= 400)) {
 		enum oci_err err;
 		int status = reply_transport_status(res, &err);
+		char tell[INCIDENT_TELL_MAX];
 
+		snprintf(tell, sizeof(tell), "%s", res->throttled ||
+		    res->circuit != CLASSIFY_NONE ? res->error :
+		    "upstream registry unreachable");
 		relay_log_failure(r, x, r->r_client.c_started ?
 		    CLASSIFY_PHASE_BODY : CLASSIFY_PHASE_REQUEST, res->status,
 		    res->error, r->r_client.c_started ? r->r_client.c_status :
-		    status);
+		    status, tell);
 		r->r_xfer = NULL;
-		relay_fail(r, status, err, res->throttled ||
-		    res->circuit != CLASSIFY_NONE ? res->error :
-		    "upstream registry unreachable");
+		relay_fail(r, status, err, tell);
 		return;
 	}
 	r->r_xfer = NULL;

@@ -20,13 +20,46 @@
 #include "reply.h"
 #include "upstream.h"
 
+/* A reason phrase holds the cause and its hint, cut past this. */
+#define REPLY_REASON_MAX	640
+
+/*
+ * The status line's reason phrase for a server error answering a HEAD
+ * with msg: the standard one, then msg, printable and short. containerd
+ * resolves a tag with a HEAD (no body to read) and reports a failing
+ * host by its status line; when every host fails, the pod's event shows
+ * the first host's error, which is then pullproxy's. A GET's body says
+ * the same (containerd prints it as "Server message").
+ */
+static const char *
+reply_reason(int status, const char *msg, char *buf, size_t len)
+{
+	const char *std;
+	size_t i, n;
+
+	switch (status) {
+	case 500: std = "Internal Server Error"; break;
+	case 502: std = "Bad Gateway"; break;
+	case 503: std = "Service Unavailable"; break;
+	case 504: std = "Gateway Timeout"; break;
+	default: return NULL;
+	}
+	if (msg == NULL || *msg == '\0')
+		return std;
+	snprintf(buf, len, "%s: %s", std, msg);
+	for (i = 0, n = strlen(buf); i < n; i++)
+		if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f)
+			buf[i] = ' ';
+	return buf;
+}
+
 size_t
 reply_error(struct evhttp_request *req, int status, enum oci_err err,
     const char *msg)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	struct evbuffer *body = evbuffer_new();
-	char buf[1024], len[32];
+	char buf[4096], len[32], reason[REPLY_REASON_MAX];
 	int n, head;
 
 	n = oci_err_body(buf, sizeof(buf), err, msg, NULL);
@@ -41,7 +74,8 @@ reply_error(struct evhttp_request *req, int status, enum oci_err err,
 	snprintf(len, sizeof(len), "%d", n);
 	evhttp_add_header(h, "Content-Length", len);
 	head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
-	evhttp_send_reply(req, status, NULL, head ? NULL : body);
+	evhttp_send_reply(req, status, head ? reply_reason(status, msg, reason,
+	    sizeof(reason)) : NULL, head ? NULL : body);
 	if (body != NULL)
 		evbuffer_free(body);
 	return head ? 0 : (size_t)n;

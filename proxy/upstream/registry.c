@@ -125,7 +125,8 @@ registry_set_unused(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	set->rs_unused_cb(set->rs_unused_arg);
+	if (set->rs_held == 0)	/* else the last release comes back here */
+		set->rs_unused_cb(set->rs_unused_arg);
 }
 
 struct registry_set *

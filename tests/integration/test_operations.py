@@ -111,7 +111,7 @@ def test_sighup_reloads_registries_without_dropping_transfers(fake, acr_images, 
     pp = proxy(acr_proxy, fake, rate=10, burst=20)
     section = pp.conf.read_text()
     # A layer download stalls half way: it is in flight during the reload.
-    fake.add_fault(endpoint="storage", stall_s=2, count=1)
+    fake.add_fault(endpoint="storage", stall_s=6, count=1)
     got = {}
     t = threading.Thread(target=lambda: got.update(r=get(pp, fake, "/v2/id/big/blobs/" + layer,
                                                          timeout=60)))

@@ -357,6 +357,7 @@ ratelimit_apply(struct ratelimit *rl, uint64_t now)
 
 	ratelimit_bucket_set(&rl->rl_bucket, rate, burst < 1 ? 1 : burst, now);
 	metrics_rl_rate(rl->rl_metric, rate, rl->rl_aimd.a_ceiling);
+	metrics_rl_tokens(rl->rl_metric, rl->rl_bucket.b_tokens);
 }
 
 /* The steps due by now; logged when they reach the ceiling. */

@@ -216,3 +216,31 @@ def test_metrics_and_probes(acr_proxy, anon, acr_images):
                    "pullproxy_ratelimit_queue_depth", "pullproxy_ratelimit_tokens",
                    "pullproxy_ratelimit_paused", "pullproxy_cache_served_bytes_total"):
         assert re.search(r"^# TYPE %s " % family, text, re.M), family
+
+
+def test_fleet_share_and_cut_on_429(acr_proxy, anon, many_tags):
+    """fleet_rate / fleet_nodes caps the node's rate; a burst of 429s to
+    requests sent together cuts it once, by half, and says so."""
+    pp = acr_proxy(rate=100, burst=100, max_wait_s=30, fleet_rate=40,
+                   fleet_nodes=5)
+    reg = anon.registry
+    m = metrics(pp)
+    assert m['pullproxy_ratelimit_ceiling{registry="%s"}' % reg] == 8
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % reg] == 8
+    # The burst shrank with the rate: 100 * 8 / 100.
+    assert m['pullproxy_ratelimit_tokens{registry="%s"}' % reg] == 8
+    ceiling = pp.logs("upstream rate ceiling")
+    assert len(ceiling) == 1 and ceiling[0]["nodes"] == 5
+
+    # Four requests out at once, all answered 429 (no Retry-After, as ACR).
+    # Held 1 s at the fake, so all four are out before the first 429.
+    anon.add_fault(endpoint="manifests", repo=REPO, status=429, count=4,
+                   delay_ms=1000)
+    res = burst_get(pp, anon, ["/v2/%s/manifests/t%d" % (REPO, i) for i in range(4)])
+    assert sorted(r[1] for r in res) == [503] * 4, res
+    m = metrics(pp)
+    assert m['pullproxy_upstream_throttled_total{registry="%s"}' % reg] == 4
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % reg] == 4
+    cuts = pp.logs("upstream rate cut")
+    assert len(cuts) == 1, cuts
+    assert cuts[0]["from"] == 8 and cuts[0]["rate"] == 4

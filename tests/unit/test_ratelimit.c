@@ -421,6 +421,9 @@ test_queue_full(void **state)
 		    NULL, NULL), 0);
 	assert_int_equal(ratelimit_enter(rl, &w[i], RATELIMIT_HIGH, NULL,
 	    NULL), -1);
+	/* One held after a 429 had its place already: the cap is no bar. */
+	ratelimit_answered(rl, &w[0], 429, NULL);
+	assert_int_equal(ratelimit_hold(rl, &w[0], NULL, NULL), 0);
 	ratelimit_free(rl);	/* drops the waits still queued */
 	free(w);
 	event_base_free(base);

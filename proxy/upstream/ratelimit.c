@@ -555,9 +555,10 @@ void
 ratelimit_answered(struct ratelimit *rl, struct ratelimit_wait *w,
     long status, const char *retry_after)
 {
-	uint64_t now = ratelimit_now_ms(), until, sent;
+	uint64_t now = ratelimit_now_ms(), sent;
 	double was = rl->rl_aimd.a_rate;
 	long delay = -1;
+	int fresh;
 
 	metrics_upstream(rl->rl_metric, status);
 	ratelimit_grow(rl, now);
@@ -566,19 +567,31 @@ ratelimit_answered(struct ratelimit *rl, struct ratelimit_wait *w,
 		return;
 	}
 	metrics_rl_429(rl->rl_metric);
-	rl->rl_streak++;
+	sent = w != NULL && w->w_sent_ms != 0 ? w->w_sent_ms :
+	    now - (now > RATELIMIT_RTT_MS ? RATELIMIT_RTT_MS : now);
+	/*
+	 * Only a new congestion event cuts, and counts as one more 429 in a
+	 * row for the backoff: twenty answers to one burst are one event.
+	 */
+	if ((fresh = ratelimit_aimd_cut(&rl->rl_aimd, now, sent))) {
+		rl->rl_streak++;
+		ratelimit_apply(rl, now);
+		log_event(LOG_LEVEL_WARN, "upstream rate cut", json_pack(
+		    "{s:s,s:f,s:f,s:f}", "registry", rl->rl_name, "from", was,
+		    "rate", rl->rl_aimd.a_rate, "ceiling",
+		    rl->rl_aimd.a_ceiling));
+	}
 	if (retry_after != NULL)
 		delay = ratelimit_retry_after_ms(retry_after, time(NULL));
-	if (delay < 0)
+	if (delay < 0 && fresh)
 		delay = ratelimit_backoff_ms(rl->rl_streak, arc4random());
-	until = now + (uint64_t)delay;
-	rl->rl_absorbed++;
 	if (ratelimit_paused(rl, now)) {
 		/* Answers to requests sent before the pause: counted, not logged. */
-		if (until > rl->rl_paused_until)
-			rl->rl_paused_until = until;
-	} else {
-		rl->rl_paused_until = until;
+		rl->rl_absorbed++;
+		if (delay >= 0 && now + (uint64_t)delay > rl->rl_paused_until)
+			rl->rl_paused_until = now + (uint64_t)delay;
+	} else if (delay >= 0) {
+		rl->rl_paused_until = now + (uint64_t)delay;
 		rl->rl_pause_start = now;
 		rl->rl_absorbed = 1;
 		metrics_rl_paused(rl->rl_metric, 1);
@@ -587,18 +600,11 @@ ratelimit_answered(struct ratelimit *rl, struct ratelimit_wait *w,
 		    "retry_after", retry_after, "pause_ms", (json_int_t)delay,
 		    "queued", ratelimit_queued(rl)));
 	}
-	sent = w != NULL && w->w_sent_ms != 0 ? w->w_sent_ms :
-	    now - (now > RATELIMIT_RTT_MS ? RATELIMIT_RTT_MS : now);
-	if (ratelimit_aimd_cut(&rl->rl_aimd, now, sent)) {
-		ratelimit_apply(rl, now);
-		log_event(LOG_LEVEL_WARN, "upstream rate cut", json_pack(
-		    "{s:s,s:f,s:f,s:f}", "registry", rl->rl_name, "from", was,
-		    "rate", rl->rl_aimd.a_rate, "ceiling",
-		    rl->rl_aimd.a_ceiling));
-	}
 	/* Come back at the rate in force, not with a burst. */
-	rl->rl_bucket.b_tokens = 0;
-	rl->rl_bucket.b_last_ms = rl->rl_paused_until;
+	if (rl->rl_paused_until != 0) {
+		rl->rl_bucket.b_tokens = 0;
+		rl->rl_bucket.b_last_ms = rl->rl_paused_until;
+	}
 	ratelimit_schedule(rl, now);
 }
 

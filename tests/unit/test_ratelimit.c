@@ -470,9 +470,10 @@ static void
 test_aimd_handle(void **state)
 {
 	struct event_base *base = event_base_new();
-	struct ratelimit_wait w[2];
+	struct ratelimit_wait w[4];
 	struct evbuffer *out = evbuffer_new();
 	struct ratelimit *rl;
+	int i;
 
 	(void)state;
 	memset(w, 0, sizeof(w));
@@ -481,16 +482,17 @@ test_aimd_handle(void **state)
 	assert_true(ratelimit_rate(rl) == 10);
 	assert_non_null(strstr(render(out),
 	    "pullproxy_ratelimit_rate{registry=\"aimd.example\"} 10\n"));
-	assert_int_equal(ratelimit_enter(rl, &w[0], RATELIMIT_HIGH, NULL,
-	    NULL), 1);
-	assert_int_equal(ratelimit_enter(rl, &w[1], RATELIMIT_LOW, NULL,
-	    NULL), 1);
+	for (i = 0; i < 4; i++)
+		assert_int_equal(ratelimit_enter(rl, &w[i], RATELIMIT_LOW, NULL,
+		    NULL), 1);
 	ratelimit_answered(rl, &w[0], 200, NULL);
 	assert_true(ratelimit_rate(rl) == 10);
-	/* Both were out when the 429s came: one cut. */
-	ratelimit_answered(rl, &w[0], 429, "0");
-	ratelimit_answered(rl, &w[1], 429, "0");
+	/* All four were out when their 429s came: one cut... */
+	for (i = 0; i < 4; i++)
+		ratelimit_answered(rl, &w[i], 429, NULL);
 	assert_true(ratelimit_rate(rl) == 5);
+	/* ...and one 429 in a row: the pause is backoff(1), 1 s at most. */
+	assert_true(ratelimit_retry_after_s(rl) <= 2);
 	/* Without its request, a 429 is taken as sent a second ago. */
 	ratelimit_observe(rl, 429, "0");
 	assert_true(ratelimit_rate(rl) == 5);
@@ -498,7 +500,7 @@ test_aimd_handle(void **state)
 	    "pullproxy_ratelimit_rate{registry=\"aimd.example\"} 5\n"));
 	assert_non_null(strstr(render(out),
 	    "pullproxy_upstream_throttled_total{registry=\"aimd.example\"} "
-	    "3\n"));
+	    "5\n"));
 	/* A fleet of 25 sharing 50/s: 2/s each, at once. */
 	ratelimit_fleet(rl, 50, 25);
 	assert_true(ratelimit_rate(rl) == 2);

@@ -74,7 +74,7 @@ BURST_RETRIES_429 = 5		# containerd: 429 retried at once, same host
 # server), as containerd does.
 PACING_NODES = 4
 PACING_IMAGES = 6		# per node, 24 distinct pulls in all
-PACING_LAYERS = 2		# plus a config: 5 registry reads a pull
+PACING_LAYERS = 2		# plus a config: 4 reads a pull at least (5 direct)
 PACING_LAYER_SIZE = 64 * 1024
 PACING_ACR_RATE = 4		# the registry's reads per second (429 beyond)
 PACING_ACR_BURST = 4
@@ -2195,10 +2195,11 @@ http {
 		finally:
 			acr.stop(check=False)
 
-	def fake_acr(self, name, repos, layers, size):
+	def fake_acr(self, name, repos, layers, size, own_config=False):
 		"""The fake ACR (tests/fakeacr, built if missing), anonymous pull,
 		with an image tagged v1 of layers random layers of size bytes in
-		each of repos; None (and a line saying why) when it cannot run."""
+		each of repos (own_config: a config blob of its own each, else one
+		shared by all); None (and a line saying why) when it cannot run."""
 		sys.path.insert(0, os.path.join(self.root, "tests", "fakeacr"))
 		import fakeacr
 		if not os.path.exists(fakeacr.FAKEACR_BIN):
@@ -2211,8 +2212,11 @@ http {
 		content = os.path.join(self.work, name + "-content")
 		rnd = random.Random(6)
 		for repo in repos:
+			config = {"architecture": "amd64", "os": "linux",
+			    "rootfs": {"type": "layers", "diff_ids": []},
+			    "config": {"Labels": {"repo": repo}}} if own_config else None
 			fakeacr.write_image(content, repo, "v1",
-			    [rnd.randbytes(size) for _ in range(layers)])
+			    [rnd.randbytes(size) for _ in range(layers)], config)
 		return fakeacr.FakeACR().start(os.path.join(self.work, name + "-acr"),
 		    content, anonymous=True)
 
@@ -2283,7 +2287,7 @@ http {
 		    PACING_LAYER_SIZE // 1024, PACING_ACR_RATE, PACING_ACR_BURST))
 		acr = self.fake_acr("pacing", [self.pacing_repo(n, i)
 		    for n in range(PACING_NODES) for i in range(PACING_IMAGES)],
-		    PACING_LAYERS, PACING_LAYER_SIZE)
+		    PACING_LAYERS, PACING_LAYER_SIZE, own_config=True)
 		if acr is None:
 			return
 		try:
@@ -2351,7 +2355,9 @@ http {
 				o.line("  pullproxy %d did not start: %s" % (n, tail(log)))
 				return
 			nodes.append((p, port, log))
-		reads = PACING_NODES * PACING_IMAGES * (3 + PACING_LAYERS)
+		# What the registry must serve at least: each image's manifest,
+		# config and layers once (a tag's HEAD can be answered by the GET).
+		reads = PACING_NODES * PACING_IMAGES * (2 + PACING_LAYERS)
 		ideal = float(reads) / PACING_ACR_RATE
 		rows, details = [], []
 		for name, bases, fallback in (
@@ -2385,7 +2391,8 @@ http {
 		    "fell back to registry", "wall s", "wall / ideal"], rows)
 		for d in details:
 			o.line(d)
-		o.line("  ideal: %d reads / %d reads/s = %.0f s; of the 429s, %d were "
+		o.line("  ideal: %d reads (manifest, config, layers) / %d reads/s = %.0f s; "
+		    "of the 429s, %d were "
 		    "drawn by the pullproxies, the rest by pods sent to the registry"
 		    % (reads, PACING_ACR_RATE, ideal, pp429))
 		o.line("  rate cuts logged by the pullproxies: %d; admitted rate per "

@@ -255,7 +255,8 @@ long ratelimit_retry_hint_s(uint64_t pause_left_ms, int queued, double rate);
 long ratelimit_retry_after_ms(const char *value, time_t now);
 
 /*
- * The pause after the n-th 429 in a row (n >= 1) without Retry-After:
+ * The pause after the n-th 429 in a row (n >= 1) without Retry-After
+ * (429s to requests sent before the last cut are not counted again):
  * 1 s doubled per 429 up to 60 s, then a random point in its upper half
  * (jitter: nodes throttled together do not come back together).
  */

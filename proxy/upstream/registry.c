@@ -103,9 +103,13 @@ registry_new(struct event_base *base, struct upstream *up,
 	    (r->r_circuit = circuit_new(conf->name, conf->circuit_failures,
 	    conf->circuit_open_s)) == NULL)
 		goto fail;
-	/* Until the fleet counts the live nodes (it calls this again). */
-	ratelimit_fleet(r->r_pace, conf->fleet_rate,
-	    (unsigned int)conf->fleet_nodes);
+	/*
+	 * Until the fleet counts the live nodes (it calls this again):
+	 * fleet_nodes, else [fleet] peers (the same list on every node).
+	 */
+	ratelimit_fleet(r->r_pace, conf->fleet_rate, (unsigned int)
+	    (conf->fleet_nodes > 0 ? (size_t)conf->fleet_nodes :
+	    cfg->fleet.npeers));
 	if ((r->r_auth = auth_new(base, up, r->r_pace, cfg, conf, err,
 	    errlen)) == NULL || registry_mirror_token(r, err, errlen) == -1)
 		goto fail;

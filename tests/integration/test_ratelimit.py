@@ -11,8 +11,8 @@ import time
 import pytest
 
 pytest.register_assert_rewrite("acr")
-from acr import get, ns_path  # noqa: E402
-from conftest import SANITIZED, http_request, metrics  # noqa: E402
+from acr import get, ns_path, registry_section  # noqa: E402
+from conftest import SANITIZED, free_port, http_request, metrics  # noqa: E402
 
 from fakeacr import write_image  # noqa: E402  (acr.py put it on sys.path)
 
@@ -244,3 +244,18 @@ def test_fleet_share_and_cut_on_429(acr_proxy, anon, many_tags):
     cuts = pp.logs("upstream rate cut")
     assert len(cuts) == 1, cuts
     assert cuts[0]["from"] == 8 and cuts[0]["rate"] == 4
+
+
+def test_fleet_share_from_the_peers_configured(pullproxy_factory, tmp_path, anon):
+    """Without fleet_nodes, the static [fleet] peers list (the same on
+    every node) counts the nodes until the fleet counts the live ones."""
+    conf, token = tmp_path / "fleet.conf", tmp_path / "peer-token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    conf.write_text(registry_section(anon, None, rate=100, fleet_rate=30) +
+                    "[fleet]\npeers = 127.0.0.2:5001, 127.0.0.3:5001, "
+                    "127.0.0.4:5001\npeer_listen = 127.0.0.1:%d\n"
+                    "peer_token_file = %s\n" % (free_port(), token))
+    pp = pullproxy_factory(registries=[], args=["--config", str(conf)])
+    m = metrics(pp)
+    assert m['pullproxy_ratelimit_ceiling{registry="%s"}' % anon.registry] == 10
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % anon.registry] == 10

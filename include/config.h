@@ -61,7 +61,7 @@ struct config_registry {
 	 * min(rate, fleet_rate / nodes).
 	 */
 	double	 fleet_rate;	/* 0: no budget, the ceiling is rate */
-	long	 fleet_nodes;	/* 0: not known (taken as 1) */
+	long	 fleet_nodes;	/* 0: [fleet] peers' count, else 1 */
 	/*
 	 * Failing fast (circuit.h): after circuit_failures transfers in a row
 	 * fail in transport or with a 5xx, refuse for circuit_open_s, then

@@ -167,9 +167,6 @@ void ratelimit_leave(struct ratelimit_wait *w);
  */
 void ratelimit_answered(struct ratelimit *rl, struct ratelimit_wait *w,
     long status, const char *retry_after);
-/* ratelimit_answered without w: for callers that do not pass it yet. */
-void ratelimit_observe(struct ratelimit *rl, long status,
-    const char *retry_after);
 
 /*
  * Hold and resend: w's request was answered 429 (reported first with

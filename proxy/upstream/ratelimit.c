@@ -607,9 +607,3 @@ ratelimit_answered(struct ratelimit *rl, struct ratelimit_wait *w,
 	}
 	ratelimit_schedule(rl, now);
 }
-
-void
-ratelimit_observe(struct ratelimit *rl, long status, const char *retry_after)
-{
-	ratelimit_answered(rl, NULL, status, retry_after);
-}

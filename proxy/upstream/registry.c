@@ -193,6 +193,12 @@ registry_auth(const struct registry *reg)
 	return reg->r_auth;
 }
 
+long
+registry_retry_after_s(const struct registry *reg)
+{
+	return ratelimit_retry_after_s(reg->r_pace);
+}
+
 /*
  * The route's URL at the registry. tags/list paging is written from the
  * route's parsed values (a number and a tag: nothing to escape), never

@@ -442,7 +442,7 @@ test_pause(void **state)
 	waiters_init(&w, 1, &s, "p");
 	rl = ratelimit_new(base, "pause.example", 100, 50, 30);
 	gettimeofday(&t0, NULL);
-	ratelimit_observe(rl, 429, "1");
+	ratelimit_answered(rl, NULL, 429, "1");
 	/* Tokens in the bucket do not matter while paused. */
 	enter(rl, &w, RATELIMIT_HIGH, 0);
 	run_until(base, 3000);
@@ -451,7 +451,7 @@ test_pause(void **state)
 	assert_true(d.tv_sec * 1000 + d.tv_usec / 1000 >= 1000);
 	assert_true(d.tv_sec * 1000 + d.tv_usec / 1000 < 1500);
 	/* Any other status ends the streak; the pause is over. */
-	ratelimit_observe(rl, 200, NULL);
+	ratelimit_answered(rl, NULL, 200, NULL);
 	ratelimit_free(rl);
 	event_base_free(base);
 }
@@ -494,7 +494,7 @@ test_aimd_handle(void **state)
 	/* ...and one 429 in a row: the pause is backoff(1), 1 s at most. */
 	assert_true(ratelimit_retry_after_s(rl) <= 2);
 	/* Without its request, a 429 is taken as sent a second ago. */
-	ratelimit_observe(rl, 429, "0");
+	ratelimit_answered(rl, NULL, 429, "0");
 	assert_true(ratelimit_rate(rl) == 5);
 	assert_non_null(strstr(render(out),
 	    "pullproxy_ratelimit_rate{registry=\"aimd.example\"} 5\n"));

@@ -66,6 +66,11 @@ struct registry *registry_set_find(const struct registry_set *set,
 const struct config_registry *registry_config(const struct registry *reg);
 const char *registry_name(const struct registry *reg);
 struct auth *registry_auth(const struct registry *reg);
+/*
+ * Seconds a client told "too many requests" should wait before asking
+ * again (the pause left, then the queue at the pace in force).
+ */
+long registry_retry_after_s(const struct registry *reg);
 
 /* One upstream request, ready for upstream_xfer_start(&rr->ureq, ...). */
 struct registry_req {

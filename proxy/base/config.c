@@ -477,6 +477,10 @@ config_set_registry(struct config_registry *r, const char *key,
 		return config_set_long(&r->burst, value, 1, 100000);
 	if (strcmp(key, "max_wait_s") == 0)
 		return config_set_long(&r->max_wait_s, value, 0, 3600);
+	if (strcmp(key, "fleet_rate") == 0)
+		return config_set_rate(&r->fleet_rate, value);
+	if (strcmp(key, "fleet_nodes") == 0)
+		return config_set_long(&r->fleet_nodes, value, 1, 100000);
 	if (strcmp(key, "circuit_failures") == 0)
 		return config_set_long(&r->circuit_failures, value, 0, 1000);
 	if (strcmp(key, "circuit_open_s") == 0)

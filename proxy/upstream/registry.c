@@ -109,6 +109,13 @@ registry_new(struct event_base *base, struct upstream *up,
 	    (r->r_circuit = circuit_new(conf->name, conf->circuit_failures,
 	    conf->circuit_open_s)) == NULL)
 		goto fail;
+	/*
+	 * Until the fleet counts the live nodes (it calls this again):
+	 * fleet_nodes, else [fleet] peers (the same list on every node).
+	 */
+	ratelimit_fleet(r->r_pace, conf->fleet_rate, (unsigned int)
+	    (conf->fleet_nodes > 0 ? (size_t)conf->fleet_nodes :
+	    cfg->fleet.npeers));
 	if ((r->r_auth = auth_new(base, up, r->r_pace, cfg, conf, err,
 	    errlen)) == NULL || registry_mirror_token(r, err, errlen) == -1)
 		goto fail;
@@ -246,6 +253,12 @@ struct auth *
 registry_auth(const struct registry *reg)
 {
 	return reg->r_auth;
+}
+
+long
+registry_retry_after_s(const struct registry *reg)
+{
+	return ratelimit_retry_after_s(reg->r_pace);
 }
 
 /*

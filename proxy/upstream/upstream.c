@@ -57,6 +57,7 @@ enum xfer_hold {
 	HOLD_AUTH,	/* a 401 auth can answer */
 	HOLD_RETRY,	/* a transient 5xx, to be sent again */
 	HOLD_FALLBACK,	/* a mirror's error: the next origin is asked */
+	HOLD_PACE,	/* the registry's 429: sent again when the pace allows */
 };
 
 enum xfer_state {
@@ -113,6 +114,7 @@ struct upstream_xfer {
 	struct ratelimit_wait	 x_rlwait;	/* XFER_LIMITED */
 	int			 x_admitted;	/* took a token for the next send */
 	int			 x_throttled;	/* waited too long: report it */
+	int			 x_paced;	/* held after a 429 */
 	struct timeval		 x_queued;	/* when it began to wait */
 	/* With a circuit, and retries: */
 	struct circuit		*x_circuit;
@@ -155,6 +157,7 @@ struct upstream_sock {
 };
 
 static void upstream_check_done(struct upstream *);
+static void upstream_unhold(struct upstream_xfer *);
 static void upstream_note_url(struct upstream_xfer *);
 static enum classify_cause upstream_cause(const struct upstream_result *, int);
 static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
@@ -242,8 +245,12 @@ upstream_admitted(void *arg, int ok)
 	struct upstream_xfer *x = arg;
 
 	TAILQ_REMOVE(&x->x_up->u_limited, x, x_entry);
-	if (ok)
+	if (ok) {
 		x->x_admitted = 1;
+		if (x->x_held == HOLD_PACE)
+			upstream_unhold(x);
+	} else if (x->x_paced)
+		x->x_replay = 1;	/* the kept 429 is the answer */
 	else {
 		x->x_throttled = 1;
 		snprintf(x->x_errbuf, sizeof(x->x_errbuf), "throttled locally: "
@@ -667,6 +674,8 @@ upstream_status_hold(struct upstream_xfer *x, long status)
 {
 	if (x->x_mirror >= 0 && status >= 400 && status != 416)
 		return upstream_hold(x, HOLD_FALLBACK);
+	if (status == 429 && x->x_rl != NULL)
+		return upstream_hold(x, HOLD_PACE);
 	if (x->x_retries > 0 && upstream_status_transient(status))
 		return upstream_hold(x, HOLD_RETRY);
 	return 0;
@@ -818,6 +827,26 @@ upstream_account(struct upstream_xfer *x, double seconds)
 	    seconds);
 }
 
+/*
+ * The registry answered 429: the answer is kept from the caller and the
+ * transfer goes back into the pace's queue at the place it first had, to
+ * be sent again when the pause ends; once its wait passes max_wait_s the
+ * kept 429 is the answer (the caller answers 503 with Retry-After).
+ */
+static void
+upstream_pace_hold(struct upstream_xfer *x)
+{
+	x->x_paced = 1;
+	x->x_admitted = 0;
+	if (ratelimit_hold(x->x_rl, &x->x_rlwait, upstream_admitted, x) == 0) {
+		x->x_state = XFER_LIMITED;
+		TAILQ_INSERT_TAIL(&x->x_up->u_limited, x, x_entry);
+		return;
+	}
+	x->x_replay = 1;
+	upstream_requeue(x);
+}
+
 static void
 upstream_check_done(struct upstream *up)
 {
@@ -849,12 +878,17 @@ upstream_check_done(struct upstream *up)
 		upstream_note_failure(x, &res);
 		/* A mirror's 429 is the mirror's: the registry's pace stays. */
 		if (x->x_rl != NULL && res.curl == CURLE_OK && x->x_mirror < 0)
-			ratelimit_observe(x->x_rl, status,
+			ratelimit_answered(x->x_rl, &x->x_rlwait, status,
 			    upstream_xfer_header(x, "Retry-After"));
 		res.attempts = x->x_attempts;
 		if (x->x_held == HOLD_AUTH && res.curl == CURLE_OK) {
 			x->x_heldres = res;
 			upstream_auth_retry(x);
+			continue;
+		}
+		if (x->x_held == HOLD_PACE && res.curl == CURLE_OK) {
+			x->x_heldres = res;
+			upstream_pace_hold(x);
 			continue;
 		}
 		if (x->x_mirror >= 0 && upstream_fallback(x, &res))

@@ -70,6 +70,17 @@ def pp(acr_proxy, fake):
     return p.start()
 
 
+@pytest.fixture
+def patient_pp(acr_proxy, fake):
+    """pp with a stall timeout that a busy fake's first byte fits in: the
+    fake reads and hashes a 48 MiB manifest before it answers."""
+    fake.config(anonymous=True)
+    p = acr_proxy(start=False)
+    p.conf.write_text(SERVER.replace("stall_timeout_s = 1", "stall_timeout_s = 20")
+                      + p.conf.read_text())
+    return p.start()
+
+
 class Got:
     """One GET through pullproxy. complete: the body ended where its
     Content-Length said; False when the connection was cut."""
@@ -338,10 +349,11 @@ def peak_growth_kib(pid, action):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_manifest_over_4_mib(pp, fake, hostile, chunked):
+def test_manifest_over_4_mib(patient_pp, fake, hostile, chunked):
     """Refused with its cause, never stored, and never buffered past the
     limit: announced (Content-Length) or not (chunked), 48 MiB raise
     pullproxy's peak memory by a few MiB at most."""
+    pp = patient_pp
     if chunked:
         fake.add_fault(endpoint="manifests", repo="hostile/huge", chunked=True)
     got = []

@@ -381,6 +381,8 @@ test_ratelimit(void **state)
 	    "rate = 0.5\n"
 	    "burst = 3\n"
 	    "max_wait_s = 0\n"
+	    "fleet_rate = 45\n"
+	    "fleet_nodes = 12\n"
 	    "[registry b.example]\n"
 	    "url = https://b.example\n");
 	config_init(&cfg);
@@ -388,10 +390,15 @@ test_ratelimit(void **state)
 	assert_true(cfg.registries[0].rate == 0.5);
 	assert_int_equal(cfg.registries[0].burst, 3);
 	assert_int_equal(cfg.registries[0].max_wait_s, 0);
+	assert_true(cfg.registries[0].fleet_rate == 45);
+	assert_int_equal(cfg.registries[0].fleet_nodes, 12);
 	/* Defaults: one node well under a Basic registry's 1,000/min. */
 	assert_true(cfg.registries[1].rate == 10);
 	assert_int_equal(cfg.registries[1].burst, 20);
 	assert_int_equal(cfg.registries[1].max_wait_s, 30);
+	/* No fleet budget unless given: the ceiling is rate. */
+	assert_true(cfg.registries[1].fleet_rate == 0);
+	assert_int_equal(cfg.registries[1].fleet_nodes, 0);
 	config_free(&cfg);
 
 	expect_file_error("[registry a.example]\nrate = 0\n",
@@ -404,6 +411,12 @@ test_ratelimit(void **state)
 	    "2: [registry a.example] burst: expected a whole number 1-100000");
 	expect_file_error("[registry a.example]\nburst = 2.5\n",
 	    "2: [registry a.example] burst: expected a whole number 1-100000");
+	expect_file_error("[registry a.example]\nfleet_rate = 0\n",
+	    "2: [registry a.example] fleet_rate: expected requests per "
+	    "second, 0.01-100000");
+	expect_file_error("[registry a.example]\nfleet_nodes = 0\n",
+	    "2: [registry a.example] fleet_nodes: expected a whole number "
+	    "1-100000");
 	expect_file_error("[registry a.example]\nmax_wait_s = -1\n",
 	    "2: [registry a.example] max_wait_s: expected a whole number "
 	    "0-3600");

@@ -1,6 +1,8 @@
 /*
- * confdiff: the config's fields compared by tables of offsets, so that a
- * key added to a table is compared everywhere it matters.
+ * confdiff: the config's fields compared by tables of offsets. A key added
+ * to config.h belongs in one of the tables: a registry's (applied by a
+ * reload), the server's that requests read (applied), or the restart
+ * ones (refused).
  */
 #include <stddef.h>
 #include <string.h>
@@ -71,7 +73,10 @@ static const struct confdiff_key confdiff_registry_keys[] = {
 	S(username_file), S(password_file), S(refresh_token_file),
 	S(client_id), S(tenant), S(imds_url), L(imds_retry_s),
 	{ "rate", offsetof(struct config_registry, rate), CD_DOUBLE },
-	L(burst), L(max_wait_s), L(circuit_failures), L(circuit_open_s),
+	L(burst), L(max_wait_s),
+	{ "fleet_rate", offsetof(struct config_registry, fleet_rate),
+	    CD_DOUBLE },
+	L(fleet_nodes), L(circuit_failures), L(circuit_open_s),
 	L(retries), S(mirror_token_file),
 };
 

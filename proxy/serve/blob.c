@@ -822,12 +822,10 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
     const struct client_request *rq)
 {
 	const struct oci_route *route = &rq->route;
-	struct client_request miss = *rq;
+	struct client_request miss;
 	struct cache_blob_info info;
 	struct breader *r;
 	struct bfetch *f;
-
-	miss.result = METRICS_RESULT_MISS;
 
 	/*
 	 * Single flight by digest alone: content is addressed by digest, so
@@ -839,6 +837,8 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 	    &info) != CACHE_OK) {
 		/* A HEAD on a miss is not worth a download. */
 		if (rq->head) {
+			miss = *rq;
+			miss.result = METRICS_RESULT_MISS;
 			relay_start(ctx->bc_relays, req, &miss);
 			return;
 		}

@@ -573,11 +573,10 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 	const struct oci_route *route = &rq->route;
 	uint64_t fetched, ttl_ms = (uint64_t)ctx->mc_cfg->tag_ttl_s * 1000;
 	char digest[CACHE_DIGEST_MAX];
-	struct client_request hrq = *rq;
+	struct client_request hrq;
 	struct manifest_hit hit;
 	size_t n;
 
-	hrq.result = METRICS_RESULT_HIT;
 	digest[0] = '\0';
 	if (route->by_digest) {
 		/* The server sends only sha256 digests here. */
@@ -598,6 +597,8 @@ manifest_start(struct manifest_ctx *ctx, struct evhttp_request *req,
 	if (digest[0] != '\0' && manifest_lookup(ctx, digest, &hit) == 0) {
 		/* Logged before sending, while req (and its URI) is ours. */
 		n = rq->head ? 0 : hit.len;
+		hrq = *rq;
+		hrq.result = METRICS_RESULT_HIT;
 		metrics_cache(METRICS_CACHE_MANIFEST, 1);
 		metrics_cache_bytes(METRICS_CACHE_MANIFEST, n, 1);
 		client_log(&hrq, evhttp_request_get_uri(req), 200, n);

@@ -547,7 +547,10 @@ server_new(struct event_base *base, const struct config *cfg)
 		server_free(srv);
 		return NULL;
 	}
-	/* Without it the server still serves: cache evict says why. */
+	/*
+	 * No credential: the socket's mode is the gate. Without it the
+	 * server still serves, and cache evict says why it cannot.
+	 */
 	snprintf(admin, sizeof(admin), "%s/%s", cfg->cache_dir,
 	    ADMINAPI_SOCKET);
 	if (server_listen(&srv->s_lis[SERVER_ADMIN], admin, 0,
@@ -591,17 +594,24 @@ server_config_free(struct config *cfg)
 	}
 }
 
+/* After registry_set_close (and, at exit, after upstream_free). */
+static void
+server_gen_free(struct server_gen *g)
+{
+	TAILQ_REMOVE(&g->g_srv->s_retired, g, g_entry);
+	registry_set_free(g->g_regs);
+	server_config_free(g->g_cfg);
+	free(g);
+}
+
 /* No request holds a retired generation any more: let it go. */
 static void
 server_gen_unused(void *arg)
 {
 	struct server_gen *g = arg;
 
-	TAILQ_REMOVE(&g->g_srv->s_retired, g, g_entry);
 	registry_set_close(g->g_regs);
-	registry_set_free(g->g_regs);
-	server_config_free(g->g_cfg);
-	free(g);
+	server_gen_free(g);
 	log_msg(LOG_LEVEL_DEBUG, "previous config released");
 }
 
@@ -672,12 +682,8 @@ server_free(struct server *srv)
 	upstream_free(srv->s_up);
 	registry_set_free(srv->s_regs);
 	server_config_free(srv->s_own);
-	while ((g = TAILQ_FIRST(&srv->s_retired)) != NULL) {
-		TAILQ_REMOVE(&srv->s_retired, g, g_entry);
-		registry_set_free(g->g_regs);
-		server_config_free(g->g_cfg);
-		free(g);
-	}
+	while ((g = TAILQ_FIRST(&srv->s_retired)) != NULL)
+		server_gen_free(g);
 	/* After evhttp: queued file segments unpin the cache as they go. */
 	if (srv->s_cache != NULL)
 		cache_close(srv->s_cache);

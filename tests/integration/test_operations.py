@@ -69,6 +69,27 @@ def test_hit_bytes_apart_from_registry_bytes(fake, acr_images, acr_proxy):
     assert len(base) == 1 and base[0]["cache"] is None
 
 
+def test_stale_answers_are_counted_as_stale(fake, acr_proxy):
+    """A known tag served from the cache because the registry failed is
+    result="stale" (what PullproxyServingStale reads), in the metric and
+    the request's log line."""
+    fake.config(anonymous=True)
+    pp = acr_proxy(start=False, retries=0)
+    pp.conf.write_text("[server]\ntag_ttl_s = 0\n" + pp.conf.read_text())
+    pp.start()
+    tag = "/v2/id/small/manifests/v1"
+    assert get(pp, fake, tag).status == 200
+    fake.add_fault(endpoint="manifests", status=503)
+    r = get(pp, fake, tag)
+    assert r.status == 200 and "110" in (r.header("Warning") or ""), r.body
+    m = metrics(pp)
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="stale"}'] == 1
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="miss"}'] == 1
+    lines = wait_for(lambda: [l for l in pp.requests() if l["route"] == tag][1:] and
+                     [l for l in pp.requests() if l["route"] == tag], 5, "request lines")
+    assert [l["cache"] for l in lines] == ["miss", "stale"]
+
+
 def test_build_info_names_the_version(fake, acr_proxy):
     pp = proxy(acr_proxy, fake)
     version = run([PULLPROXY_BIN, "--version"]).stdout.split()[1]

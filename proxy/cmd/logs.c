@@ -63,6 +63,7 @@ struct logs {
 	char		*ls_part[2];	/* CRI P lines not yet ended, per stream */
 	size_t		 ls_partlen[2];
 	struct logs_tally ls_served;	/* status of "request" lines */
+	struct logs_tally ls_cache;	/* their "cache": hit, miss, stale */
 	unsigned long	 ls_requests;
 	struct logs_tally ls_other;	/* other warnings, by msg */
 	struct logs_tally ls_retries;	/* requests sent again, by cause */
@@ -269,6 +270,7 @@ logs_free(struct logs *ls)
 	free(ls->ls_part[0]);
 	free(ls->ls_part[1]);
 	logs_tally_free(&ls->ls_served);
+	logs_tally_free(&ls->ls_cache);
 	logs_tally_free(&ls->ls_other);
 	logs_tally_free(&ls->ls_retries);
 	logs_tally_free(&ls->ls_degraded);
@@ -397,6 +399,9 @@ logs_object(struct logs *ls, json_t *o)
 		if (json_is_integer(st))
 			logs_tally_int(&ls->ls_served,
 			    json_integer_value(st), 1);
+		if (json_is_string(json_object_get(o, "cache")))
+			logs_tally_add(&ls->ls_cache, json_string_value(
+			    json_object_get(o, "cache")), 1);
 		return;
 	}
 	/* Transient: the request went again, and its end is logged apart. */
@@ -537,6 +542,7 @@ logs_sort(const struct logs *ls)
 	}
 	logs_tally_sort(&ls->ls_clients);
 	logs_tally_sort(&ls->ls_served);
+	logs_tally_sort(&ls->ls_cache);
 	logs_tally_sort(&ls->ls_other);
 	logs_tally_sort(&ls->ls_retries);
 	logs_tally_sort(&ls->ls_degraded);
@@ -617,8 +623,8 @@ logs_json(const struct logs *ls)
 		    "repositories", repos);
 		json_array_append_new(causes, co);
 	}
-	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o},s:o,s:o,"
-	    "s:o}",
+	o = json_pack("{s:o,s:o,s:I,s:I,s:I,s:o,s:o,s:{s:I,s:I,s:o,s:o},s:o,"
+	    "s:o,s:o}",
 	    "first", logs_time_json(ls->ls_first),
 	    "last", logs_time_json(ls->ls_last),
 	    "lines", (json_int_t)ls->ls_lines,
@@ -629,6 +635,7 @@ logs_json(const struct logs *ls)
 	    "requests", "total", (json_int_t)ls->ls_requests,
 	    "ok", (json_int_t)logs_tally_get(&ls->ls_served, "200"),
 	    "status", logs_tally_json(&ls->ls_served),
+	    "cache", logs_tally_json(&ls->ls_cache),
 	    "other", logs_tally_json(&ls->ls_other),
 	    "retries", logs_tally_json(&ls->ls_retries),
 	    "degraded", logs_tally_json(&ls->ls_degraded));
@@ -702,6 +709,10 @@ logs_print(const struct logs *ls, FILE *f)
 		fprintf(f, "\nserved: %lu requests, %lu with 200; by status: ",
 		    ls->ls_requests, logs_tally_get(&ls->ls_served, "200"));
 		logs_print_tally(f, &ls->ls_served, SIZE_MAX);
+		if (ls->ls_cache.t_n > 0) {
+			fprintf(f, "; by cache: ");
+			logs_print_tally(f, &ls->ls_cache, SIZE_MAX);
+		}
 	}
 	if (ls->ls_other.t_n > 0) {
 		fprintf(f, "\nother warnings: ");

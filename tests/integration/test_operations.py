@@ -67,6 +67,10 @@ def test_hit_bytes_apart_from_registry_bytes(fake, acr_images, acr_proxy):
     assert m['pullproxy_requests_total{kind="base",status="200",result="none"}'] == 1
     base = [l for l in pp.requests() if l["route"] == "/v2/"]
     assert len(base) == 1 and base[0]["cache"] is None
+    # pullproxy logs tallies them.
+    summary = json.loads(run([PULLPROXY_BIN, "logs", "--json", str(pp.log_path)]).stdout)
+    assert summary["requests"]["cache"] == {"hit": 3, "miss": 2}, summary["requests"]
+    assert "by cache: " in run([PULLPROXY_BIN, "logs", str(pp.log_path)]).stdout
 
 
 def test_stale_answers_are_counted_as_stale(fake, acr_proxy):

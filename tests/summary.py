@@ -59,7 +59,7 @@ def sanitizer_prefixes(tests):
 
 
 def run_cases(builddir, setup):
-    """(name, result) for every case of one `meson test` run."""
+    """(name, result, detail) for every case of one `meson test` run."""
     base = os.path.join(builddir, "meson-logs", "testlog" + ("-" + setup if setup else ""))
     try:
         with open(base + ".json") as fh:

@@ -73,8 +73,44 @@ struct guard {
 	TAILQ_HEAD(, guard_conn) g_conns;
 };
 
-/* A listener's error callback gets evhttp's argument, not ours. */
-static struct guard *guard_listening;
+/*
+ * A listener's error callback gets evhttp's argument, not ours: the
+ * guards listening, to find the one whose listener failed. One per
+ * listener role (server.h's), so a few.
+ */
+#define GUARD_LISTENING_MAX	8
+static struct guard *guard_listening[GUARD_LISTENING_MAX];
+
+/* Remember g (on), or forget it. */
+static void
+guard_listening_set(struct guard *g, int on)
+{
+	size_t i, slot = GUARD_LISTENING_MAX;
+
+	for (i = 0; i < GUARD_LISTENING_MAX; i++) {
+		if (guard_listening[i] == g) {
+			if (!on)
+				guard_listening[i] = NULL;
+			return;
+		}
+		if (guard_listening[i] == NULL && slot == GUARD_LISTENING_MAX)
+			slot = i;
+	}
+	if (on && slot < GUARD_LISTENING_MAX)
+		guard_listening[slot] = g;
+}
+
+static struct guard *
+guard_of(const struct evconnlistener *lev)
+{
+	size_t i;
+
+	for (i = 0; i < GUARD_LISTENING_MAX; i++)
+		if (guard_listening[i] != NULL &&
+		    guard_listening[i]->g_lev == lev)
+			return guard_listening[i];
+	return NULL;
+}
 
 static time_t
 guard_now(void)
@@ -252,11 +288,15 @@ guard_bev_new(struct guard *g)
 static void
 guard_accept_error(struct evconnlistener *lev, void *arg)
 {
-	struct guard *g = guard_listening;
+	struct guard *g = guard_of(lev);
 	struct timeval pause = { 0, GUARD_ACCEPT_PAUSE_MS * 1000 };
 	int err = EVUTIL_SOCKET_ERROR();
 
 	(void)arg;
+	if (g == NULL) {	/* not one of ours: stop it spinning */
+		evconnlistener_disable(lev);
+		return;
+	}
 	/* Records of closed connections still hold their descriptors. */
 	guard_sweep(g);
 	evconnlistener_disable(lev);
@@ -287,10 +327,10 @@ guard_listen(struct guard *g, struct evconnlistener *lev)
 	g->g_lev = lev;
 	if (lev == NULL) {
 		event_del(g->g_resume);
-		guard_listening = NULL;
+		guard_listening_set(g, 0);
 		return;
 	}
-	guard_listening = g;
+	guard_listening_set(g, 1);
 	evconnlistener_set_error_cb(lev, guard_accept_error);
 }
 
@@ -527,8 +567,7 @@ guard_free(struct guard *g)
 {
 	if (g == NULL)
 		return;
-	if (guard_listening == g)
-		guard_listening = NULL;
+	guard_listening_set(g, 0);
 	while (!TAILQ_EMPTY(&g->g_conns))
 		guard_conn_free(g, TAILQ_FIRST(&g->g_conns));
 	if (g->g_sweep != NULL)

@@ -926,6 +926,10 @@ def test_systemd_unit_verifies(tmp_path):
         assert re.search("^%s$" % re.escape(line), text, re.M), line
     # The cache is the state directory, and stop waits out the drain.
     assert "--cache-dir ${STATE_DIRECTORY}" in text
+    # reload is SIGHUP, then hosts.toml in step with the new registries.
+    reloads = re.findall(r"^ExecReload=(.*)$", text, re.M)
+    assert reloads == ["/bin/kill -HUP $MAINPID", "+/usr/local/bin/pullproxy containerd-config "
+                       "--config /etc/pullproxy/pullproxy.conf"], reloads
     assert int(re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M).group(1)) > 30
 
 

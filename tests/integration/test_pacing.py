@@ -57,11 +57,12 @@ def test_a_429_is_held_and_sent_again(fake, acr_proxy, acr_images):
     assert m['pullproxy_upstream_throttled_total{registry="%s"}' % reg] == 1
     assert m['pullproxy_requests_total{route="manifest",status="200"}'] == 1
     assert 'pullproxy_requests_total{route="manifest",status="503"}' not in m
-    # The 429 halved the pace: rate 10 -> 5 under the ceiling 10.
-    assert m['pullproxy_ratelimit_rate{registry="%s"}' % reg] == 5
-    assert m['pullproxy_ratelimit_ceiling{registry="%s"}' % reg] == 10
+    # The 429 halved the pace, 10 -> 5 under the ceiling 10 (a tenth of
+    # it back per quiet 5 s: 6 on a machine slow enough to take that).
     cut = pp.logs("upstream rate cut")
     assert [(l["from"], l["rate"]) for l in cut] == [(10, 5)], cut
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % reg] in (5, 6)
+    assert m['pullproxy_ratelimit_ceiling{registry="%s"}' % reg] == 10
 
 
 def test_a_retry_after_sets_when_it_goes_again(fake, acr_proxy, acr_images):
@@ -108,6 +109,10 @@ def test_held_past_max_wait_is_503_with_retry_after(fake, acr_proxy, retry_after
     else:
         # Backoff 0.5 to 1 s, then 1 to 2 s: sent again at least once.
         assert len(log) >= 2, log
+    # Logged once, as the registry's throttling, with every send counted.
+    fail = pp.logs("upstream failure")
+    assert [(l["status"], l["cause"], l["client_status"], l["attempt"])
+            for l in fail] == [(429, "throttled", 503, len(log))], fail
     reg = fake.registry
     m = metrics(pp)
     assert m['pullproxy_requests_total{route="manifest",status="503"}'] == 1
@@ -266,15 +271,15 @@ def test_containerd_pulls_at_once_through_a_throttling_registry(
     # (10 -> 5) and a second (5 is still over 4/s) come within seconds;
     # then the rate is at most 4 and must grow by a quiet step (a tenth
     # of the ceiling per RATELIMIT_AIMD_QUIET_MS, 5 s) to overshoot again:
-    # about one cut per step, measured 2 to 4 in 20 s. A pace that is not
+    # about one cut per step, measured 2 or 3 in 20 s. A pace that is not
     # halved draws a 429 and a "cut" every second or two (12 to 14 in
     # 20 s when tried).
     assert 1 <= len(cuts) <= 2 + wall / 5, cuts
     # 429s: the first event costs at most what one burst sends past the
     # registry's (pullproxy's burst 20 less its 4; containerd's requests
-    # come spread out: measured 1 to 13); each later one the requests in
-    # flight when its 429 came back: after a pause the bucket restarts
-    # empty at 5/s or less, so one, two on a slow machine; 3 allowed.
-    # Measured 3 to 14 in all. A 429 that neither paused nor cut the pace
+    # come spread out, so it was 1 to 4 here); each later one the
+    # requests in flight when its 429 came back: after a pause the bucket
+    # restarts empty at 5/s or less, so one, two on a slow machine; 3
+    # allowed. Measured 2 to 14 in all. A 429 that neither paused nor cut the pace
     # (the request only sent again in turn) drew 119 when tried.
     assert n429 <= (PP_BURST - ACR_RATE) + 3 * (len(cuts) - 1), (n429, len(cuts))

@@ -277,7 +277,7 @@ def test_containerd_pulls_at_once_through_a_throttling_registry(
     assert 1 <= len(cuts) <= 2 + wall / 5, cuts
     # 429s: the first event costs at most what one burst sends past the
     # registry's (pullproxy's burst 20 less its 4; containerd's requests
-    # come spread out, so it was 1 to 4 here); each later one the
+    # come spread out, so it was 1 to 8 here); each later one the
     # requests in flight when its 429 came back: after a pause the bucket
     # restarts empty at 5/s or less, so one, two on a slow machine; 3
     # allowed. Measured 2 to 14 in all. A 429 that neither paused nor cut the pace

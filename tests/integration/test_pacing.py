@@ -140,6 +140,23 @@ def test_a_token_fetch_429_is_held_and_sent_again(fake, acr_proxy, acr_images):
                      registry=fake.registry) == 1
 
 
+def test_a_blob_429_is_held_and_sent_again(fake, acr_proxy, acr_images):
+    """A blob waits in the low class; its 429 is held the same way."""
+    img = acr_images[1]["small"]
+    layer = img.layers[0]
+    pp = anonymous(acr_proxy, fake)
+    fake.add_fault(endpoint="blobs", status=429, count=1)
+    r = http_request(pp.port, "GET", ns_path(fake, "/v2/id/small/blobs/" + layer))
+    assert r.status == 200 and r.body == img.blobs[layer]
+    blobs = fake_requests(fake, "blobs")
+    assert [(q["path"], q["status"]) for q in blobs] == [
+        ("/v2/id/small/blobs/" + layer, 429), ("/v2/id/small/blobs/" + layer, 307)], blobs
+    assert blobs[1]["time"] - blobs[0]["time"] >= 0.45
+    assert [q["status"] for q in fake_requests(fake, listener="storage")] == [200]
+    assert pp_series(pp, "pullproxy_upstream_throttled_total",
+                     registry=fake.registry) == 1
+
+
 def test_a_storage_429_is_held_and_sent_again(fake, acr_proxy, acr_images):
     img = acr_images[1]["small"]
     layer = img.layers[0]

@@ -55,8 +55,9 @@ def test_a_429_is_held_and_sent_again(fake, acr_proxy, acr_images):
     reg = fake.registry
     m = metrics(pp)
     assert m['pullproxy_upstream_throttled_total{registry="%s"}' % reg] == 1
-    assert m['pullproxy_requests_total{route="manifest",status="200"}'] == 1
-    assert 'pullproxy_requests_total{route="manifest",status="503"}' not in m
+    assert m['pullproxy_requests_total{kind="manifest",status="200",result="miss"}'] == 1
+    assert not any(k.startswith('pullproxy_requests_total{kind="manifest",status="503"')
+                   for k in m)
     # The 429 halved the pace, 10 -> 5 under the ceiling 10 (a tenth of
     # it back per quiet 5 s: 6 on a machine slow enough to take that).
     cut = pp.logs("upstream rate cut")
@@ -115,7 +116,7 @@ def test_held_past_max_wait_is_503_with_retry_after(fake, acr_proxy, retry_after
             for l in fail] == [(429, "throttled", 503, len(log))], fail
     reg = fake.registry
     m = metrics(pp)
-    assert m['pullproxy_requests_total{route="manifest",status="503"}'] == 1
+    assert m['pullproxy_requests_total{kind="manifest",status="503",result="miss"}'] == 1
     assert m['pullproxy_ratelimit_rejected_total{registry="%s"}' % reg] == 1
     assert m['pullproxy_upstream_throttled_total{registry="%s"}' % reg] == len(log)
 

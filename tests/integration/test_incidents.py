@@ -100,7 +100,9 @@ def test_circuit_opens_fails_fast_and_probes(fake, acr_images, acr_proxy):
     opened = wait_for(lambda: pp.logs("circuit open"), 5, "circuit open")
     assert opened[0]["cause"] == "upstream_unavailable" and opened[0]["failures"] == 3
     assert opened[0]["open_s"] == 1 and "hint" in opened[0]
-    assert series(pp, "pullproxy_circuit_state", registry=fake.registry) == 1
+    # Open (1) while its 1 s window lasts; a slow machine may scrape after
+    # it, when the gauge says half-open (2): never closed.
+    assert series(pp, "pullproxy_circuit_state", registry=fake.registry) in (1, 2)
     assert series(pp, "pullproxy_circuit_opened_total", registry=fake.registry) == 1
 
     # Open: refused without a request upstream, with the cause; the

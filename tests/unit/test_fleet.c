@@ -155,7 +155,7 @@ test_membership_change_moves_about_one_nth(void **state)
 		}
 	}
 	/* 909 and 1,000 expected; standard deviations about 29 and 30. */
-	print_message("moved: %d of %d keys on add, %d on remove\n",
+	print_message("# moved: %d of %d keys on add, %d on remove\n",
 	    moved_add, NKEYS, moved_rm);
 	assert_true(moved_add > NKEYS / 11 * 7 / 10 &&
 	    moved_add < NKEYS / 11 * 13 / 10);

@@ -98,10 +98,29 @@ struct upstream_auth {
 	void	(*wait_cancel)(void *wait);
 };
 
-/* A mirror asked before the registry, with its own breaker. */
+/*
+ * A mirror asked before the registry, with its own breaker. The transfer
+ * copies the entries; what they point to must live until it ends, or be
+ * held through ref and unref (called with hold at start and at the end).
+ */
 struct upstream_mirror {
 	const char	*url;		/* base URL, as the registry's */
 	struct circuit	*circuit;
+	/* Its Authorization value, or NULL: the request's
+	 * mirror_authorization. */
+	const char	*authorization;
+	const char	*header;	/* one more "Name: value", or NULL */
+	long		 stall_timeout_s;	/* 0: the request's */
+	/*
+	 * A fleet peer: its redirects are followed, Authorization included,
+	 * only to addresses hop_ok accepts (1), the other peers; without
+	 * hop_ok a mirror's Authorization stays on its own host.
+	 */
+	int		(*hop_ok)(void *hold, int family, const void *addr,
+			    int port);
+	void		*hold;
+	void		(*ref)(void *hold);
+	void		(*unref)(void *hold);
 };
 
 struct upstream_req {

@@ -667,6 +667,8 @@ bfetch_send(struct bfetch *f, const char *range)
 
 	if (registry_req_init(&rr, f->f_rq.reg, &f->f_rq.route) == -1)
 		return -1;
+	if (!f->f_rq.from_peer)
+		registry_req_fleet(&rr, f->f_rq.reg, &f->f_rq.route);
 	rr.ureq.range = range;
 	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &rr.ureq, &cbs, f);
 	registry_req_clear(&rr);

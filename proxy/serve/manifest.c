@@ -480,6 +480,8 @@ mfetch_get(struct mfetch *f, int head)
 
 	if (registry_req_init(&rr, f->f_rq.reg, &f->f_rq.route) == -1)
 		return -1;
+	if (!f->f_rq.from_peer)
+		registry_req_fleet(&rr, f->f_rq.reg, &f->f_rq.route);
 	rr.ureq.head = head;
 	rr.ureq.accept = f->f_accept;
 	f->f_head = head;

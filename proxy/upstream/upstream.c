@@ -121,14 +121,15 @@ struct upstream_xfer {
 	struct event		*x_backoff;
 	const char		*x_registry;
 	/* With mirrors (origins: the mirrors in order, then the registry): */
-	const struct upstream_mirror *x_mirrors;
+	struct upstream_mirror	*x_mirrors;	/* a copy of the request's */
 	size_t			 x_nmirrors;
 	size_t			 x_next;	/* the next mirror to ask */
 	int			 x_mirror;	/* asked: index; -1 the registry */
 	int			 x_mprobe;	/* the mirror's half-open probe */
 	char			*x_path;	/* what mirrors are asked */
 	const char		*x_mirrorauth;	/* Authorization for mirrors */
-	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + it */
+	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + its own */
+	long			 x_stall_s;	/* the request's stall timeout */
 	char			*x_regurl;	/* the URL at the registry */
 };
 TAILQ_HEAD(xferq, upstream_xfer);
@@ -157,6 +158,8 @@ static void upstream_note_url(struct upstream_xfer *);
 static enum classify_cause upstream_cause(const struct upstream_result *);
 static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
     const char *);
+static struct curl_slist *upstream_headers_plus(const struct upstream_xfer *,
+    const char *, const char *);
 
 static void
 upstream_schedule_kick(struct upstream *up)
@@ -196,6 +199,12 @@ upstream_requeue(struct upstream_xfer *x)
 static void
 upstream_xfer_free(struct upstream_xfer *x)
 {
+	size_t m;
+
+	for (m = 0; m < x->x_nmirrors; m++)
+		if (x->x_mirrors[m].unref != NULL)
+			x->x_mirrors[m].unref(x->x_mirrors[m].hold);
+	free(x->x_mirrors);
 	if (x->x_in_multi)
 		curl_multi_remove_handle(x->x_up->u_multi, x->x_easy);
 	curl_easy_cleanup(x->x_easy);
@@ -333,16 +342,30 @@ upstream_set_url(struct upstream_xfer *x, const char *url)
 	return 0;
 }
 
-/* A mirror's headers: the request's, and the mirrors' token if any. */
+/*
+ * A mirror's headers: the request's, its token (its own, else the
+ * mirrors') and its extra line; its stall timeout; and for a fleet peer,
+ * the token follows the redirects upstream_hop_allowed lets through.
+ */
 static int
-upstream_mirror_headers(struct upstream_xfer *x)
+upstream_mirror_headers(struct upstream_xfer *x,
+    const struct upstream_mirror *m)
 {
-	if (x->x_mirrorauth != NULL && x->x_mirrorheaders == NULL &&
-	    (x->x_mirrorheaders = upstream_headers_auth(x,
-	    x->x_mirrorauth)) == NULL)
+	const char *auth = m->authorization != NULL ? m->authorization :
+	    x->x_mirrorauth;
+
+	curl_slist_free_all(x->x_mirrorheaders);
+	x->x_mirrorheaders = NULL;
+	if ((auth != NULL || m->header != NULL) &&
+	    (x->x_mirrorheaders = upstream_headers_plus(x, auth,
+	    m->header)) == NULL)
 		return -1;
 	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
 	    x->x_mirrorheaders != NULL ? x->x_mirrorheaders : x->x_reqheaders);
+	curl_easy_setopt(x->x_easy, CURLOPT_LOW_SPEED_TIME,
+	    m->stall_timeout_s > 0 ? m->stall_timeout_s : x->x_stall_s);
+	curl_easy_setopt(x->x_easy, CURLOPT_UNRESTRICTED_AUTH,
+	    m->hop_ok != NULL ? 1L : 0L);
 	return 0;
 }
 
@@ -375,12 +398,14 @@ upstream_origin(struct upstream_xfer *x)
 		rc = upstream_set_url(x, url);
 		free(url);
 		if (rc == 0)
-			rc = upstream_mirror_headers(x);
+			rc = upstream_mirror_headers(x, m);
 		return rc;
 	}
 	x->x_mirror = -1;
 	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
 	    x->x_authheaders != NULL ? x->x_authheaders : x->x_reqheaders);
+	curl_easy_setopt(x->x_easy, CURLOPT_LOW_SPEED_TIME, x->x_stall_s);
+	curl_easy_setopt(x->x_easy, CURLOPT_UNRESTRICTED_AUTH, 0L);
 	return upstream_set_url(x, x->x_regurl);
 }
 
@@ -512,9 +537,13 @@ upstream_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
-/* The request's headers and an Authorization line: a new list, or NULL. */
+/*
+ * The request's headers, an Authorization line with value and one more
+ * line (each when not NULL): a new list, or NULL.
+ */
 static struct curl_slist *
-upstream_headers_auth(const struct upstream_xfer *x, const char *value)
+upstream_headers_plus(const struct upstream_xfer *x, const char *value,
+    const char *extra)
 {
 	struct curl_slist *l = NULL, *h, *n;
 	char *line;
@@ -524,6 +553,13 @@ upstream_headers_auth(const struct upstream_xfer *x, const char *value)
 			goto fail;
 		l = n;
 	}
+	if (extra != NULL) {
+		if ((n = curl_slist_append(l, extra)) == NULL)
+			goto fail;
+		l = n;
+	}
+	if (value == NULL)
+		return l;
 	if (asprintf(&line, "Authorization: %s", value) == -1)
 		goto fail;
 	n = curl_slist_append(l, line);
@@ -534,6 +570,13 @@ upstream_headers_auth(const struct upstream_xfer *x, const char *value)
 fail:
 	curl_slist_free_all(l);
 	return NULL;
+}
+
+/* The request's headers and an Authorization line: a new list, or NULL. */
+static struct curl_slist *
+upstream_headers_auth(const struct upstream_xfer *x, const char *value)
+{
+	return upstream_headers_plus(x, value, NULL);
 }
 
 /* Replace the Authorization header the next send carries. */
@@ -698,7 +741,9 @@ upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 	if (x->x_headers_done ||
 	    (res->curl == CURLE_OK && x->x_held != HOLD_FALLBACK))
 		return 0;
-	metrics_failure(metrics_registry(m->url), cause);
+	/* Peers come and go; metric series live for the process. */
+	if (m->hop_ok == NULL)
+		metrics_failure(metrics_registry(m->url), cause);
 	log_event(LOG_LEVEL_INFO, "mirror failed", json_pack(
 	    "{s:s,s:s,s:s,s:s,s:I,s:s}", "registry", x->x_registry, "mirror",
 	    m->url, "url", upstream_xfer_url(x), "cause",
@@ -962,13 +1007,24 @@ upstream_reach(int family, const void *addr)
  * Called for every new connection and every request sent on one.
  */
 static int
-upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr)
+upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr,
+    int port)
 {
 	enum upstream_reach to = upstream_reach(family, addr);
+	const struct upstream_mirror *m = x->x_mirror >= 0 ?
+	    &x->x_mirrors[x->x_mirror] : NULL;
 	long redirects = 0;
 	char ip[INET6_ADDRSTRLEN];
 
 	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_COUNT, &redirects);
+	/* A peer's redirect carries the peer token: to another peer only. */
+	if (redirects != 0 && m != NULL && m->hop_ok != NULL &&
+	    !m->hop_ok(m->hold, family, addr, port)) {
+		inet_ntop(family, addr, ip, sizeof(ip));
+		snprintf(x->x_refusal, sizeof(x->x_refusal), "redirect to "
+		    "%s port %d refused: not a fleet peer", ip, port);
+		return 0;
+	}
 	if (redirects == 0 || to == REACH_REMOTE || to == x->x_reach)
 		return 1;
 	inet_ntop(family, addr, ip, sizeof(ip));
@@ -986,9 +1042,13 @@ upstream_curl_open(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
 	    (const void *)&((const struct sockaddr_in6 *)&a->addr)->sin6_addr :
 	    (const void *)&((const struct sockaddr_in *)&a->addr)->sin_addr;
 
+	int port = ntohs(a->family == AF_INET6 ?
+	    ((const struct sockaddr_in6 *)&a->addr)->sin6_port :
+	    ((const struct sockaddr_in *)&a->addr)->sin_port);
+
 	if (purpose == CURLSOCKTYPE_IPCXN &&
 	    (a->family == AF_INET || a->family == AF_INET6) &&
-	    !upstream_hop_allowed(arg, a->family, ip))
+	    !upstream_hop_allowed(arg, a->family, ip, port))
 		return CURL_SOCKET_BAD;
 	return socket(a->family, a->socktype, a->protocol);
 }
@@ -1007,14 +1067,13 @@ upstream_curl_prereq(void *arg, char *primary_ip, char *local_ip,
 	char ip[INET6_ADDRSTRLEN];
 
 	(void)local_ip;
-	(void)primary_port;
 	(void)local_port;
 	/* Without a zone ("fe80::1%eth0"), which inet_pton refuses. */
 	snprintf(ip, sizeof(ip), "%.*s", (int)strcspn(primary_ip, "%"),
 	    primary_ip);
 	if (inet_pton(family, ip, addr) != 1)
 		return CURL_PREREQFUNC_OK;	/* not IP: a unix socket */
-	if (!upstream_hop_allowed(x, family, addr))
+	if (!upstream_hop_allowed(x, family, addr, primary_port))
 		return CURL_PREREQFUNC_ABORT;
 	x->x_reach = upstream_reach(family, addr);
 	return CURL_PREREQFUNC_OK;
@@ -1182,12 +1241,19 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_retries = req->body == NULL ? req->retries : 0;
 	x->x_registry = req->registry;
 	x->x_mirror = -1;
+	x->x_stall_s = req->stall_timeout_s;
 	if (req->nmirrors > 0 && req->path != NULL && req->registry != NULL) {
-		x->x_mirrors = req->mirrors;
-		x->x_nmirrors = req->nmirrors;
-		if ((x->x_path = strdup(req->path)) == NULL) {
+		if ((x->x_mirrors = calloc(req->nmirrors,
+		    sizeof(*x->x_mirrors))) == NULL ||
+		    (x->x_path = strdup(req->path)) == NULL) {
 			upstream_xfer_free(x);
 			return NULL;
+		}
+		for (; x->x_nmirrors < req->nmirrors; x->x_nmirrors++) {
+			x->x_mirrors[x->x_nmirrors] = req->mirrors[x->x_nmirrors];
+			if (req->mirrors[x->x_nmirrors].ref != NULL)
+				req->mirrors[x->x_nmirrors].ref(
+				    req->mirrors[x->x_nmirrors].hold);
 		}
 		x->x_mirrorauth = req->mirror_authorization;
 		x->x_mirror = UPSTREAM_CHOOSE;

@@ -1,0 +1,228 @@
+"""Fleet mode for real: several pullproxy processes on one machine, each
+with its own cache, its own containerd listener on 127.0.0.1 and its own
+peer address 127.0.0.N (one static `peers` list), in front of the real
+docker-registry, whose access log counts what reached it."""
+
+import hashlib
+import http.server
+import json
+import os
+import random
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import (PULLPROXY_BIN, PullProxy, build_image, http_request,  # noqa: E402
+                      push_image, run, sha256_digest, stop_process, wait_for)
+from upstream_proxy import UpstreamProxy  # noqa: E402
+
+TOKEN = "fleet-test-token-0123456789"
+
+
+def free_peer_port(hosts):
+    """A port free on every one of hosts."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        ok = True
+        for h in hosts:
+            t = socket.socket()
+            try:
+                t.bind((h, port))
+            except OSError:
+                ok = False
+            finally:
+                t.close()
+        if ok:
+            return port
+    raise AssertionError("no port free on %s" % hosts)
+
+
+class Fleet:
+    """n nodes 127.0.0.(base+i), peers listed statically (extra: members
+    that are not pullproxies of this fleet, such as a fake peer)."""
+
+    def __init__(self, tmp_path, registry_url, registry_host, n, base=20,
+                 fanout=4, extra=(), log_level="debug", port=None):
+        self.tmp = tmp_path
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.hosts = ["127.0.0.%d" % (base + i) for i in range(n)]
+        self.port = port or free_peer_port(self.hosts)
+        self.token_file = tmp_path / "peer-token"
+        self.token_file.write_text(TOKEN + "\n")
+        self.token_file.chmod(0o600)
+        self.registry = (registry_host, registry_url)
+        self.fanout = fanout
+        self.extra = list(extra)
+        self.log_level = log_level
+        self.nodes = [None] * n
+
+    def members(self, hosts=None):
+        return ["%s:%d" % (h, self.port) for h in (hosts or self.hosts)] + \
+            self.extra
+
+    def node(self, i, members=None, start=True):
+        host = self.hosts[i]
+        cfg = self.tmp / ("node%d.conf" % i)
+        cfg.write_text(
+            "[fleet]\n"
+            "peers = %s\n"
+            "peer_listen = %s:%d\n"
+            "peer_token_file = %s\n"
+            "fanout = %d\n"
+            "resolve_s = 1\n" % (", ".join(members or self.members()), host,
+                                 self.port, self.token_file, self.fanout))
+        pp = PullProxy(self.tmp / ("node%d" % i), [self.registry],
+                       ["--config", str(cfg)], log_level=self.log_level)
+        pp.peer_host = host
+        pp.peer_id = "%s:%d" % (host, self.port)
+        self.nodes[i] = pp
+        if start:
+            pp.start()
+        return pp
+
+    def start(self):
+        for i in range(len(self.hosts)):
+            self.node(i)
+        # Every node sees every member before the test asks anything.
+        for pp in self.nodes:
+            wait_for(lambda pp=pp: self.sees(pp, len(self.members())), 20,
+                     "fleet members on %s" % pp.peer_id)
+        return self
+
+    @staticmethod
+    def sees(pp, n):
+        return any(l.get("members") == n for l in pp.logs("fleet members"))
+
+    def stop(self):
+        problems = []
+        for pp in self.nodes:
+            if pp is None or pp.proc is None or pp.proc.poll() is not None:
+                continue
+            rc = pp.stop(timeout=15)
+            if rc != 0:
+                problems.append("%s exited %s: %s" % (pp.peer_id, rc,
+                                                      pp.stderr()[-2000:]))
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def fleet_factory(tmp_path, registry):
+    made = []
+
+    def factory(n, **kw):
+        f = Fleet(tmp_path / ("fleet%d" % len(made)), registry.url,
+                  registry.host, n, **kw)
+        made.append(f)
+        return f
+    yield factory
+    for f in made:
+        f.stop()
+
+
+def owner_of(pp, key):
+    """The owner of key as `pullproxy fleet` says, with pp's config."""
+    cfg = [a for a in pp.argv if a.endswith(".conf")][0]
+    out = run([PULLPROXY_BIN, "fleet", "--config", cfg, "--for", "2", key],
+              timeout=30).stdout
+    last = None
+    for line in out.splitlines():
+        obj = json.loads(line)
+        if key in obj.get("owners", {}):
+            last = obj["owners"][key]
+    assert last is not None, out
+    return pp.peer_id if last == "self" else last
+
+
+def image(tmp_path, registry, repo, nlayers=3, size=200 * 1024, seed=7):
+    rnd = random.Random(seed)
+    img = build_image(tmp_path / repo.replace("/", "_"), repo, "v1", [
+        {"layer%d.bin" % i: rnd.randbytes(size)} for i in range(nlayers)])
+    push_image(img, registry)
+    return img
+
+
+def pull(pp, img, ns):
+    """What containerd does for an image: the tag, then every blob."""
+    q = "?ns=" + ns
+    r = pp.get("/v2/%s/manifests/%s%s" % (img.repo, img.tag, q), headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=60)
+    assert r.status == 200, (pp.peer_id, r.status, r.body[:300])
+    assert sha256_digest(r.body) == img.digest
+    for d in [img.config_digest] + img.layers:
+        r = pp.get("/v2/%s/blobs/%s%s" % (img.repo, d, q), timeout=120)
+        assert r.status == 200, (pp.peer_id, d, r.status, r.body[:300])
+        assert sha256_digest(r.body) == d, (pp.peer_id, d)
+    return True
+
+
+def registry_gets(registry, mark, img):
+    """GETs per blob digest, and requests for the tag, since mark."""
+    per = {}
+    tag = 0
+    for rq in registry.requests_since(mark):
+        path = urllib.parse.urlsplit(rq.uri).path
+        if path.startswith("/v2/%s/blobs/" % img.repo) and rq.method == "GET":
+            d = path.rsplit("/", 1)[1]
+            per[d] = per.get(d, 0) + 1
+        if path == "/v2/%s/manifests/%s" % (img.repo, img.tag):
+            tag += 1
+    return per, tag
+
+
+def cache_verify(pp):
+    cp = subprocess.run([PULLPROXY_BIN, "cache", "verify", "--cache-dir",
+                         str(pp.cache_dir)], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, timeout=120)
+    return cp
+
+
+def test_cold_burst_one_registry_get_per_blob(tmp_path, registry,
+                                              fleet_factory):
+    img = image(tmp_path, registry, "fleet/burst")
+    fleet = fleet_factory(4).start()
+    mark = registry.mark()
+    with ThreadPoolExecutor(len(fleet.nodes)) as ex:
+        done = list(ex.map(lambda pp: pull(pp, img, registry.host),
+                           fleet.nodes))
+    assert done == [True] * 4
+    per, tag = registry_gets(registry, mark, img)
+    # One GET per blob, and one request for the tag, for the whole fleet.
+    assert per == {d: 1 for d in [img.config_digest] + img.layers}, per
+    assert tag == 1, registry.requests_since(mark)
+    # Peers were asked: the nodes answered more than their own clients'
+    # 4 x 5 requests (the others' on their peer listeners).
+    answered = sum(len(pp.requests()) for pp in fleet.nodes)
+    assert answered > 4 * (2 + len(img.layers)), answered
+    for pp in fleet.nodes:
+        cp = cache_verify(pp)
+        assert cp.returncode == 0, (pp.peer_id, cp.stdout, cp.stderr)
+
+
+def test_peer_request_without_token_is_refused(tmp_path, registry,
+                                               fleet_factory):
+    img = image(tmp_path, registry, "fleet/token", nlayers=1)
+    fleet = fleet_factory(2, base=30).start()
+    pp = fleet.nodes[0]
+    path = "/v2/%s/blobs/%s?ns=%s" % (img.repo, img.layers[0], registry.host)
+    conn_host, port = pp.peer_host, fleet.port
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = http_request(port, "GET", path, headers=headers, host=conn_host)
+        assert r.status == 401, (headers, r.status)
+    r = http_request(port, "GET", path, headers={
+        "Authorization": "Bearer " + TOKEN}, host=conn_host)
+    assert r.status == 200 and sha256_digest(r.body) == img.layers[0]
+    # Only pulls: nothing else is reachable from peers but the probes.
+    r = http_request(port, "GET", "/metrics", headers={
+        "Authorization": "Bearer " + TOKEN}, host=conn_host)
+    assert r.status == 404, r.status

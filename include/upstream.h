@@ -184,6 +184,10 @@ const char *upstream_xfer_url(const struct upstream_xfer *x);
 void upstream_result_classify(struct classify_input *in,
     const struct upstream_result *res);
 
+/* The breaker of the mirror that answered, or NULL: the registry did.
+ * Valid from on_headers until on_done returns. */
+struct circuit *upstream_xfer_mirror_circuit(const struct upstream_xfer *x);
+
 /* How it ended, while on_done runs; NULL before. */
 const struct upstream_result *upstream_xfer_result(
     const struct upstream_xfer *x);

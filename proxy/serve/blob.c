@@ -35,6 +35,7 @@
 
 #include "blob.h"
 #include "cache.h"
+#include "circuit.h"
 #include "client.h"
 #include "config.h"
 #include "digest.h"
@@ -738,6 +739,10 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	if (strcmp(dgst, f->f_rq.route.reference) != 0) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_DIGEST, 200,
 		    "digest mismatch", 502, NULL);
+		/* A mirror or fleet peer that sent wrong bytes is not asked
+		 * again until its probe: the next attempt goes elsewhere. */
+		circuit_trip(upstream_xfer_mirror_circuit(x),
+		    CLASSIFY_DIGEST_MISMATCH);
 		bfetch_close(f, 0, 502, OCI_ERR_DIGEST_INVALID,
 		    "upstream blob does not match its digest");
 		return;

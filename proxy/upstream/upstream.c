@@ -1401,3 +1401,9 @@ upstream_result_classify(struct classify_input *in,
 	in->throttled = res->throttled;
 	in->circuit = res->circuit;
 }
+
+struct circuit *
+upstream_xfer_mirror_circuit(const struct upstream_xfer *x)
+{
+	return x->x_mirror >= 0 ? x->x_mirrors[x->x_mirror].circuit : NULL;
+}

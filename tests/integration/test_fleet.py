@@ -4,6 +4,7 @@ peer address 127.0.0.N (one static `peers` list), in front of the real
 docker-registry, whose access log counts what reached it."""
 
 import hashlib
+import http.client
 import http.server
 import json
 import os
@@ -226,3 +227,114 @@ def test_peer_request_without_token_is_refused(tmp_path, registry,
     r = http_request(port, "GET", "/metrics", headers={
         "Authorization": "Bearer " + TOKEN}, host=conn_host)
     assert r.status == 404, r.status
+
+
+class FakePeer:
+    """A member of the peers list that is no pullproxy: it answers peer
+    requests with the registry's bytes, one of them flipped in blobs."""
+
+    def __init__(self, host, port, registry_port):
+        self.seen = []      # (path, Authorization, Pullproxy-Peer)
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                fake.seen.append((self.path, self.headers.get("Authorization"),
+                                  self.headers.get("Pullproxy-Peer")))
+                path = urllib.parse.urlsplit(self.path).path
+                r = http_request(registry_port, "GET", path, headers={
+                    "Accept": self.headers.get("Accept", "*/*")})
+                body = r.body
+                if "/blobs/" in path and r.status == 200:
+                    body = bytes([body[0] ^ 0xff]) + body[1:]
+                self.send_response(r.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", r.header("Content-Type") or
+                                 "application/octet-stream")
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+        self.server = Server((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def owners(pp, registry, keys):
+    """The owner of each key as `pullproxy fleet` says with pp's [fleet]."""
+    cfg = [a for a in pp.argv if a.endswith(".conf")][0]
+    conf = pp.workdir / "fleetcmd.conf"
+    conf.write_text(open(cfg).read() + "[registry %s]\nurl = %s\n" % (
+        registry.host, registry.url))
+    out = run([PULLPROXY_BIN, "fleet", "--config", str(conf), "--for", "3"]
+              + list(keys), timeout=30).stdout
+    got = {}
+    for line in out.splitlines():
+        obj = json.loads(line)
+        got.update(obj.get("owners", {}))
+    assert set(got) == set(keys), out
+    return {k: pp.peer_id if v == "self" else v for k, v in got.items()}
+
+
+def get_blob(pp, img, digest, ns):
+    """(status, digest of the bytes) of one blob GET; a cut body: (0, None)."""
+    try:
+        r = pp.get("/v2/%s/blobs/%s?ns=%s" % (img.repo, digest, ns),
+                   timeout=60)
+    except (OSError, http.client.HTTPException):
+        return 0, None
+    return r.status, sha256_digest(r.body)
+
+
+def test_peer_sending_wrong_bytes_is_detected_and_not_cached(
+        tmp_path, registry, fleet_factory):
+    img = image(tmp_path, registry, "fleet/liar", nlayers=8, size=64 * 1024,
+                seed=11)
+    fake_id = "127.0.0.41:%d"
+    fleet = fleet_factory(1, base=40)
+    fake_id = fake_id % fleet.port
+    fleet.extra = [fake_id]
+    fake = FakePeer("127.0.0.41", fleet.port, registry.port)
+    try:
+        fleet.start()
+        pp = fleet.nodes[0]
+        own = owners(pp, registry, img.layers)
+        lied = [d for d in img.layers if own[d] == fake_id]
+        assert lied, own        # 8 layers, 2 members: some are the fake's
+        d = lied[0]
+        mark = registry.mark()
+        status, got = get_blob(pp, img, d, registry.host)
+        # The fake was asked as a peer: the peer token, this node's
+        # identity, never the registry's credentials.
+        asked = [s for s in fake.seen if d in s[0]]
+        assert asked and asked[0][1] == "Bearer " + TOKEN, fake.seen
+        assert asked[0][2] == pp.peer_id
+        # The wrong bytes reached the client as an error, never as the blob.
+        assert got != d and status != 200 or got is None, (status, got)
+        assert pp.logs("digest mismatch") or any(
+            l.get("cause") == "digest_mismatch" for l in pp.log_lines())
+        # Nothing was cached: the next GET is fetched again, from the
+        # registry this time (the liar's circuit is open), and is right.
+        status, got = get_blob(pp, img, d, registry.host)
+        assert (status, got) == (200, d)
+        assert len([s for s in fake.seen if d in s[0]]) == 1, fake.seen
+        gets = [r for r in registry.requests_since(mark)
+                if r.method == "GET" and d in r.uri and
+                r.user_agent.startswith("pullproxy/")]
+        assert len(gets) == 1, gets
+        cp = cache_verify(pp)
+        assert cp.returncode == 0, (cp.stdout, cp.stderr)
+    finally:
+        fake.close()

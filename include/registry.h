@@ -50,6 +50,8 @@ struct registry *registry_set_find(const struct registry_set *set,
 
 const struct config_registry *registry_config(const struct registry *reg);
 const char *registry_name(const struct registry *reg);
+/* Its set's fleet (registry_set_fleet), or NULL. */
+struct fleet *registry_fleet(const struct registry *reg);
 struct auth *registry_auth(const struct registry *reg);
 
 /* Fleet peers asked for a key before the mirrors: the owner, the next. */

@@ -35,7 +35,9 @@
  * ?ns=<registry> (as containerd asks a mirror), and never the registry's
  * credentials (only the mirrors' own token, if any). A mirror's transport
  * failure or error status (but 416) is not reported: the next one is
- * asked, then the registry.
+ * asked, then the registry. A fleet peer (an entry with hop_ok) that
+ * answers 503 with Pullproxy-Busy (its fan-out slots are taken) is asked
+ * again about a second later, up to a minute, before the next origin.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H

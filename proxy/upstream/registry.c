@@ -247,6 +247,12 @@ registry_name(const struct registry *reg)
 	return reg->r_conf->name;
 }
 
+struct fleet *
+registry_fleet(const struct registry *reg)
+{
+	return reg->r_set->rs_fleet;
+}
+
 struct auth *
 registry_auth(const struct registry *reg)
 {

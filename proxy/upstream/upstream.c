@@ -48,6 +48,12 @@
 #define UPSTREAM_HELD_MAX	(16 * 1024)
 /* Before the first retry; doubled for each next one, with jitter. */
 #define UPSTREAM_BACKOFF_MS	200
+/*
+ * A fleet peer whose fan-out slots are taken (fanout.h) is asked again
+ * after about this long, this many times, then the next origin is.
+ */
+#define UPSTREAM_BUSY_MS	1000
+#define UPSTREAM_BUSY_TRIES	60
 
 /* x_mirror before the kick picks where the next send goes. */
 #define UPSTREAM_CHOOSE		(-2)
@@ -57,6 +63,7 @@ enum xfer_hold {
 	HOLD_AUTH,	/* a 401 auth can answer */
 	HOLD_RETRY,	/* a transient 5xx, to be sent again */
 	HOLD_FALLBACK,	/* a mirror's error: the next origin is asked */
+	HOLD_BUSY,	/* a fleet peer's "ask again shortly" */
 };
 
 enum xfer_state {
@@ -126,6 +133,7 @@ struct upstream_xfer {
 	size_t			 x_next;	/* the next mirror to ask */
 	int			 x_mirror;	/* asked: index; -1 the registry */
 	int			 x_mprobe;	/* the mirror's half-open probe */
+	int			 x_busy;	/* busy answers from peers */
 	char			*x_path;	/* what mirrors are asked */
 	const char		*x_mirrorauth;	/* Authorization for mirrors */
 	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + its own */
@@ -705,6 +713,11 @@ upstream_hold(struct upstream_xfer *x, enum xfer_hold kind)
 static int
 upstream_status_hold(struct upstream_xfer *x, long status)
 {
+	if (x->x_mirror >= 0 && status == 503 &&
+	    x->x_mirrors[x->x_mirror].hop_ok != NULL &&
+	    x->x_busy < UPSTREAM_BUSY_TRIES &&
+	    upstream_xfer_header(x, "Pullproxy-Busy") != NULL)
+		return upstream_hold(x, HOLD_BUSY);
 	if (x->x_mirror >= 0 && status >= 400 && status != 416)
 		return upstream_hold(x, HOLD_FALLBACK);
 	if (x->x_retries > 0 && upstream_status_transient(status))
@@ -738,8 +751,8 @@ upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 
 	circuit_observe(m->circuit, x->x_mprobe, cause);
 	x->x_mprobe = 0;
-	if (x->x_headers_done ||
-	    (res->curl == CURLE_OK && x->x_held != HOLD_FALLBACK))
+	if (x->x_headers_done || (res->curl == CURLE_OK &&
+	    x->x_held != HOLD_FALLBACK && x->x_held != HOLD_BUSY))
 		return 0;
 	/* Peers come and go; metric series live for the process. */
 	if (m->hop_ok == NULL)
@@ -764,6 +777,36 @@ upstream_backoff_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	TAILQ_REMOVE(&x->x_up->u_backoff, x, x_entry);
 	upstream_requeue(x);
+}
+
+/*
+ * A fleet peer said its fan-out slots are taken: it is up (its circuit
+ * hears so), and it is asked again, at its first URL, shortly. 1 when so.
+ */
+static int
+upstream_busy(struct upstream_xfer *x, const struct upstream_result *res)
+{
+	struct timeval tv;
+	long ms;
+
+	if (x->x_held != HOLD_BUSY || res->curl != CURLE_OK ||
+	    (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
+	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL))
+		return 0;
+	circuit_observe(x->x_mirrors[x->x_mirror].circuit, x->x_mprobe,
+	    CLASSIFY_NONE);
+	x->x_mprobe = 0;
+	x->x_busy++;
+	upstream_unhold(x);
+	ms = UPSTREAM_BUSY_MS / 2 + (long)arc4random_uniform(UPSTREAM_BUSY_MS);
+	x->x_next = (size_t)x->x_mirror;
+	x->x_mirror = UPSTREAM_CHOOSE;
+	x->x_state = XFER_BACKOFF;
+	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(x->x_backoff, &tv);
+	return 1;
 }
 
 /*
@@ -881,6 +924,8 @@ upstream_check_done(struct upstream *up)
 			upstream_auth_retry(x);
 			continue;
 		}
+		if (upstream_busy(x, &res))
+			continue;
 		if (x->x_mirror >= 0 && upstream_fallback(x, &res))
 			continue;
 		if (upstream_retry(x, &res))

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import (PULLPROXY_BIN, PullProxy, build_image, http_request,  # noqa: E402
-                      push_image, run, sha256_digest, stop_process, wait_for)
+from conftest import (MiB, PULLPROXY_BIN, PullProxy, _big_blob,  # noqa: E402
+                      build_image, http_request, push_image, run,
+                      sha256_digest, stop_process, wait_for)
 from upstream_proxy import UpstreamProxy  # noqa: E402
 
 TOKEN = "fleet-test-token-0123456789"
@@ -338,3 +339,79 @@ def test_peer_sending_wrong_bytes_is_detected_and_not_cached(
         assert cp.returncode == 0, (cp.stdout, cp.stderr)
     finally:
         fake.close()
+
+
+def intervals(pp, digest, status=200):
+    """(start, end) in ms of pp's answers of status for digest."""
+    out = []
+    for l in pp.requests():
+        if digest in l["route"] and l.get("status") == status and \
+                l.get("method") == "GET":
+            t = time.mktime(time.strptime(l["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+            end = t * 1000 + int(l["time"][20:23])
+            out.append((end - l["ms"], end))
+    return out
+
+
+def most_at_once(spans, slack_ms=2):
+    """The most intervals overlapping at one instant (touching ones, within
+    the log's millisecond rounding, do not)."""
+    best = 0
+    for s, _ in spans:
+        best = max(best, sum(1 for a, b in spans if a <= s < b - slack_ms))
+    return best
+
+
+def test_fanout_owner_serves_at_most_k_peers_and_redirects_to_holders(
+        tmp_path, registry, fleet_factory):
+    blob = _big_blob(registry, "fleet/fan", 8 * MiB, seed=5)
+    slow = UpstreamProxy(registry.port, rate=8 * MiB)   # about a second
+    fleet = fleet_factory(6, base=50, fanout=1)
+    fleet.registry = (registry.host, slow.url)
+    stalled = None
+    try:
+        fleet.start()
+        own = owners(fleet.nodes[0], registry, [blob.digest])[blob.digest]
+        owner = [pp for pp in fleet.nodes if pp.peer_id == own][0]
+        first, idle, *rest = [pp for pp in fleet.nodes if pp.peer_id != own]
+        # A cold burst from two nodes, K = 1: the owner serves one while it
+        # fetches, the other is told to come back (503 Pullproxy-Busy), and
+        # both get the blob, fetched from the registry once.
+        with ThreadPoolExecutor(2) as ex:
+            got = list(ex.map(lambda pp: get_blob(pp, blob, blob.digest,
+                                                  registry.host),
+                              [first, rest[0]]))
+        assert got == [(200, blob.digest)] * 2
+        assert slow.count("GET", blob.digest) == 1
+        assert intervals(owner, blob.digest, 503), owner.requests()
+        # A peer that reads nothing holds the owner's only slot ...
+        stalled = socket.create_connection((owner.peer_host, fleet.port))
+        stalled.sendall(("GET /v2/%s/blobs/%s?ns=%s HTTP/1.1\r\nHost: x\r\n"
+                         "Authorization: Bearer %s\r\nPullproxy-Peer: %s\r\n"
+                         "\r\n" % (blob.repo, blob.digest, registry.host, TOKEN,
+                                   idle.peer_id)).encode())
+        assert stalled.recv(12) == b"HTTP/1.1 200"
+        # ... so the others are sent (307) to the holders, the two nodes
+        # that got the whole blob from it, which serve them.
+        with ThreadPoolExecutor(len(rest) - 1) as ex:
+            got = list(ex.map(lambda pp: get_blob(pp, blob, blob.digest,
+                                                  registry.host), rest[1:]))
+        assert got == [(200, blob.digest)] * (len(rest) - 1)
+        assert slow.count("GET", blob.digest) == 1
+        assert len(intervals(owner, blob.digest, 307)) >= len(rest) - 1
+        holders = [first, rest[0]]
+        assert sum(len(intervals(pp, blob.digest)) - 1 for pp in holders) \
+            >= len(rest) - 1
+        # The owner never sent the blob to more than K = 1 peer at once.
+        stalled.close()
+        stalled = None
+        wait_for(lambda: len(intervals(owner, blob.digest)) == 3, 10,
+                 "the stalled peer's request to end")
+        assert most_at_once(intervals(owner, blob.digest)) == 1
+        for pp in fleet.nodes:
+            cp = cache_verify(pp)
+            assert cp.returncode == 0, (pp.peer_id, cp.stdout, cp.stderr)
+    finally:
+        if stalled is not None:
+            stalled.close()
+        slow.close()

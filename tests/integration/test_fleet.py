@@ -415,3 +415,118 @@ def test_fanout_owner_serves_at_most_k_peers_and_redirects_to_holders(
         if stalled is not None:
             stalled.close()
         slow.close()
+
+
+def test_containerd_pulls_through_one_node_while_blob_owners_are_others(
+        tmp_path, registry, fleet_factory, containerd):
+    img = image(tmp_path, registry, "fleet/ctr", nlayers=6, size=64 * 1024,
+                seed=21)
+    fleet = fleet_factory(3, base=60).start()
+    node = fleet.nodes[0]
+    own = owners(node, registry, [img.config_digest] + img.layers)
+    elsewhere = [d for d, o in own.items() if o != node.peer_id]
+    assert elsewhere, own       # 7 blobs, 3 members
+    d = tmp_path / "hosts" / registry.host
+    d.mkdir(parents=True)
+    (d / "hosts.toml").write_text(
+        'server = "%s"\n\n[host."http://127.0.0.1:%d"]\n'
+        '  capabilities = ["pull", "resolve"]\n' % (registry.url, node.port))
+    mark = registry.mark()
+    ref = "%s/%s" % (registry.host, img.ref)
+    cp = containerd.ctr("images", "pull", "--plain-http", "--hosts-dir",
+                        str(tmp_path / "hosts"), "--snapshotter", "native",
+                        ref, check=False)
+    assert cp.returncode == 0, (cp.stdout, cp.stderr)
+    assert img.digest in containerd.ctr("images", "ls").stdout
+    seen = registry.requests_since(mark)
+    # containerd never fell back to the registry, and the blobs owned by
+    # the other nodes reached the registry from them, once each: the
+    # node pulled through asked their owners, which fetched them.
+    assert all(r.user_agent.startswith("pullproxy/") for r in seen), seen
+    for dg in img.blobs:
+        gets = [r for r in seen if r.method == "GET" and dg in r.uri]
+        assert len(gets) == 1, (dg, gets)
+    for dg in elsewhere:
+        owner = [pp for pp in fleet.nodes if pp.peer_id == own[dg]][0]
+        assert [l for l in owner.requests() if dg in l["route"] and
+                l["status"] == 200], (dg, owner.peer_id)
+
+
+def test_owner_killed_mid_transfer_every_node_completes(
+        tmp_path, registry, fleet_factory):
+    blob = _big_blob(registry, "fleet/kill", 24 * MiB, seed=9)
+    slow = UpstreamProxy(registry.port, rate=6 * MiB)   # about 4 s
+    fleet = fleet_factory(4, base=70)
+    fleet.registry = (registry.host, slow.url)
+    try:
+        fleet.start()
+        own = owners(fleet.nodes[0], registry, [blob.digest])[blob.digest]
+        owner = [pp for pp in fleet.nodes if pp.peer_id == own][0]
+        askers = [pp for pp in fleet.nodes if pp is not owner]
+        with ThreadPoolExecutor(len(askers)) as ex:
+            futures = [ex.submit(get_blob, pp, blob, blob.digest,
+                                 registry.host) for pp in askers]
+            # The owner streams what it fetches to the askers: kill it
+            # once its download is under way.
+            wait_for(lambda: slow.count("GET", blob.digest) >= 1, 20,
+                     "the owner's registry fetch")
+            time.sleep(1)
+            owner.proc.kill()
+            owner.proc.wait(10)
+            got = [f.result(timeout=120) for f in futures]
+        assert got == [(200, blob.digest)] * len(askers)
+        for pp in askers:
+            cp = cache_verify(pp)
+            assert cp.returncode == 0, (pp.peer_id, cp.stdout, cp.stderr)
+            assert pp.proc.poll() is None
+        # Cut off, they resumed or went on (the next peer, the registry).
+        assert any(pp.logs("mirror failed") or [
+            l for l in pp.log_lines() if l.get("served") == "resumed"]
+            for pp in askers)
+    finally:
+        slow.close()
+
+
+def test_membership_change_moves_only_its_share_of_keys(
+        tmp_path, registry, fleet_factory):
+    img = image(tmp_path, registry, "fleet/members", nlayers=24,
+                size=8 * 1024, seed=31)
+    keys = [img.config_digest] + img.layers
+    fleet = fleet_factory(4, base=80)
+    old = fleet.hosts[:3]
+    for i in range(3):
+        fleet.node(i, members=fleet.members(old))
+    for pp in fleet.nodes[:3]:
+        wait_for(lambda pp=pp: fleet.sees(pp, 3), 20, "3 members")
+    before = owners(fleet.nodes[0], registry, keys)
+    with ThreadPoolExecutor(3) as ex:
+        assert list(ex.map(lambda pp: pull(pp, img, registry.host),
+                           fleet.nodes[:3])) == [True] * 3
+    # Node 2 leaves, node 3 joins: the static list, and a restart.
+    new = [fleet.hosts[0], fleet.hosts[1], fleet.hosts[3]]
+    for pp in fleet.nodes[:3]:
+        assert pp.stop() == 0
+    for i in (0, 1, 3):
+        fleet.node(i, members=fleet.members(new))
+    for i in (0, 1, 3):
+        wait_for(lambda pp=fleet.nodes[i]: fleet.sees(pp, 3), 20, "3 members")
+    after = owners(fleet.nodes[3], registry, keys)
+    gone, joined = fleet.nodes[2].peer_id, fleet.nodes[3].peer_id
+    # Keys of nodes that stayed stay with them, or go to the new node;
+    # the removed node's keys go to the others.
+    for k in keys:
+        if before[k] != gone:
+            assert after[k] in (before[k], joined), (k, before[k], after[k])
+        else:
+            assert after[k] != gone
+    share = {k for k in keys if after[k] == joined}
+    assert share, after     # 25 keys, 3 members
+    assert len(share) < len(keys)
+    # End to end: the new node, cold, pulls the image; only its own share
+    # reaches the registry (the rest is cached at the owners that stayed).
+    mark = registry.mark()
+    assert pull(fleet.nodes[3], img, registry.host)
+    fetched = {r.uri.split("/blobs/")[1].split("?")[0]
+               for r in registry.requests_since(mark)
+               if r.method == "GET" and "/blobs/" in r.uri}
+    assert fetched == share, (sorted(fetched), sorted(share))

@@ -1,0 +1,24 @@
+#!/bin/bash
+# Fleet benchmark: N pullproxy processes (default 16) pulling the same cold
+# image at once from one docker-registry, without and with fleet mode, and
+# one layer wanted by every node with the fan-out K limited.
+#   bench/fleet.sh [--nodes N] [--layer-mib M] [--layers L] [--big-mib B]
+# Writes bench/results/fleet.txt. Bounded: killed after 170 s. Everything
+# listens on 127.0.0.x; the work directory (under TMPDIR) is removed at
+# the end. PULLPROXY_BIN=PATH benchmarks that binary instead of a release
+# build in build-bench/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PULLPROXY_BIN:-}" ]; then
+	[ -f build-bench/build.ninja ] ||
+		meson setup build-bench --buildtype=release >/dev/null
+	ninja -C build-bench pullproxy >/dev/null
+	PULLPROXY_BIN=$PWD/build-bench/pullproxy
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/pullproxy-fleet.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p bench/results
+# A mount namespace of its own: the members are a name in a private
+# /etc/hosts (bench/fleet.py says why).
+timeout -k 10 170 unshare --mount /usr/bin/python3 bench/fleet.py --binary "$PULLPROXY_BIN" \
+	--work "$work" --out bench/results/fleet.txt "$@"

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 MiB = 1 << 20
 TOKEN = "bench-fleet-token-0123456789abcdef"
 FLEET_NAME = "fleet.bench.invalid"
+REGISTRY_IP = "127.0.0.2"
 ACCESS_RE = re.compile(r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<m>[A-Z]+) (?P<u>\S+) '
                        r'[^"]*" (?P<s>\d{3}) (?P<b>\S+)')
 
@@ -82,8 +83,9 @@ class Registry:
     def __init__(self, work):
         self.dir = os.path.join(work, "registry")
         os.makedirs(os.path.join(self.dir, "storage"))
-        self.port = free_port(["127.0.0.1"])
-        self.host = "127.0.0.1:%d" % self.port
+        # Its own address: its egress is a class of its own (links()).
+        self.port = free_port([REGISTRY_IP])
+        self.host = "%s:%d" % (REGISTRY_IP, self.port)
         self.access = os.path.join(self.dir, "access.log")
         cfg = os.path.join(self.dir, "config.yml")
         with open(cfg, "w") as f:
@@ -99,18 +101,18 @@ class Registry:
 
     def _up(self):
         try:
-            return request("127.0.0.1", self.port, "GET", "/v2/")[0] == 200
+            return request(REGISTRY_IP, self.port, "GET", "/v2/")[0] == 200
         except OSError:
             return False
 
     def push_blob(self, repo, data):
         d = "sha256:" + hashlib.sha256(data).hexdigest()
-        st, h, _ = request("127.0.0.1", self.port, "POST",
+        st, h, _ = request(REGISTRY_IP, self.port, "POST",
                            "/v2/%s/blobs/uploads/" % repo)
         assert st == 202, st
         loc = urllib.parse.urlsplit(h["Location"])
         q = loc.query + ("&" if loc.query else "") + "digest=" + d
-        st, _, _ = request("127.0.0.1", self.port, "PUT", loc.path + "?" + q,
+        st, _, _ = request(REGISTRY_IP, self.port, "PUT", loc.path + "?" + q,
                            headers={"Content-Type": "application/octet-stream",
                                     "Content-Length": str(len(data))},
                            body=data)
@@ -133,7 +135,7 @@ class Registry:
                            cd),
             "layers": [desc("application/vnd.oci.image.layer.v1.tar", l, d)
                        for l, d in zip(layers, lds)]}).encode()
-        st, _, _ = request("127.0.0.1", self.port, "PUT",
+        st, _, _ = request(REGISTRY_IP, self.port, "PUT",
                            "/v2/%s/manifests/%s" % (repo, tag), headers={
                                "Content-Type":
                                "application/vnd.oci.image.manifest.v1+json"},
@@ -314,9 +316,15 @@ def report(rows, args, elapsed):
       "loopback; every node pulls the same cold image at once (the tag, "
       "then its blobs three at a time, sha256-checked)." % (
           args.nodes, os.cpu_count()))
+    if args.link_mbit > 0:
+        w("Links (tc htb on lo, by source address): each node's peer "
+          "traffic %d Mbit/s, the registry's egress %d Mbit/s for "
+          "everyone." % (args.link_mbit, args.registry_mbit))
+    else:
+        w("Links: loopback, unlimited (--link-mbit 0).")
     w("")
     w("| run | K | image | registry GETs | registry MiB | time to last "
-      "node | peer egress max | mean | owner busy / 307 |")
+      "node | peer egress max | mean | 503 busy / 307 (all nodes) |")
     w("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         w("| %s | %s | %d x %.0f MiB | %d | %.0f | %.2f s | %.0f MiB (%.1f "
@@ -335,23 +343,38 @@ def report(rows, args, elapsed):
               a["registry_gets"] / max(1, b["registry_gets"]),
               a["registry_mib"] / max(1e-9, b["registry_mib"]),
               b["wall_s"] / a["wall_s"]))
-    if "layer-k2" in by and "layer-k16" in by:
-        a, b = by["layer-k16"], by["layer-k2"]
-        w("One layer to every node: the busiest node sent %.1f copies with "
-          "K=%d and %.1f with K=%d (of %d nodes)." % (
-              b["egress_max_copies"], b["fanout"], a["egress_max_copies"],
-              a["fanout"], args.nodes))
+    layer = [r for r in rows if r["name"].startswith("layer-")]
+    if layer:
+        w("One layer to every node, the busiest node sent: %s (of %d "
+          "nodes; the mean is (N-1)/N of a copy)." % (", ".join(
+              "%.1f copies with K=%d" % (r["egress_max_copies"], r["fanout"])
+              for r in layer), args.nodes))
     w("")
-    w("What this measures and what it cannot: the registry's load (GETs "
-      "and bytes) and how peer egress is spread are what the design "
-      "decides, and they do not depend on link speed. Time does: here "
-      "every link is loopback and the two cpus are the limit, so one "
-      "owner serving a copy takes milliseconds and its K slots free at "
-      "once; the model (python3 bench/fleet_model.py, docs/fleet.md) "
-      "assumes 10 Gbit/s NICs, where a copy of a 5 GiB layer takes "
-      "seconds and the tree of holders is what bounds the owner's "
-      "egress (whole K=4: at most K per round, 20 copies over 5 rounds "
-      "for 500 nodes).")
+    if args.link_mbit > 0:
+        mbs = args.registry_mbit / 8.0
+        cp = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          "fleet_model.py"),
+             "--nic-gbit", str(args.link_mbit / 1000.0),
+             "--registry-stream-mbs", str(mbs), "--registry-total-mbs",
+             str(mbs), "--nodes", str(args.nodes), "--sizes-gib",
+             str(args.big_mib / 1024.0), "--fanout", "2,4,16",
+             "--strategies", "whole,owner-stream"],
+            stdout=subprocess.PIPE, text=True, timeout=60)
+        w("The model (bench/fleet_model.py) for the one-layer runs, the "
+          "same links (what is built is owner-stream: the owner streams to "
+          "its first K while it fetches, holders serve whole blobs):")
+        w("")
+        w("```")
+        w("\n".join(l for l in cp.stdout.splitlines()
+                    if l.strip() and "Kraken" not in l and "K=" not in l))
+        w("```")
+        w("")
+    w("What the links do not show: this is one 2-cpu machine, so the "
+      "processes also share the cpus, and the registry, the nodes and the "
+      "clients all run here; the model has no cpu, no disk, no TCP slow "
+      "start. Registry load (GETs, bytes) and how peer egress is spread "
+      "are what the design decides and do not depend on either.")
     w("Run took %.0f s." % elapsed)
     return "\n".join(out) + "\n"
 
@@ -372,6 +395,31 @@ def private_hosts(args):
             FLEET_NAME, len(addrs), args.nodes))
 
 
+def links(args):
+    """Each node's NIC and the registry's egress as HTB classes on lo, by
+    source address (fleet.sh gives this process a network namespace of
+    its own: lo is ours). The containerd-side listeners and the clients
+    (127.0.0.1) are not limited."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if args.link_mbit <= 0:
+        return
+    tc = lambda *a: subprocess.run(["tc"] + list(a), check=True,  # noqa
+                                   stderr=subprocess.DEVNULL)
+    tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb",
+       "default", "9999", "r2q", "1000")
+    tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:9999",
+       "htb", "rate", "40gbit")
+    limits = [(REGISTRY_IP, args.registry_mbit)] + [
+        ("127.0.0.%d" % (100 + i), args.link_mbit) for i in range(args.nodes)]
+    for n, (ip, mbit) in enumerate(limits, start=10):
+        tc("class", "add", "dev", "lo", "parent", "1:", "classid",
+           "1:%d" % n, "htb", "rate", "%dmbit" % mbit, "ceil",
+           "%dmbit" % mbit)
+        tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip",
+           "prio", "1", "u32", "match", "ip", "src", ip + "/32", "flowid",
+           "1:%d" % n)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
@@ -381,13 +429,19 @@ def main():
     ap.add_argument("--layer-mib", type=int, default=8)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--big-mib", type=int, default=32)
+    ap.add_argument("--link-mbit", type=int, default=400,
+                    help="each node's NIC, each way (0: loopback's)")
+    ap.add_argument("--registry-mbit", type=int, default=800,
+                    help="the registry's egress for everyone")
     args = ap.parse_args()
     private_hosts(args)
+    links(args)
     t0 = time.monotonic()
     rows = []
     cases = [("no-fleet", False, 4, args.layer_mib, args.layers, 1),
              ("fleet", True, 4, args.layer_mib, args.layers, 2),
              ("layer-k2", True, 2, args.big_mib, 1, 3),
+             ("layer-k4", True, 4, args.big_mib, 1, 5),
              ("layer-k16", True, 16, args.big_mib, 1, 4)]
     for name, fleet, k, mib, n, seed in cases:
         log("%s: %d nodes, %d x %d MiB, K=%d" % (name, args.nodes, n, mib, k))

@@ -18,7 +18,8 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/pullproxy-fleet.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p bench/results
-# A mount namespace of its own: the members are a name in a private
-# /etc/hosts (bench/fleet.py says why).
-timeout -k 10 170 unshare --mount /usr/bin/python3 bench/fleet.py --binary "$PULLPROXY_BIN" \
+# Mount and network namespaces of its own: the members are a name in a
+# private /etc/hosts, and the links are tc classes on a private lo
+# (bench/fleet.py says why).
+timeout -k 10 170 unshare --mount --net /usr/bin/python3 bench/fleet.py --binary "$PULLPROXY_BIN" \
 	--work "$work" --out bench/results/fleet.txt "$@"

@@ -42,9 +42,15 @@ def patched_daemonset():
         main[key] = main.get(key, []) + pc[key]
     ops = [p for p in component()["patches"] if "target" in p]
     assert len(ops) == 1 and ops[0]["target"] == {"kind": "DaemonSet", "name": "pullproxy"}
+    terms = spec["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    paths = {"/spec/template/spec/containers/0/args/-": main["args"],
+             "/spec/template/spec/affinity/nodeAffinity/requiredDuringScheduling"
+             "IgnoredDuringExecution/nodeSelectorTerms/0/matchExpressions/-":
+             terms[0]["matchExpressions"]}
     for op in yaml.safe_load(ops[0]["patch"]):
-        assert op["op"] == "add" and op["path"] == "/spec/template/spec/containers/0/args/-"
-        main["args"].append(op["value"])
+        assert op["op"] == "add" and op["path"] in paths, op
+        paths[op["path"]].append(op["value"])
     return ds
 
 
@@ -83,6 +89,11 @@ def test_component_wires_service_secret_config_and_listener():
                      "protocol": "TCP"}]
     assert svc["spec"]["ports"][0]["port"] == port
     assert svc["spec"]["ports"][0]["targetPort"] == "peer"
+    # A node labelled pullproxy.io/fleet=off gets no fleet pod.
+    terms = spec["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": "pullproxy.io/fleet", "operator": "NotIn", "values": ["off"]} in \
+        terms[0]["matchExpressions"]
     # The containerd listener stays on loopback, and its probes with it.
     assert main["readinessProbe"]["httpGet"]["host"] == LOCALHOST
     # fleet.conf is read after pullproxy.conf, from the same ConfigMap.

@@ -31,7 +31,7 @@ GiB = 1 << 30
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-SCENARIOS = ["warm", "cold", "manifests", "memory", "churn", "burst"]
+SCENARIOS = ["warm", "cold", "manifests", "memory", "churn", "burst", "pacing"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BLOCK = MiB
 
@@ -67,6 +67,18 @@ BURST_ACR_BURST = 20
 BURST_PP_RATE = 15		# pullproxy's pace: below the registry's
 BURST_PP_BURST = 15
 BURST_RETRIES_429 = 5		# containerd: 429 retried at once, same host
+# pacing: K nodes, each a pullproxy with its defaults (rate 10, burst 20,
+# max_wait_s 30), pulling distinct images at once through one registry
+# that answers 429 (no Retry-After, as ACR) beyond its reads/s; a request
+# a node answers with an error goes to the registry itself (hosts.toml's
+# server), as containerd does.
+PACING_NODES = 4
+PACING_IMAGES = 6		# per node, 24 distinct pulls in all
+PACING_LAYERS = 2		# plus a config: 4 reads a pull at least (5 direct)
+PACING_LAYER_SIZE = 64 * 1024
+PACING_ACR_RATE = 4		# the registry's reads per second (429 beyond)
+PACING_ACR_BURST = 4
+PACING_TIMEOUT_S = 100
 
 PP_NAME = "pullproxy"
 PEER_STATIC = "nginx static"
@@ -855,18 +867,26 @@ class PullFailed(Exception):
 	seen429 = 0
 
 
-def pod_pull(base, ctx, repo, tag, ns=None, timeout=60):
+def pod_pull(base, ctx, repo, tag, ns=None, timeout=60, fallback=None,
+    sent=None):
 	"""What containerd does for one image: HEAD the tag, GET the manifest
 	by digest, GET config and layers (following the 307 to storage), each
 	digest checked. A 429 is retried at once up to BURST_RETRIES_429 times,
-	as containerd does against one host. Returns the 429s seen; raises
-	PullFailed (with them) when the pull fails."""
+	as containerd does against one host. With fallback (the registry's
+	base URL, hosts.toml's server), a request that base answers with an
+	error (or a 429 six times, or not at all) goes to the registry at
+	once, as containerd 1.6 does (docs/pacing.md); sent["fallback"] counts
+	the requests that went there. Returns the 429s seen; raises PullFailed
+	(with them) when the pull fails."""
 	seen = [0]
 	query = "?ns=" + ns if ns else ""
 
-	def one(method, url, accept=None, hops=3):
+	def send(method, url, accept, hops=3):
+		"""(status, response, body or error) after 307s and 429 retries."""
 		u = urllib.parse.urlsplit(url)
 		for attempt in range(BURST_RETRIES_429 + 1):
+			if url.startswith(fallback or "\0") and sent is not None:
+				sent["fallback"] = sent.get("fallback", 0) + 1
 			if u.scheme == "https":
 				c = http.client.HTTPSConnection(u.hostname, u.port,
 				    context=ctx, timeout=timeout)
@@ -879,32 +899,37 @@ def pod_pull(base, ctx, repo, tag, ns=None, timeout=60):
 				r = c.getresponse()
 				body = r.read()
 			except OSError as e:
-				raise PullFailed("%s %s: %s" % (method, u.path, e))
+				return 0, None, str(e)
 			finally:
 				c.close()
 			if r.status == 429:
 				seen[0] += 1
 				continue
 			if r.status == 307 and hops > 0:
-				return one(method, urllib.parse.urljoin(url,
+				return send(method, urllib.parse.urljoin(url,
 				    r.getheader("Location")), accept, hops - 1)
-			if r.status != 200:
-				raise PullFailed("%s %s: %d" % (method, u.path, r.status))
-			return r, body
-		raise PullFailed("%s %s: 429 %d times" % (method, u.path,
-		    BURST_RETRIES_429 + 1))
+			return r.status, r, body
+		return 429, None, "429 %d times" % (BURST_RETRIES_429 + 1)
+
+	def one(method, path, accept=None):
+		status, r, body = send(method, base + path + query, accept)
+		if status != 200 and fallback:
+			status, r, body = send(method, fallback + path, accept)
+		if status != 200:
+			raise PullFailed("%s %s: %s" % (method, path,
+			    body if status in (0, 429) else status))
+		return r, body
 
 	def blob(digest):
-		_, body = one("GET", "%s/v2/%s/blobs/%s%s" % (base, repo, digest, query))
+		_, body = one("GET", "/v2/%s/blobs/%s" % (repo, digest))
 		if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
 			raise PullFailed("blob %s: digest mismatch" % digest)
 
 	try:
-		r, _ = one("HEAD", "%s/v2/%s/manifests/%s%s" % (base, repo, tag,
-		    query), OCI_MANIFEST)
+		r, _ = one("HEAD", "/v2/%s/manifests/%s" % (repo, tag), OCI_MANIFEST)
 		digest = r.getheader("Docker-Content-Digest")
-		_, body = one("GET", "%s/v2/%s/manifests/%s%s" % (base, repo, digest,
-		    query), OCI_MANIFEST)
+		_, body = one("GET", "/v2/%s/manifests/%s" % (repo, digest),
+		    OCI_MANIFEST)
 		if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
 			raise PullFailed("manifest %s: digest mismatch" % digest)
 		m = json.loads(body)
@@ -2161,25 +2186,39 @@ http {
 		    "%d reads/s (burst %d), anonymous pull" % (BURST_PODS, BURST_IMAGES,
 		    BURST_LAYERS, BURST_LAYER_SIZE // 1024, BURST_ACR_RATE,
 		    BURST_ACR_BURST))
+		acr = self.fake_acr("burst", ["burst/app%02d" % i
+		    for i in range(BURST_IMAGES)], BURST_LAYERS, BURST_LAYER_SIZE)
+		if acr is None:
+			return
+		try:
+			self.burst_run(acr)
+		finally:
+			acr.stop(check=False)
+
+	def fake_acr(self, name, repos, layers, size, own_config=False):
+		"""The fake ACR (tests/fakeacr, built if missing), anonymous pull,
+		with an image tagged v1 of layers random layers of size bytes in
+		each of repos (own_config: a config blob of its own each, else one
+		shared by all); None (and a line saying why) when it cannot run."""
 		sys.path.insert(0, os.path.join(self.root, "tests", "fakeacr"))
 		import fakeacr
 		if not os.path.exists(fakeacr.FAKEACR_BIN):
 			subprocess.run(["ninja", "-C", os.path.join(self.root, "build"),
 			    "tests/fakeacr/fakeacr"], capture_output=True, timeout=300)
 		if not os.path.exists(fakeacr.FAKEACR_BIN):
-			o.line("  not run: no fakeacr binary at %s" % fakeacr.FAKEACR_BIN)
-			return
-		content = os.path.join(self.work, "burst-content")
+			self.out.line("  not run: no fakeacr binary at %s" %
+			    fakeacr.FAKEACR_BIN)
+			return None
+		content = os.path.join(self.work, name + "-content")
 		rnd = random.Random(6)
-		for i in range(BURST_IMAGES):
-			fakeacr.write_image(content, "burst/app%02d" % i, "v1",
-			    [rnd.randbytes(BURST_LAYER_SIZE) for _ in range(BURST_LAYERS)])
-		acr = fakeacr.FakeACR().start(os.path.join(self.work, "burst-acr"),
+		for repo in repos:
+			config = {"architecture": "amd64", "os": "linux",
+			    "rootfs": {"type": "layers", "diff_ids": []},
+			    "config": {"Labels": {"repo": repo}}} if own_config else None
+			fakeacr.write_image(content, repo, "v1",
+			    [rnd.randbytes(size) for _ in range(layers)], config)
+		return fakeacr.FakeACR().start(os.path.join(self.work, name + "-acr"),
 		    content, anonymous=True)
-		try:
-			self.burst_run(acr)
-		finally:
-			acr.stop(check=False)
 
 	def burst_side(self, acr, name, base, ns):
 		"""One run of the pods; returns a table row and the failures."""
@@ -2234,12 +2273,162 @@ http {
 		self.target("burst: zero failed pulls through pullproxy", rows[1][1]
 		    + " failed, direct " + rows[0][1], pp_fails == 0)
 
+	# ---- pacing: K nodes with default settings, one throttling registry
+
+	def pacing(self):
+		o = self.out
+		o.line("== pacing: %d nodes (a pullproxy each, default rate 10/s, "
+		    "burst 20, max_wait_s 30) pulling %d distinct images each at once "
+		    "(%d layers of %d KiB + config) from a fake ACR over TLS that "
+		    "answers 429 without Retry-After beyond %d reads/s (burst %d); "
+		    "a request a node answers with an error goes to the registry "
+		    "(hosts.toml's server), 429s there retried 5 times at once" % (
+		    PACING_NODES, PACING_IMAGES, PACING_LAYERS,
+		    PACING_LAYER_SIZE // 1024, PACING_ACR_RATE, PACING_ACR_BURST))
+		acr = self.fake_acr("pacing", [self.pacing_repo(n, i)
+		    for n in range(PACING_NODES) for i in range(PACING_IMAGES)],
+		    PACING_LAYERS, PACING_LAYER_SIZE, own_config=True)
+		if acr is None:
+			return
+		try:
+			self.pacing_run(acr)
+		finally:
+			acr.stop(check=False)
+
+	@staticmethod
+	def pacing_repo(node, i):
+		return "pacing/n%dimg%02d" % (node, i)
+
+	def pacing_pods(self, acr, bases, fallback):
+		"""Every node's pulls at once (bases[n]: where node n's pods go).
+		Returns (failures, requests that fell back to the registry,
+		seconds until the last pull ended)."""
+		pods = [(n, i) for n in range(len(bases)) for i in range(PACING_IMAGES)]
+		fails, sent, lock = [], {}, threading.Lock()
+		start = threading.Barrier(len(pods) + 1)
+		ctx = acr.ssl_context()
+
+		def pod(n, i):
+			mine = {}
+			start.wait()
+			try:
+				pod_pull(bases[n], ctx, self.pacing_repo(n, i), "v1",
+				    acr.registry if fallback else None,
+				    timeout=PACING_TIMEOUT_S, fallback=fallback, sent=mine)
+			except PullFailed as e:
+				with lock:
+					fails.append(((n, i), str(e)))
+			with lock:
+				sent["fallback"] = sent.get("fallback", 0) + \
+				    mine.get("fallback", 0)
+
+		threads = [(p, threading.Thread(target=pod, args=p, daemon=True))
+		    for p in pods]
+		for _, t in threads:
+			t.start()
+		t0 = time.monotonic()
+		start.wait()
+		end = t0 + min(PACING_TIMEOUT_S + 10, max(1.0, self.remaining() - 10))
+		for _, t in threads:
+			t.join(max(0.1, end - time.monotonic()))
+		with lock:
+			fails += [(p, "still pulling at the deadline")
+			    for p, t in threads if t.is_alive()]
+			return list(fails), sent.get("fallback", 0), \
+			    time.monotonic() - t0
+
+	def pacing_run(self, acr):
+		o = self.out
+		nodes = []
+		for n in range(PACING_NODES):
+			conf = os.path.join(self.work, "pacing-%d.conf" % n)
+			with open(conf, "w") as f:	# the defaults: only where it is
+				f.write("[registry %s]\nurl = %s\nca_file = %s\n" % (
+				    acr.registry, acr.registry_url, acr.ca))
+			port = free_port()
+			log = os.path.join(self.work, "pacing-%d.log" % n)
+			p = self.procs.start("pullproxy-pacing-%d" % n, [self.pp_bin,
+			    "serve", "--config", conf, "--listen", "127.0.0.1:%d" % port,
+			    "--cache-dir", os.path.join(self.work, "pacing-cache-%d" % n),
+			    "--log-level", "info"], log)
+			if not wait_http("http://127.0.0.1:%d/healthz" % port, p):
+				o.line("  pullproxy %d did not start: %s" % (n, tail(log)))
+				return
+			nodes.append((p, port, log))
+		# What the registry must serve at least: each image's manifest,
+		# config and layers once (a tag's HEAD can be answered by the GET).
+		reads = PACING_NODES * PACING_IMAGES * (2 + PACING_LAYERS)
+		ideal = float(reads) / PACING_ACR_RATE
+		rows, details = [], []
+		for name, bases, fallback in (
+		    ("direct", [acr.registry_url] * PACING_NODES, None),
+		    ("%d x %s" % (PACING_NODES, PP_NAME), ["http://127.0.0.1:%d" % port
+		    for _, port, _ in nodes], acr.registry_url)):
+			progress("pacing: %s" % name)
+			acr.clear_faults()
+			acr.add_fault(listener="registry", status=429,
+			    rate_limit=PACING_ACR_RATE, burst=PACING_ACR_BURST)
+			acr.clear_requests()
+			fails, fell, wall = self.pacing_pods(acr, bases, fallback)
+			log = acr.requests("registry")
+			n429 = sum(1 for r in log if r["status"] == 429)
+			rows.append([name, "%d/%d" % (len(fails),
+			    PACING_NODES * PACING_IMAGES), str(len(log)), str(n429),
+			    str(fell) if fallback else "-", f1(wall),
+			    "%.2fx" % (wall / ideal)])
+			details += ["  %s pod %s: %s" % (name, who, why)
+			    for who, why in fails[:4]]
+		pp429, rates, cuts = 0, [], 0
+		for p, port, log in nodes:
+			m = self.pp_metrics(port)
+			pp429 += int(m.get('pullproxy_upstream_throttled_total{registry="%s"}'
+			    % acr.registry, 0))
+			rates.append(m.get('pullproxy_ratelimit_rate{registry="%s"}'
+			    % acr.registry))
+			self.procs.stop(p)
+			cuts += sum(1 for l in open(log) if "upstream rate cut" in l)
+		o.table(["path", "failed pulls", "registry reqs", "429s",
+		    "fell back to registry", "wall s", "wall / ideal"], rows)
+		for d in details:
+			o.line(d)
+		o.line("  ideal: %d reads (manifest, config, layers) / %d reads/s = %.0f s; "
+		    "of the 429s, %d were "
+		    "drawn by the pullproxies, the rest by pods sent to the registry"
+		    % (reads, PACING_ACR_RATE, ideal, pp429))
+		o.line("  rate cuts logged by the pullproxies: %d; admitted rate per "
+		    "node at the end: %s" % (cuts, ", ".join(
+		    "?" if r is None else "%g/s" % r for r in rates)))
+		o.line()
+		self.target("pacing: zero failed pulls through %d default nodes" %
+		    PACING_NODES, rows[1][1] + " failed, direct " + rows[0][1],
+		    rows[1][1].startswith("0/"))
+
+	def pp_metrics(self, port):
+		"""A pullproxy's /metrics as {series: value}; {} when unreadable."""
+		out = {}
+		try:
+			c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+			c.request("GET", "/metrics")
+			text = c.getresponse().read().decode()
+			c.close()
+		except OSError:
+			return out
+		for line in text.splitlines():
+			if line and not line.startswith("#"):
+				k, _, v = line.rpartition(" ")
+				try:
+					out[k] = float(v)
+				except ValueError:
+					pass
+		return out
+
 	# ---- driver
 
 	def run(self):
 		self.header()
 		progress("starting upstream, front and peers in %s" % self.work)
-		if self.args.scenarios != ["burst"]:	# burst brings its own fake ACR
+		# burst and pacing bring their own fake ACR
+		if set(self.args.scenarios) - {"burst", "pacing"}:
 			self.start_servers()
 		for n, why in self.unavailable.items():
 			self.out.line("NOTE: %s %s; the run goes on without it" % (n, why))

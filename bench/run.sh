@@ -2,7 +2,7 @@
 # pullproxy against nginx (static file, proxy_cache) and docker-registry
 # (proxy mode), side by side on 127.0.0.1, in one run. See bench/README.md.
 #   bench/run.sh                        every scenario
-#   bench/run.sh warm cold ...          a subset: warm cold manifests memory churn burst
+#   bench/run.sh warm cold ...          a subset: warm cold manifests memory churn burst pacing
 # Prints the report and writes it to bench/results/latest.txt. Exit status 0
 # when the run completed (whatever the targets say), 1 when it could not.
 # Bounded: bench.py stops starting work after BENCH_BUDGET_S (570 s) and the
@@ -16,9 +16,9 @@ root=$(pwd)
 
 for a in "$@"; do
 	case $a in
-	warm|cold|manifests|memory|churn|burst) ;;
+	warm|cold|manifests|memory|churn|burst|pacing) ;;
 	-h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-	*) echo "run.sh: unknown scenario '$a' (warm cold manifests memory churn burst)" >&2; exit 2 ;;
+	*) echo "run.sh: unknown scenario '$a' (warm cold manifests memory churn burst pacing)" >&2; exit 2 ;;
 	esac
 done
 

@@ -4,8 +4,10 @@
  * tries the next host in hosts.toml: the registry itself).
  *
  * Closed, it counts transfers in a row that failed in the registry's
- * transport or got a 5xx (answers such as 401, 403 or 404 come fast and
- * are not counted; a 429 pauses the rate limiter instead). At the
+ * transport or got a 5xx (classify.h's fault). An answer to the request,
+ * any 4xx, is not counted and resets the count: a client can ask for
+ * what gets a 405 or a 416 as often as it likes, and a registry that
+ * answers is reachable (a 429 pauses the rate limiter instead). At the
  * threshold it opens: upstream.c refuses transfers at once with the cause
  * that opened it. After the open time, one transfer goes as a probe
  * (half-open) while the others are still refused: success closes the
@@ -50,8 +52,9 @@ void circuit_free(struct circuit *c);
 int circuit_allow(struct circuit *c, int *probe);
 
 /*
- * A transfer that went out ended: failed with cause (CLASSIFY_NONE: it
- * succeeded as far as the circuit cares).
+ * A transfer that went out ended. cause: why it failed when that was the
+ * registry's fault (classify_result.fault), else CLASSIFY_NONE (it
+ * answered, whatever the answer).
  */
 void circuit_observe(struct circuit *c, int probe, enum classify_cause cause);
 /*
@@ -69,7 +72,5 @@ enum classify_cause circuit_cause(const struct circuit *c);
 long circuit_failures(const struct circuit *c);
 /* Seconds until the next probe may go; 0 when not open. */
 double circuit_retry_in(const struct circuit *c);
-/* Whether a transfer that failed this way counts against the registry. */
-int circuit_counts(enum classify_cause cause);
 
 #endif

@@ -72,6 +72,13 @@ struct classify_result {
 	enum classify_cause cause;
 	enum classify_phase phase;	/* the input's, narrowed */
 	const char	*hint;		/* static; NULL with CLASSIFY_NONE */
+	/*
+	 * The registry or the path to it failed (transport, timeout, a
+	 * broken answer, 5xx): what counts against it (circuit.h). 0 for
+	 * answers to the request, any 4xx included, for pullproxy's own
+	 * failures and for transfers that never went out.
+	 */
+	int		 fault;
 };
 
 void classify(const struct classify_input *in, struct classify_result *out);

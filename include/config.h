@@ -54,6 +54,15 @@ struct config_registry {
 	long	 burst;		/* 20: requests at once after a quiet spell */
 	long	 max_wait_s;	/* 30: longest wait for a token, then 503 */
 	/*
+	 * The fleet's budget (ratelimit_fleet): requests per second the
+	 * whole cluster may spend on this registry (ACR: ReadOps per minute
+	 * / 60, less a margin; docs/pacing.md), shared by fleet_nodes nodes
+	 * until the fleet counts the live ones. Each node's ceiling is then
+	 * min(rate, fleet_rate / nodes).
+	 */
+	double	 fleet_rate;	/* 0: no budget, the ceiling is rate */
+	long	 fleet_nodes;	/* 0: [fleet] peers' count, else 1 */
+	/*
 	 * Failing fast (circuit.h): after circuit_failures transfers in a row
 	 * fail in transport or with a 5xx, refuse for circuit_open_s, then
 	 * probe. retries: sends after a transient failure (upstream.h).

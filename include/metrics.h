@@ -65,6 +65,8 @@ void metrics_rl_wait(int reg, double seconds);
 void metrics_rl_rejected(int reg);
 void metrics_rl_429(int reg);
 void metrics_rl_paused(int reg, int paused);
+/* The rate admitted now (AIMD) and its ceiling, requests per second. */
+void metrics_rl_rate(int reg, double rate, double ceiling);
 
 /* Everything, in the Prometheus text exposition format 0.0.4. */
 void metrics_render(struct evbuffer *out);

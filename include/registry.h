@@ -53,6 +53,11 @@ const char *registry_name(const struct registry *reg);
 /* Its set's fleet (registry_set_fleet), or NULL. */
 struct fleet *registry_fleet(const struct registry *reg);
 struct auth *registry_auth(const struct registry *reg);
+/*
+ * Seconds a client told "too many requests" should wait before asking
+ * again (the pause left, then the queue at the pace in force).
+ */
+long registry_retry_after_s(const struct registry *reg);
 
 /* Fleet peers asked for a key before the mirrors: the owner, the next. */
 #define REGISTRY_PEERS_ASK	2

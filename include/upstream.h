@@ -5,8 +5,9 @@
  *
  * A transfer reports, in this order and at most once each: on_headers (the
  * final response's status and headers, after redirects), on_data (zero or
- * more times), on_done (always, unless cancelled). Redirects are followed;
- * an Authorization header is only sent to the host it was meant for.
+ * more times), on_done (always, unless cancelled). Redirects are followed
+ * (but not with no_redirect); an Authorization header is only sent to the
+ * host it was meant for.
  *
  * A transfer with an identity (struct upstream_auth: auth.h makes one per
  * registry) sends the cached token of its scope. A 401 with a challenge
@@ -148,6 +149,16 @@ struct upstream_req {
 	size_t		 nmirrors;
 	/* What mirrors get as Authorization (their own token), or NULL. */
 	const char	*mirror_authorization;
+	/*
+	 * A URL the registry named (a token realm): its first hop is held to
+	 * the redirect rule too, as a hop from the registry at this base URL
+	 * (by its host: an IP address, localhost, or a name, taken as off
+	 * the node). NULL for the registry's own URLs.
+	 */
+	const char	*named_by;
+	/* Credentials in the request (a token POST): no redirect is followed
+	 * (the 3xx is the answer), wherever it points. */
+	int		 no_redirect;
 	const char	*ca_file;	/* extra CA bundle, or NULL */
 	int		 tls_verify;
 	long		 connect_timeout_ms;

@@ -163,6 +163,10 @@ static const char *classify_hints[CLASSIFY_NCAUSES] = {
 	"https to plain http, or to a loopback or link-local address such " \
 	"as IMDS): check the registry's storage settings and any proxy " \
 	"in the path that rewrites its answers"
+#define CLASSIFY_HINT_TOKEN_REDIRECT \
+	"the token endpoint answered with a redirect: pullproxy sends " \
+	"credentials only where the registry's challenge named, never on; " \
+	"check the realm and any proxy in the path that rewrites answers"
 #define CLASSIFY_HINT_REDIRECT_DNS \
 	"the registry's storage host does not resolve: resolve and allow " \
 	"*.blob.core.windows.net and ACR.REGION.data.azurecr.io (their " \
@@ -325,6 +329,20 @@ classify_transport(const struct classify_input *in,
 		classify_set(out, CLASSIFY_REDIRECT_FAILED,
 		    CLASSIFY_PHASE_REDIRECT, NULL);
 		return;
+	case CURLE_ABORTED_BY_CALLBACK:
+		/* upstream.c's rule, for a URL the registry named (a realm). */
+		classify_set(out, CLASSIFY_REDIRECT_FAILED,
+		    CLASSIFY_PHASE_REDIRECT, CLASSIFY_HINT_REDIRECT_REFUSED);
+		return;
+	case CURLE_URL_MALFORMAT:
+	case CURLE_OUT_OF_MEMORY:
+	case CURLE_BAD_FUNCTION_ARGUMENT:
+	case CURLE_FAILED_INIT:
+	case CURLE_NOT_BUILT_IN:
+	case CURLE_UNKNOWN_OPTION:
+		/* pullproxy's own: nothing was asked of the registry. */
+		classify_set(out, CLASSIFY_NONE, in->phase, NULL);
+		return;
 	default:
 		/* HTTP/2 errors, garbled replies, bad encodings. */
 		classify_set(out, CLASSIFY_UPSTREAM_UNAVAILABLE, during, NULL);
@@ -374,8 +392,14 @@ classify_status(const struct classify_input *in, struct classify_result *out)
 		    CLASSIFY_HINT_NAME_UNKNOWN : NULL);
 		return;
 	default:
-		/* Any other refusal: the registry did not serve it. */
-		classify_set(out, CLASSIFY_UPSTREAM_UNAVAILABLE, in->phase,
+		/*
+		 * Any other refusal is the answer to what was asked (a 405 to
+		 * a HEAD, a 416 to a Range past the end, a 400): the registry
+		 * is well, and the status, code and message say the rest. A
+		 * token endpoint that refuses gives no token, though.
+		 */
+		classify_set(out, auth ? CLASSIFY_AUTH_UNAUTHORIZED :
+		    CLASSIFY_NONE, in->phase, auth ? CLASSIFY_HINT_TOKEN_401 :
 		    NULL);
 		return;
 	}
@@ -423,8 +447,36 @@ classify_redirect(const struct classify_input *in,
 	return 0;
 }
 
-void
-classify(const struct classify_input *in, struct classify_result *out)
+/*
+ * Whether the registry or the path to it failed: no answer came in time,
+ * or a broken one, or a 5xx. Never an answer to the request (any 4xx:
+ * what a client asked for can get those at will), nor a transfer that
+ * never went out.
+ */
+static int
+classify_fault(const struct classify_input *in, enum classify_cause cause)
+{
+	if (in->throttled || in->circuit != CLASSIFY_NONE ||
+	    (in->curl == CURLE_OK && in->status >= 400 && in->status < 500))
+		return 0;
+	switch (cause) {
+	case CLASSIFY_DNS_FAILURE:
+	case CLASSIFY_CONNECT_TIMEOUT:
+	case CLASSIFY_IO_TIMEOUT:
+	case CLASSIFY_CONNECTION_REFUSED:
+	case CLASSIFY_CONNECTION_RESET:
+	case CLASSIFY_TLS_ERROR:
+	case CLASSIFY_UPSTREAM_UNAVAILABLE:
+	case CLASSIFY_REDIRECT_FAILED:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static void
+classify_cause_of(const struct classify_input *in,
+    struct classify_result *out)
 {
 	int failed = in->curl != CURLE_OK || in->status >= 400;
 
@@ -464,6 +516,11 @@ classify(const struct classify_input *in, struct classify_result *out)
 		classify_transport(in, out);
 	else if (in->status >= 400)
 		classify_status(in, out);
+	else if (in->status >= 300 && (in->phase == CLASSIFY_PHASE_EXCHANGE ||
+	    in->phase == CLASSIFY_PHASE_TOKEN))
+		/* Not followed: it carried credentials. */
+		classify_set(out, CLASSIFY_REDIRECT_FAILED,
+		    CLASSIFY_PHASE_REDIRECT, CLASSIFY_HINT_TOKEN_REDIRECT);
 	else if (in->phase == CLASSIFY_PHASE_EXCHANGE ||
 	    in->phase == CLASSIFY_PHASE_TOKEN)
 		/* Nothing was sent, or no token came back. */
@@ -473,4 +530,11 @@ classify(const struct classify_input *in, struct classify_result *out)
 		/* Complete at the transport but not what was announced. */
 		classify_set(out, CLASSIFY_UPSTREAM_UNAVAILABLE, in->phase,
 		    NULL);
+}
+
+void
+classify(const struct classify_input *in, struct classify_result *out)
+{
+	classify_cause_of(in, out);
+	out->fault = classify_fault(in, out->cause);
 }

@@ -54,6 +54,29 @@ config_auth_name(enum config_auth kind)
 	return config_auth_names[kind];
 }
 
+/*
+ * Every string a setter replaces goes through here: the old value is freed
+ * and its pointer cleared in one place, so a key given twice (or a list
+ * emptied and filled again) never leaves a freed pointer behind.
+ */
+static const char *
+config_replace(char **dst, char *value)
+{
+	free(*dst);
+	*dst = value;
+	return value != NULL ? NULL : "out of memory";
+}
+
+static void
+config_mirrors_clear(struct config_registry *r)
+{
+	size_t i;
+
+	for (i = 0; i < CONFIG_MIRROR_MAX; i++)
+		config_replace(&r->mirrors[i].url, NULL);
+	r->nmirrors = 0;
+}
+
 static void
 config_registry_clear(struct config_registry *r)
 {
@@ -67,8 +90,7 @@ config_registry_clear(struct config_registry *r)
 	free(r->tenant);
 	free(r->imds_url);
 	free(r->mirror_token_file);
-	while (r->nmirrors > 0)
-		free(r->mirrors[--r->nmirrors].url);
+	config_mirrors_clear(r);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -115,11 +137,10 @@ config_free(struct config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
-static void
+static const char *
 config_set_str(char **dst, const char *value)
 {
-	free(*dst);
-	*dst = strdup(value);
+	return config_replace(dst, strdup(value));
 }
 
 /* Each setter returns NULL, or what is wrong with the value. */
@@ -165,10 +186,8 @@ config_set_listen(struct config *cfg, const char *value)
 
 	if ((msg = config_hostport(value, &host, &port)) != NULL)
 		return msg;
-	free(cfg->listen_host);
-	cfg->listen_host = host;
 	cfg->listen_port = port;
-	return NULL;
+	return config_replace(&cfg->listen_host, host);
 }
 
 static const char *
@@ -288,9 +307,7 @@ config_set_url(char **dst, const char *value)
 		return "URL must be a base URL (no spaces, query or fragment)";
 	while (len > 0 && value[len - 1] == '/')
 		len--;
-	free(*dst);
-	*dst = strndup(value, len);
-	return NULL;
+	return config_replace(dst, strndup(value, len));
 }
 
 static const char *
@@ -313,11 +330,13 @@ config_set_nonempty(char **dst, const char *value)
 {
 	if (*value == '\0')
 		return "must not be empty";
-	config_set_str(dst, value);
-	return NULL;
+	return config_set_str(dst, value);
 }
 
-/* The registry called name, added when new. NULL when the table is full. */
+/*
+ * The registry called name, added when new. NULL when the table is full
+ * (or its name cannot be copied).
+ */
 static struct config_registry *
 config_registry_get(struct config *cfg, const char *name)
 {
@@ -329,8 +348,10 @@ config_registry_get(struct config *cfg, const char *name)
 			return &cfg->registries[i];
 	if (cfg->nregistries == CONFIG_REGISTRY_MAX)
 		return NULL;
-	r = &cfg->registries[cfg->nregistries++];
-	r->name = strdup(name);
+	r = &cfg->registries[cfg->nregistries];
+	if ((r->name = strdup(name)) == NULL)
+		return NULL;
+	cfg->nregistries++;
 	r->tls_verify = 1;
 	r->imds_retry_s = 70;
 	r->rate = 10;
@@ -350,8 +371,7 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 	if (strcmp(key, "cache_dir") == 0) {
 		if (*value == '\0')
 			return "must not be empty";
-		config_set_str(&cfg->cache_dir, value);
-		return NULL;
+		return config_set_str(&cfg->cache_dir, value);
 	}
 	if (strcmp(key, "cache_max_size") == 0)
 		return config_set_size(&cfg->cache_max_bytes, value);
@@ -360,8 +380,7 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 
 		if (platform_parse(value, &p) == -1)
 			return "must be os/arch[/variant], e.g. linux/arm64";
-		config_set_str(&cfg->platform, value);
-		return NULL;
+		return config_set_str(&cfg->platform, value);
 	}
 	if (strcmp(key, "cache_high_pct") == 0)
 		return config_set_pct(&cfg->cache_high_pct, value);
@@ -369,10 +388,8 @@ config_set_server(struct config *cfg, const char *key, const char *value)
 		return config_set_pct(&cfg->cache_low_pct, value);
 	if (strcmp(key, "tag_ttl_s") == 0)
 		return config_set_long(&cfg->tag_ttl_s, value, 0, 86400);
-	if (strcmp(key, "log") == 0) {
-		config_set_str(&cfg->log_file, value);
-		return NULL;
-	}
+	if (strcmp(key, "log") == 0)
+		return config_set_str(&cfg->log_file, value);
 	if (strcmp(key, "log_level") == 0)
 		return config_set_level(cfg, value);
 	if (strcmp(key, "connect_timeout_ms") == 0)
@@ -411,8 +428,7 @@ config_set_mirrors(struct config_registry *r, const char *value)
 	char *copy, *url, *last;
 	const char *msg = NULL;
 
-	while (r->nmirrors > 0)
-		free(r->mirrors[--r->nmirrors].url);
+	config_mirrors_clear(r);
 	if ((copy = strdup(value)) == NULL)
 		return "out of memory";
 	for (url = strtok_r(copy, ", \t", &last); url != NULL && msg == NULL;
@@ -461,6 +477,10 @@ config_set_registry(struct config_registry *r, const char *key,
 		return config_set_long(&r->burst, value, 1, 100000);
 	if (strcmp(key, "max_wait_s") == 0)
 		return config_set_long(&r->max_wait_s, value, 0, 3600);
+	if (strcmp(key, "fleet_rate") == 0)
+		return config_set_rate(&r->fleet_rate, value);
+	if (strcmp(key, "fleet_nodes") == 0)
+		return config_set_long(&r->fleet_nodes, value, 1, 100000);
 	if (strcmp(key, "circuit_failures") == 0)
 		return config_set_long(&r->circuit_failures, value, 0, 1000);
 	if (strcmp(key, "circuit_open_s") == 0)
@@ -581,10 +601,8 @@ config_set_dns_server(struct config_fleet *f, const char *value)
 		free(host);
 		return "expected an IPv4 address with an optional :PORT";
 	}
-	free(f->peers_dns_server);
-	f->peers_dns_server = host;
 	f->peers_dns_server_port = port;
-	return NULL;
+	return config_replace(&f->peers_dns_server, host);
 }
 
 static const char *
@@ -605,8 +623,7 @@ config_set_fleet(struct config_fleet *f, const char *key, const char *value)
 		return msg;
 	}
 	if (strcmp(key, "peer_listen") == 0) {
-		free(f->peer_listen_host);
-		f->peer_listen_host = NULL;
+		config_replace(&f->peer_listen_host, NULL);
 		return config_hostport(value, &f->peer_listen_host,
 		    &f->peer_listen_port);
 	}

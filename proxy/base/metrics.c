@@ -41,6 +41,8 @@ enum metrics_scalar {
 	METRICS_REJECTED,
 	METRICS_THROTTLED,	/* 429s received */
 	METRICS_PAUSED,
+	METRICS_RATE,
+	METRICS_CEILING,
 	METRICS_CIRCUIT,
 	METRICS_CIRCUIT_OPENED,
 	METRICS_RETRIES,
@@ -61,6 +63,12 @@ static const struct {
 	    "counter", "429 answers received from the registry." },
 	[METRICS_PAUSED] = { "pullproxy_ratelimit_paused", "gauge",
 	    "1 while requests to the registry are paused after a 429." },
+	[METRICS_RATE] = { "pullproxy_ratelimit_rate", "gauge",
+	    "Requests per second admitted to the registry now: halved on a "
+	    "429, grown back toward the ceiling while none come." },
+	[METRICS_CEILING] = { "pullproxy_ratelimit_ceiling", "gauge",
+	    "The most requests per second the registry is admitted: rate, "
+	    "or fleet_rate / nodes when lower." },
 	[METRICS_CIRCUIT] = { "pullproxy_circuit_state", "gauge",
 	    "The registry's circuit: 0 closed, 1 open (requests refused at "
 	    "once), 2 half-open (one probe out)." },
@@ -235,6 +243,13 @@ void
 metrics_rl_paused(int reg, int paused)
 {
 	metrics_scalar_set(reg, METRICS_PAUSED, paused, 0);
+}
+
+void
+metrics_rl_rate(int reg, double rate, double ceiling)
+{
+	metrics_scalar_set(reg, METRICS_RATE, rate, 0);
+	metrics_scalar_set(reg, METRICS_CEILING, ceiling, 0);
 }
 
 void

@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/http.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,8 +74,18 @@ void
 client_error(struct client *c, int status, enum oci_err err,
     const char *msg)
 {
+	char after[32];
+
 	if (c->c_started || c->c_req == NULL)
 		return;
+	/* Held to max_wait_s already: say when asking again makes sense
+	 * (containerd 1.6 falls back at once whatever it says). */
+	if (err == OCI_ERR_TOOMANYREQUESTS && c->c_rq.reg != NULL) {
+		snprintf(after, sizeof(after), "%ld",
+		    registry_retry_after_s(c->c_rq.reg));
+		evhttp_add_header(evhttp_request_get_output_headers(c->c_req),
+		    "Retry-After", after);
+	}
 	c->c_bytes = reply_error(client_take(c, status), status, err, msg);
 }
 

@@ -103,6 +103,8 @@ struct auth_fetch {
 	char			*f_url;		/* asked, without its query */
 	int			 f_attempts;	/* IMDS */
 	long			 f_backoff_s;	/* IMDS: waited between attempts */
+	long			 f_refresh_gen;	/* of the refresh token sent */
+	int			 f_renewed;	/* got a new one after a refusal */
 	struct timeval		 f_t0;
 	TAILQ_HEAD(, auth_wait)	 f_waiters;
 };
@@ -119,6 +121,7 @@ struct auth {
 	char			*a_service;
 	struct auth_cred	 a_basic;	/* the registry asked for Basic */
 	struct auth_cred	 a_refresh;	/* managed-identity */
+	long			 a_refresh_gen;	/* a_refresh values so far */
 	struct auth_fetch	*a_rfetch;	/* getting a_refresh */
 	TAILQ_HEAD(, auth_scope) a_scopes;
 };
@@ -771,6 +774,25 @@ auth_fetch_on_data(struct upstream_xfer *x, const char *buf, size_t len,
 static void auth_fetch_on_done(struct upstream_xfer *,
     const struct upstream_result *, void *);
 
+/* The length of "scheme://host[:port]" at the start of an http(s) URL. */
+static size_t
+auth_origin_len(const char *url)
+{
+	const char *host = strstr(url, "://") + 3;
+
+	return (size_t)(host - url) + strcspn(host, "/?#");
+}
+
+/* Whether an http(s) URL is on the registry's own scheme, host and port. */
+static int
+auth_on_registry(const struct auth *a, const char *url)
+{
+	size_t len = auth_origin_len(a->a_reg->url);
+
+	return auth_origin_len(url) == len &&
+	    strncasecmp(url, a->a_reg->url, len) == 0;
+}
+
 /*
  * Send one request of the fetch: GET url, or POST form when not NULL,
  * with one more header line (or NULL). Fails the fetch when it cannot.
@@ -800,6 +822,13 @@ auth_fetch_send(struct auth_fetch *f, enum auth_phase phase, const char *url,
 	req.body = form;
 	req.bodylen = form != NULL ? strlen(form) : 0;
 	req.headers = headers;
+	/* A realm elsewhere is the registry's word: not further into the
+	 * node than the registry is. */
+	req.named_by = phase == AUTH_PHASE_TOKEN &&
+	    !auth_on_registry(f->f_auth, url) ? reg->url : NULL;
+	/* A secret in the form or the header goes where it was sent only. */
+	req.no_redirect = phase != AUTH_PHASE_IMDS && (form != NULL ||
+	    header != NULL);
 	req.ca_file = reg->ca_file;
 	req.tls_verify = reg->tls_verify;
 	/* Token requests count against the registry, first in line; IMDS is
@@ -835,32 +864,21 @@ auth_fetch_imds(struct auth_fetch *f)
 	free(url);
 }
 
-/* The length of "scheme://host[:port]" at the start of an http(s) URL. */
-static size_t
-auth_origin_len(const char *url)
-{
-	const char *host = strstr(url, "://") + 3;
-
-	return (size_t)(host - url) + strcspn(host, "/?#");
-}
-
 /* Where scope tokens come from, if the challenge is usable; else why not. */
 static const char *
 auth_realm_problem(const struct auth *a)
 {
-	const char *realm = a->a_realm, *url = a->a_reg->url;
+	const char *realm = a->a_realm;
 
 	if (realm == NULL || *realm == '\0')
 		return "the challenge names no realm";
 	if (strncmp(realm, "https://", 8) != 0 &&
 	    strncmp(realm, "http://", 7) != 0)
 		return "the realm is not an http(s) URL";
-	if (a->a_reg->auth_kind != CONFIG_AUTH_ACR_REFRESH_TOKEN &&
-	    a->a_reg->auth_kind != CONFIG_AUTH_MANAGED_IDENTITY)
+	if (a->a_reg->auth_kind == CONFIG_AUTH_ANONYMOUS)
 		return NULL;
-	/* ACR credentials go to the registry itself, nowhere else. */
-	if (auth_origin_len(realm) != auth_origin_len(url) ||
-	    strncasecmp(realm, url, auth_origin_len(url)) != 0)
+	/* Credentials go to the registry itself, nowhere else. */
+	if (!auth_on_registry(a, realm))
 		return "the realm is not on the registry's host";
 	return NULL;
 }
@@ -959,6 +977,7 @@ auth_fetch_token(struct auth_fetch *f)
 		    sizeof(err));
 		break;
 	case CONFIG_AUTH_MANAGED_IDENTITY:
+		f->f_refresh_gen = a->a_refresh_gen;
 		auth_fetch_token_post(f, scope, a->a_refresh.c_value);
 		return;
 	}
@@ -1043,6 +1062,8 @@ auth_fetch_answer(struct auth_fetch *f)
 	}
 	c = s != NULL ? &s->s_token : &f->f_auth->a_refresh;
 	refresh = s != NULL ? s->s_fetched++ > 0 : c->c_value != NULL;
+	if (s == NULL)
+		f->f_auth->a_refresh_gen++;
 	auth_cred_set(c, value, lifetime, now);
 	auth_log_token(f, lifetime, refresh);
 	auth_fetch_end(f, 1);
@@ -1074,6 +1095,38 @@ auth_imds_retry(struct auth_fetch *f)
 	return 1;
 }
 
+/*
+ * The registry refused the refresh token before its expiry (the role was
+ * removed and granted back, the registry rotated its keys): it is not
+ * offered again, and this fetch gets a new one through IMDS and the
+ * exchange, once, then asks for its token again. 1 when it went back.
+ */
+static int
+auth_fetch_refused(struct auth_fetch *f)
+{
+	struct auth *a = f->f_auth;
+	json_t *o;
+
+	if (f->f_scope == NULL || f->f_phase != AUTH_PHASE_TOKEN ||
+	    f->f_res.curl != CURLE_OK || f->f_status != 401 ||
+	    a->a_reg->auth_kind != CONFIG_AUTH_MANAGED_IDENTITY)
+		return 0;
+	/* Unless another fetch has replaced it meanwhile. */
+	if (f->f_refresh_gen == a->a_refresh_gen)
+		auth_cred_clear(&a->a_refresh);
+	if (f->f_renewed)
+		return 0;
+	f->f_renewed = 1;
+	o = json_pack("{s:s,s:s,s:s,s:I}", "registry", a->a_reg->name,
+	    "provider", config_auth_name(a->a_reg->auth_kind), "scope",
+	    f->f_scope->s_want, "status", (json_int_t)f->f_status);
+	if (o != NULL)
+		auth_error_fields(o, f->f_body);
+	log_event(LOG_LEVEL_WARN, "auth refresh refused", o);
+	auth_fetch_step(f);
+	return 1;
+}
+
 static void
 auth_fetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
     void *arg)
@@ -1085,12 +1138,14 @@ auth_fetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	f->f_status = res->status;
 	f->f_res = *res;
 	f->f_res.error = NULL;
-	/* A refresh token the registry refuses is not offered again. */
-	if (f->f_phase == AUTH_PHASE_TOKEN && res->status == 401 &&
-	    f->f_auth->a_reg->auth_kind == CONFIG_AUTH_MANAGED_IDENTITY)
-		auth_cred_clear(&f->f_auth->a_refresh);
+	if (auth_fetch_refused(f))
+		return;
 	if (res->curl != CURLE_OK)
 		auth_fetch_fail(f, res->error);
+	else if (res->status >= 300 && res->status < 400 &&
+	    f->f_phase != AUTH_PHASE_IMDS)
+		auth_fetch_fail(f, "redirected: a request with credentials "
+		    "is not sent on");
 	else if (res->status == 200)
 		auth_fetch_answer(f);
 	else if (f->f_phase != AUTH_PHASE_IMDS || !auth_imds_retry(f))

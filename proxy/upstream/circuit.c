@@ -33,24 +33,6 @@ circuit_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-int
-circuit_counts(enum classify_cause cause)
-{
-	switch (cause) {
-	case CLASSIFY_DNS_FAILURE:
-	case CLASSIFY_CONNECT_TIMEOUT:
-	case CLASSIFY_IO_TIMEOUT:
-	case CLASSIFY_CONNECTION_REFUSED:
-	case CLASSIFY_CONNECTION_RESET:
-	case CLASSIFY_TLS_ERROR:
-	case CLASSIFY_UPSTREAM_UNAVAILABLE:
-	case CLASSIFY_REDIRECT_FAILED:
-		return 1;
-	default:
-		return 0;
-	}
-}
-
 static struct circuit *
 circuit_alloc(long failures, long open_s)
 {
@@ -150,7 +132,7 @@ circuit_observe(struct circuit *c, int probe, enum classify_cause cause)
 {
 	if (c == NULL)
 		return;
-	if (!circuit_counts(cause)) {
+	if (cause == CLASSIFY_NONE) {
 		/* One answer is enough: the registry is reachable again. */
 		if (c->c_state != CIRCUIT_CLOSED) {
 			log_event(LOG_LEVEL_INFO, "circuit closed", json_pack(

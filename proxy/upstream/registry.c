@@ -124,6 +124,13 @@ registry_new(struct event_base *base, struct upstream *up,
 	    (r->r_circuit = circuit_new(conf->name, conf->circuit_failures,
 	    conf->circuit_open_s)) == NULL)
 		goto fail;
+	/*
+	 * Until the fleet counts the live nodes (it calls this again):
+	 * fleet_nodes, else [fleet] peers (the same list on every node).
+	 */
+	ratelimit_fleet(r->r_pace, conf->fleet_rate, (unsigned int)
+	    (conf->fleet_nodes > 0 ? (size_t)conf->fleet_nodes :
+	    cfg->fleet.npeers));
 	if ((r->r_auth = auth_new(base, up, r->r_pace, cfg, conf, err,
 	    errlen)) == NULL || registry_mirror_token(r, err, errlen) == -1)
 		goto fail;
@@ -160,15 +167,23 @@ fail:
 }
 
 /*
- * The fleet's live member count changed. The pacing work's per-node
- * share of fleet_rate (ratelimit_fleet) is fed from here once it is on
- * main; until then the count is logged by fleet.c.
+ * The members changed: each registry's share of its fleet_rate follows
+ * the live count (none: the last count stays, rather than one node
+ * taking the whole budget while DNS is out), and this node's identity,
+ * which peers are told, may have come or gone.
  */
 static void
 registry_fleet_changed(struct fleet *f, void *arg)
 {
 	struct registry_set *set = arg;
 	const char *self = fleet_self_id(f);
+	size_t i;
+
+	if (fleet_size(f) > 0)
+		for (i = 0; i < set->rs_n; i++)
+			ratelimit_fleet(set->rs_regs[i]->r_pace,
+			    set->rs_regs[i]->r_conf->fleet_rate,
+			    (unsigned int)fleet_size(f));
 
 	snprintf(set->rs_peer_header, sizeof(set->rs_peer_header),
 	    "Pullproxy-Peer: %s", self != NULL ? self : "");
@@ -257,6 +272,12 @@ struct auth *
 registry_auth(const struct registry *reg)
 {
 	return reg->r_auth;
+}
+
+long
+registry_retry_after_s(const struct registry *reg)
+{
+	return ratelimit_retry_after_s(reg->r_pace);
 }
 
 /*

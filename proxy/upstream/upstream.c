@@ -63,6 +63,7 @@ enum xfer_hold {
 	HOLD_AUTH,	/* a 401 auth can answer */
 	HOLD_RETRY,	/* a transient 5xx, to be sent again */
 	HOLD_FALLBACK,	/* a mirror's error: the next origin is asked */
+	HOLD_PACE,	/* the registry's 429: sent again when the pace allows */
 	HOLD_BUSY,	/* a fleet peer's "ask again shortly" */
 };
 
@@ -110,6 +111,8 @@ struct upstream_xfer {
 	const struct upstream_result *x_res;	/* during on_done */
 	/* The redirect rule (upstream_hop_allowed): */
 	int			 x_https;	/* asked over https: stays https */
+	int			 x_named;	/* named by the registry (named_by) */
+	int			 x_noredirect;	/* a 3xx is the answer */
 	enum upstream_reach	 x_reach;	/* where the last hop went */
 	char			 x_refusal[128];	/* a hop it refused */
 	/* With a ratelimit handle: */
@@ -118,6 +121,7 @@ struct upstream_xfer {
 	struct ratelimit_wait	 x_rlwait;	/* XFER_LIMITED */
 	int			 x_admitted;	/* took a token for the next send */
 	int			 x_throttled;	/* waited too long: report it */
+	int			 x_paced;	/* held after a 429 */
 	struct timeval		 x_queued;	/* when it began to wait */
 	/* With a circuit, and retries: */
 	struct circuit		*x_circuit;
@@ -162,8 +166,9 @@ struct upstream_sock {
 };
 
 static void upstream_check_done(struct upstream *);
+static void upstream_unhold(struct upstream_xfer *);
 static void upstream_note_url(struct upstream_xfer *);
-static enum classify_cause upstream_cause(const struct upstream_result *);
+static enum classify_cause upstream_cause(const struct upstream_result *, int);
 static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
     const char *);
 static struct curl_slist *upstream_headers_plus(const struct upstream_xfer *,
@@ -257,8 +262,12 @@ upstream_admitted(void *arg, int ok)
 	struct upstream_xfer *x = arg;
 
 	TAILQ_REMOVE(&x->x_up->u_limited, x, x_entry);
-	if (ok)
+	if (ok) {
 		x->x_admitted = 1;
+		if (x->x_held == HOLD_PACE)
+			upstream_unhold(x);
+	} else if (x->x_paced)
+		x->x_replay = 1;	/* the kept 429 is the answer */
 	else {
 		x->x_throttled = 1;
 		snprintf(x->x_errbuf, sizeof(x->x_errbuf), "throttled locally: "
@@ -301,7 +310,8 @@ upstream_end_unsent(struct upstream_xfer *x, CURLcode code)
 	x->x_up->u_active--;
 	/* A probe answered 401 went out; one refused by the pace did not. */
 	if (x->x_probe && x->x_replay)
-		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres));
+		circuit_observe(x->x_circuit, 1, upstream_cause(&x->x_heldres,
+		    1));
 	else
 		circuit_abandon(x->x_circuit, x->x_probe);
 	x->x_probe = 0;
@@ -720,14 +730,19 @@ upstream_status_hold(struct upstream_xfer *x, long status)
 		return upstream_hold(x, HOLD_BUSY);
 	if (x->x_mirror >= 0 && status >= 400 && status != 416)
 		return upstream_hold(x, HOLD_FALLBACK);
+	if (status == 429 && x->x_rl != NULL)
+		return upstream_hold(x, HOLD_PACE);
 	if (x->x_retries > 0 && upstream_status_transient(status))
 		return upstream_hold(x, HOLD_RETRY);
 	return 0;
 }
 
-/* How this attempt failed, in classify.h's terms (NONE: it did not). */
+/*
+ * How this attempt failed, in classify.h's terms (NONE: it did not); with
+ * fault, only a failure that counts against the registry (a circuit's).
+ */
 static enum classify_cause
-upstream_cause(const struct upstream_result *res)
+upstream_cause(const struct upstream_result *res, int fault)
 {
 	struct classify_input in;
 	struct classify_result c;
@@ -736,7 +751,7 @@ upstream_cause(const struct upstream_result *res)
 	upstream_result_classify(&in, res);
 	in.status = res->status;
 	classify(&in, &c);
-	return c.cause;
+	return fault && !c.fault ? CLASSIFY_NONE : c.cause;
 }
 
 /*
@@ -747,9 +762,9 @@ static int
 upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 {
 	const struct upstream_mirror *m = &x->x_mirrors[x->x_mirror];
-	enum classify_cause cause = upstream_cause(res);
+	enum classify_cause cause = upstream_cause(res, 0);
 
-	circuit_observe(m->circuit, x->x_mprobe, cause);
+	circuit_observe(m->circuit, x->x_mprobe, upstream_cause(res, 1));
 	x->x_mprobe = 0;
 	if (x->x_headers_done || (res->curl == CURLE_OK &&
 	    x->x_held != HOLD_FALLBACK && x->x_held != HOLD_BUSY))
@@ -822,7 +837,7 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 
 	if (x->x_retries == 0 || x->x_headers_done)
 		return 0;
-	cause = upstream_cause(res);
+	cause = upstream_cause(res, 0);
 	/*
 	 * Garbage for a status line: a reused connection can still hold the
 	 * excess bytes of an answer longer than its Content-Length.
@@ -886,6 +901,26 @@ upstream_note_failure(struct upstream_xfer *x, struct upstream_result *res)
 	}
 }
 
+/*
+ * The registry answered 429: the answer is kept from the caller and the
+ * transfer goes back into the pace's queue at the place it first had, to
+ * be sent again when the pause ends; once its wait passes max_wait_s the
+ * kept 429 is the answer (the caller answers 503 with Retry-After).
+ */
+static void
+upstream_pace_hold(struct upstream_xfer *x)
+{
+	x->x_paced = 1;
+	x->x_admitted = 0;
+	if (ratelimit_hold(x->x_rl, &x->x_rlwait, upstream_admitted, x) == 0) {
+		x->x_state = XFER_LIMITED;
+		TAILQ_INSERT_TAIL(&x->x_up->u_limited, x, x_entry);
+		return;
+	}
+	x->x_replay = 1;
+	upstream_requeue(x);
+}
+
 static void
 upstream_check_done(struct upstream *up)
 {
@@ -916,12 +951,17 @@ upstream_check_done(struct upstream *up)
 		upstream_note_failure(x, &res);
 		/* A mirror's 429 is the mirror's: the registry's pace stays. */
 		if (x->x_rl != NULL && res.curl == CURLE_OK && x->x_mirror < 0)
-			ratelimit_observe(x->x_rl, status,
+			ratelimit_answered(x->x_rl, &x->x_rlwait, status,
 			    upstream_xfer_header(x, "Retry-After"));
 		res.attempts = x->x_attempts;
 		if (x->x_held == HOLD_AUTH && res.curl == CURLE_OK) {
 			x->x_heldres = res;
 			upstream_auth_retry(x);
+			continue;
+		}
+		if (x->x_held == HOLD_PACE && res.curl == CURLE_OK) {
+			x->x_heldres = res;
+			upstream_pace_hold(x);
 			continue;
 		}
 		if (upstream_busy(x, &res))
@@ -932,7 +972,7 @@ upstream_check_done(struct upstream *up)
 			continue;
 		if (x->x_circuit != NULL && x->x_mirror < 0)
 			circuit_observe(x->x_circuit, x->x_probe,
-			    upstream_cause(&res));
+			    upstream_cause(&res, 1));
 		x->x_probe = 0;
 		x->x_state = XFER_DEAD;
 		up->u_active--;
@@ -970,11 +1010,13 @@ upstream_curl_header(char *buf, size_t size, size_t n, void *arg)
 	if (status < 200)
 		return len;	/* 1xx interim, or a proxy's CONNECT */
 	/*
-	 * curl follows a 3xx with a Location. (CURLINFO_REDIRECT_URL cannot
-	 * tell: it stays NULL while CURLOPT_FOLLOWLOCATION is on.)
+	 * curl follows a 3xx with a Location, unless told not to (then it is
+	 * the answer). (CURLINFO_REDIRECT_URL cannot tell: it stays NULL
+	 * while CURLOPT_FOLLOWLOCATION is on.)
 	 */
-	if (status >= 300 && status < 400 && curl_easy_header(x->x_easy,
-	    "Location", 0, CURLH_HEADER, -1, &loc) == CURLHE_OK) {
+	if (status >= 300 && status < 400 && !x->x_noredirect &&
+	    curl_easy_header(x->x_easy, "Location", 0, CURLH_HEADER, -1,
+	    &loc) == CURLHE_OK) {
 		/* curl refuses it (REDIR_PROTOCOLS): say why in the log. */
 		if (x->x_https && strncasecmp(loc->value, "http:", 5) == 0)
 			snprintf(x->x_refusal, sizeof(x->x_refusal),
@@ -1070,13 +1112,39 @@ upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr,
 		    "%s port %d refused: not a fleet peer", ip, port);
 		return 0;
 	}
-	if (redirects == 0 || to == REACH_REMOTE || to == x->x_reach)
+	if ((redirects == 0 && !x->x_named) || to == REACH_REMOTE ||
+	    to == x->x_reach)
 		return 1;
 	inet_ntop(family, addr, ip, sizeof(ip));
-	snprintf(x->x_refusal, sizeof(x->x_refusal), "redirect to %s "
-	    "address %s refused: the registry is not there", to ==
-	    REACH_LOOPBACK ? "loopback" : "link-local", ip);
+	snprintf(x->x_refusal, sizeof(x->x_refusal), "%s to %s address %s "
+	    "refused: the registry is not there", redirects == 0 ?
+	    "a URL the registry named" : "redirect", to == REACH_LOOPBACK ?
+	    "loopback" : "link-local", ip);
 	return 0;
+}
+
+/* How far into the node a base URL's host reaches, without resolving it. */
+static enum upstream_reach
+upstream_url_reach(const char *url)
+{
+	unsigned char addr[sizeof(struct in6_addr)];
+	const char *host = strstr(url, "://");
+	char name[256];
+	size_t len;
+
+	host = host != NULL ? host + 3 : url;
+	if (*host == '[') {
+		len = strcspn(++host, "]");
+		snprintf(name, sizeof(name), "%.*s", (int)len, host);
+		return inet_pton(AF_INET6, name, addr) == 1 ?
+		    upstream_reach(AF_INET6, addr) : REACH_REMOTE;
+	}
+	len = strcspn(host, ":/");
+	snprintf(name, sizeof(name), "%.*s", (int)len, host);
+	if (strcasecmp(name, "localhost") == 0)
+		return REACH_LOOPBACK;
+	return inet_pton(AF_INET, name, addr) == 1 ?
+	    upstream_reach(AF_INET, addr) : REACH_REMOTE;
 }
 
 /* CURLOPT_OPENSOCKETFUNCTION: a refused hop is never contacted. */
@@ -1287,6 +1355,9 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_registry = req->registry;
 	x->x_mirror = -1;
 	x->x_stall_s = req->stall_timeout_s;
+	x->x_noredirect = req->no_redirect;
+	if ((x->x_named = req->named_by != NULL))
+		x->x_reach = upstream_url_reach(req->named_by);
 	if (req->nmirrors > 0 && req->path != NULL && req->registry != NULL) {
 		if ((x->x_mirrors = calloc(req->nmirrors,
 		    sizeof(*x->x_mirrors))) == NULL ||
@@ -1324,7 +1395,7 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	 * custom Authorization header goes to the original host and port
 	 * only, and UNRESTRICTED_AUTH stays off.
 	 */
-	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, req->no_redirect ? 0L : 1L);
 	curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)UPSTREAM_MAX_REDIRS);
 	curl_easy_setopt(e, CURLOPT_UNRESTRICTED_AUTH, 0L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);

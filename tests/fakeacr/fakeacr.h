@@ -43,6 +43,8 @@ struct fa_conf {
 	long		 refresh_ttl;
 	long		 imds_ttl;
 	long		 sas_ttl;
+	/* Refresh tokens of an older generation are refused (POST /revoke). */
+	long		 refresh_generation;
 };
 
 extern struct fa_conf		 fa_conf;

@@ -259,6 +259,11 @@ class FakeACR:
     def stats(self):
         return self._control("GET", "/stats")
 
+    def revoke_refresh_tokens(self):
+        """Every refresh token issued so far is refused from now on (a
+        role removed and granted back); returns the new generation."""
+        return self._control("POST", "/revoke")["generation"]
+
     def config(self, **changes):
         """Changes access_ttl, refresh_ttl, imds_ttl, sas_ttl (seconds) or
         anonymous at run time; returns the configuration."""

@@ -182,6 +182,8 @@ auth_refresh_token(const char *sub, const char *tenant)
 	json_object_set_new(c, "tenant", json_string(tenant ? tenant :
 	    AUTH_DEFAULT_TENANT));
 	json_object_set_new(c, "version", json_string("1.0"));
+	json_object_set_new(c, "generation", json_integer(
+	    fa_conf.refresh_generation));
 	return auth_jwt(c);
 }
 
@@ -219,7 +221,9 @@ auth_kind_ok(json_t *c, enum auth_kind kind)
 	case AUTH_REFRESH:
 		return strcmp(iss, AUTH_ACR_ISSUER) == 0 && access == NULL &&
 		    gt != NULL && strcmp(gt, "refresh_token") == 0 &&
-		    strcmp(aud, fa_conf.service) == 0;
+		    strcmp(aud, fa_conf.service) == 0 &&
+		    json_integer_value(json_object_get(c, "generation")) ==
+		    fa_conf.refresh_generation;
 	default:
 		return strcmp(iss, AUTH_ACR_ISSUER) == 0 &&
 		    json_is_array(access) && strcmp(aud, fa_conf.service) == 0;

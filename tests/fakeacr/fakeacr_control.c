@@ -224,6 +224,12 @@ control_handle(struct evhttp_request *req)
 		control_reply(req, 200, json_object());
 	} else if (strcmp(path, "/stats") == 0 && cmd == EVHTTP_REQ_GET) {
 		control_reply(req, 200, control_stats());
+	} else if (strcmp(path, "/revoke") == 0 && cmd == EVHTTP_REQ_POST) {
+		/* The AcrPull role removed and granted back: every refresh
+		 * token so far is refused; the exchange gives new ones. */
+		fa_conf.refresh_generation++;
+		control_reply(req, 200, json_pack("{s:I}", "generation",
+		    (json_int_t)fa_conf.refresh_generation));
 	} else if (strcmp(path, "/config") == 0 && cmd == EVHTTP_REQ_GET) {
 		control_reply(req, 200, control_config());
 	} else if (strcmp(path, "/config") == 0 && cmd == EVHTTP_REQ_POST) {

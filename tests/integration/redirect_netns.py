@@ -20,6 +20,13 @@ there that redirects blob GETs:
   /v2/via-storage/...   to storage on 192.0.2.10, which redirects to
                         127.0.0.1:SENTINEL (two hops)
 
+The same registry also answers with a Bearer challenge whose realm is
+on the node (pullproxy asks it anonymously, as anonymous pulls do):
+
+  /v2/realm-loopback/...   realm http://127.0.0.1:SENTINEL/token
+  /v2/realm-localhost/...  realm http://localhost:SENTINEL/token
+  /v2/realm-imds/...       realm http://169.254.169.254/metadata/...
+
 Prints one JSON object: the status each request got, connections each
 sentinel saw, requests the loopback registry saw, pullproxy's log lines.
 Standard library only; PULLPROXY_BIN names the binary.
@@ -42,6 +49,7 @@ BLOB = b"blob served from storage off the node\n" * 100
 LOCAL_BLOB = b"blob of the loopback registry\n" * 100
 CASES = ("to-remote", "to-loopback", "to-localhost", "to-any", "to-v6",
          "to-imds", "to-pooled", "via-storage")
+REALM_CASES = ("realm-loopback", "realm-localhost", "realm-imds")
 
 
 def sha256(data):
@@ -141,6 +149,8 @@ def main():
     _, local = server("127.0.0.1", {"pooled": (200, {}, LOCAL_BLOB)},
                       local_seen)
     redirect = lambda url: (307, {"Location": url}, b"")  # noqa: E731
+    challenge = lambda realm: (401, {  # noqa: E731
+        "WWW-Authenticate": 'Bearer realm="%s",service="x"' % realm}, b"")
     _, storage = server(ADDR, {
         "/blob": (200, {"Content-Type": "application/octet-stream"}, BLOB),
         "/onward": redirect("http://127.0.0.1:%d/x" % s4.port)})
@@ -154,7 +164,11 @@ def main():
                             "oauth2/token?api-version=2018-02-01"),
         "to-pooled": redirect("http://127.0.0.1:%d/v2/pooled/blobs/%s" %
                               (local, digest_of("to-pooled"))),
-        "via-storage": redirect("http://%s:%d/onward" % (ADDR, storage))})
+        "via-storage": redirect("http://%s:%d/onward" % (ADDR, storage)),
+        "realm-loopback": challenge("http://127.0.0.1:%d/token" % s4.port),
+        "realm-localhost": challenge("http://localhost:%d/token" % s4.port),
+        "realm-imds": challenge("http://169.254.169.254/metadata/identity/"
+                                "oauth2/token")})
 
     work = tempfile.mkdtemp(prefix="ppnetns-")
     conf = os.path.join(work, "pp.conf")
@@ -171,11 +185,11 @@ def main():
         "--registry", "local.example=http://127.0.0.1:%d" % local] + [
         # One registry name per case: failures in a row would open the
         # registry's circuit and refuse the next cases before the rule.
-        a for c in CASES for a in
+        a for c in CASES + REALM_CASES for a in
         ("--registry", "%s.example=http://%s:%d" % (c, ADDR, reg))],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(work, "stderr"), "wb"))
-    out = {"statuses": {}, "seconds": {}}
+    out = {"statuses": {}, "seconds": {}, "realm_statuses": {}}
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -198,6 +212,13 @@ def main():
             except OSError as e:
                 out["statuses"][repo] = str(e)
             out["seconds"][repo] = time.monotonic() - t0
+        for repo in REALM_CASES:
+            try:
+                status, _ = get(port, "/v2/%s/manifests/v1?ns=%s.example" % (
+                    repo, repo))
+                out["realm_statuses"][repo] = status
+            except OSError as e:
+                out["realm_statuses"][repo] = str(e)
     finally:
         pp.terminate()
         out["exit"] = pp.wait(15)

@@ -70,6 +70,17 @@ def pp(acr_proxy, fake):
     return p.start()
 
 
+@pytest.fixture
+def patient_pp(acr_proxy, fake):
+    """pp with a stall timeout that a busy fake's first byte fits in: the
+    fake reads and hashes a 48 MiB manifest before it answers."""
+    fake.config(anonymous=True)
+    p = acr_proxy(start=False)
+    p.conf.write_text(SERVER.replace("stall_timeout_s = 1", "stall_timeout_s = 20")
+                      + p.conf.read_text())
+    return p.start()
+
+
 class Got:
     """One GET through pullproxy. complete: the body ended where its
     Content-Length said; False when the connection was cut."""
@@ -338,10 +349,11 @@ def peak_growth_kib(pid, action):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_manifest_over_4_mib(pp, fake, hostile, chunked):
+def test_manifest_over_4_mib(patient_pp, fake, hostile, chunked):
     """Refused with its cause, never stored, and never buffered past the
     limit: announced (Content-Length) or not (chunked), 48 MiB raise
     pullproxy's peak memory by a few MiB at most."""
+    pp = patient_pp
     if chunked:
         fake.add_fault(endpoint="manifests", repo="hostile/huge", chunked=True)
     got = []
@@ -426,9 +438,9 @@ def test_redirect_from_off_the_node_into_it_is_refused(tmp_path):
     """A registry that is not on this node (192.0.2.10 in a network
     namespace of the test's own: see redirect_netns.py) redirecting to
     127.0.0.1, localhost, 0.0.0.0, [::1], IMDS, a loopback registry whose
-    connection pullproxy already holds, or via storage to 127.0.0.1: each
-    refused, and nothing there is contacted. A redirect to another
-    address off the node is followed."""
+    connection pullproxy already holds, or via storage to 127.0.0.1, or
+    naming a token realm there: each refused, and nothing there is
+    contacted. A redirect to another address off the node is followed."""
     script = Path(__file__).with_name("redirect_netns.py")
     if shutil.which("ip") is None:
         pytest.skip("no ip(8) to give the namespace an address")
@@ -452,10 +464,20 @@ def test_redirect_from_off_the_node_into_it_is_refused(tmp_path):
     assert out["sentinel4"] == 0 and out["sentinel6"] == 0
     # The loopback registry saw only its own client's request.
     assert len(out["local_seen"]) == 1, out["local_seen"]
-    lines = [l for l in out["log"] if l.get("msg") == "upstream failure"]
+    lines = [l for l in out["log"] if l.get("msg") == "upstream failure" and
+             not l["repository"].startswith("realm-")]
     assert len(lines) == 7, lines
     for l in lines:
         assert l["cause"] == "redirect_failed" and "refused" in l["error"], l
+    # A token realm is the registry's word too: not fetched on the node.
+    assert out["realm_statuses"] == {c: 502 for c in out["realm_statuses"]} and \
+        len(out["realm_statuses"]) == 3, out["realm_statuses"]
+    auth = [l for l in out["log"] if l.get("msg") == "auth failure"]
+    assert sorted(l["registry"] for l in auth) == [
+        "realm-imds.example", "realm-localhost.example", "realm-loopback.example"], auth
+    for l in auth:
+        assert l["phase"] == "token" and "refused: the registry is not there" in \
+            l["error"] and l["cause"] == "redirect_failed", l
 
 
 # ---------------------------------------------------- never answering

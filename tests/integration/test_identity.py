@@ -262,6 +262,44 @@ def test_refresh_token_renewed_before_it_expires(fake, acr_proxy):
     assert not pp.logs("auth failure")
 
 
+def test_refused_refresh_token_goes_back_through_imds_once(fake, acr_proxy):
+    """The registry refuses the cached refresh token before its expiry
+    (the role removed and granted back): the pull in flight gets a new one
+    through IMDS and the exchange, once, and succeeds."""
+    pp = acr_proxy(**mi_settings(fake))
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 200
+    fake.revoke_refresh_tokens()
+    fake.clear_requests()
+    r = get(pp, fake, "/v2/id/other/manifests/v1")
+    assert r.status == 200, r.body
+    assert [r["status"] for r in fake_requests(fake, "token")] == [401, 200]
+    assert [r["status"] for r in fake_requests(fake, "imds")] == [200]
+    assert [r["status"] for r in fake_requests(fake, "exchange")] == [200]
+    refused = pp.logs("auth refresh refused")
+    assert len(refused) == 1 and refused[0]["scope"] == "repository:id/other:pull"
+    assert refused[0]["status"] == 401 and refused[0]["code"] == "UNAUTHORIZED"
+    assert not pp.logs("auth failure") and not pp.logs("upstream failure")
+    # The new refresh token serves the next scope without IMDS.
+    assert get(pp, fake, "/v2/id/big/manifests/v1").status == 200
+    assert len(fake_requests(fake, "imds")) == 1
+
+
+def test_refused_refresh_token_goes_back_once_only(fake, acr_proxy):
+    """A registry that refuses every refresh token costs one more trip
+    through IMDS and the exchange per fetch, not a loop."""
+    pp = acr_proxy(**mi_settings(fake))
+    fake.add_fault(endpoint="token", status=401)
+    r = get(pp, fake, "/v2/id/small/manifests/v1")
+    assert r.status == 502
+    assert len(fake_requests(fake, "token")) == 2
+    assert len(fake_requests(fake, "imds")) == 2
+    assert [r["status"] for r in fake_requests(fake, "exchange")] == [200, 200]
+    assert len(pp.logs("auth refresh refused")) == 1
+    fail = wait_for(lambda: pp.logs("auth failure"), 5, "auth failure")
+    assert len(fail) == 1 and fail[0]["phase"] == "token", fail
+    assert fail[0]["cause"] == "auth_unauthorized"
+
+
 def test_imds_retries_then_gives_up(fake, acr_proxy):
     # One 500, then a token: the retry after a second's back-off.
     fake.add_fault(endpoint="imds", status=500, count=1)
@@ -384,6 +422,40 @@ def test_acr_credentials_never_go_to_another_host(fake, acr_proxy):
     assert len(fail) == 1 and fail[0]["phase"] == "challenge", fail
     assert fail[0]["error"] == "the realm is not on the registry's host"
     assert not any(fake_requests(fake, e) for e in ("imds", "exchange", "token"))
+
+
+@pytest.mark.parametrize("endpoint", ["exchange", "token"])
+def test_credential_posts_do_not_follow_redirects(fake, acr_proxy, sentinel,
+                                                  endpoint):
+    """The exchange carries the Entra token, the token POST the refresh
+    token, both in the body: a 307 elsewhere is not followed (curl would
+    POST the same body there)."""
+    fake.add_fault(endpoint=endpoint, status=307, headers={
+        "Location": "https://127.0.0.1:%d/oauth2/%s" % (sentinel.port, endpoint)})
+    pp = acr_proxy(**mi_settings(fake))
+    r = get(pp, fake, "/v2/id/small/manifests/v1")
+    assert r.status == 502
+    assert sentinel.connections == 0
+    assert [r["status"] for r in fake_requests(fake, endpoint)] == [307]
+    fail = wait_for(lambda: pp.logs("auth failure"), 5, "auth failure")
+    assert len(fail) == 1 and fail[0]["phase"] == endpoint, fail
+    assert fail[0]["status"] == 307 and "redirected" in fail[0]["error"]
+    assert fail[0]["cause"] == "redirect_failed" and "token endpoint" in fail[0]["hint"]
+
+
+def test_basic_credentials_never_go_to_another_host(fake, acr_proxy, sentinel):
+    """A Bearer realm on another host, here a loopback listener, gets no
+    Basic credentials: the realm must be on the registry's host."""
+    realm = "http://localhost:%d/token" % sentinel.port
+    fake.add_fault(endpoint="manifests", status=401, headers={
+        "WWW-Authenticate": 'Bearer realm="%s",service="x"' % realm})
+    pp = acr_proxy(auth="basic", username_file=("user", USER + "\n"),
+                   password_file=("password", PASSWORD + "\n"))
+    assert get(pp, fake, "/v2/id/small/manifests/v1").status == 502
+    assert sentinel.connections == 0
+    fail = pp.logs("auth failure")
+    assert len(fail) == 1 and fail[0]["phase"] == "challenge", fail
+    assert fail[0]["error"] == "the realm is not on the registry's host"
 
 
 # ------------------------------------------------------------------ secrets

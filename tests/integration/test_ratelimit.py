@@ -11,8 +11,8 @@ import time
 import pytest
 
 pytest.register_assert_rewrite("acr")
-from acr import get, ns_path  # noqa: E402
-from conftest import SANITIZED, http_request, metrics  # noqa: E402
+from acr import get, ns_path, registry_section  # noqa: E402
+from conftest import SANITIZED, free_port, http_request, metrics, wait_for  # noqa: E402
 
 from fakeacr import write_image  # noqa: E402  (acr.py put it on sys.path)
 
@@ -142,17 +142,21 @@ def test_429_retry_after_pauses_registry(acr_proxy, anon, many_tags, acr_images)
     anon.add_fault(endpoint="manifests", repo=REPO, status=429,
                    headers={"Retry-After": "2"}, count=1)
 
-    r = get(pp, anon, "/v2/%s/manifests/t0" % REPO)
-    assert r.status == 503 and r.error_code() == "TOOMANYREQUESTS"
-    t429 = [q for q in anon.requests("registry") if q["status"] == 429]
+    # The request that draws the 429 is held, not failed: it is sent
+    # again when the pause ends, with the others.
+    later = []
+    first = threading.Thread(target=lambda: later.append(
+        get(pp, anon, "/v2/%s/manifests/t0" % REPO).status))
+    first.start()
+    t429 = wait_for(lambda: [q for q in anon.requests("registry")
+                             if q["status"] == 429], 10, "the 429")
     assert len(t429) == 1
     t429 = t429[0]["time"]
 
     # Uncached requests wait out the pause; cached ones are served now.
-    later = []
-    waiters = [threading.Thread(target=lambda i=i: later.append(
+    waiters = [first] + [threading.Thread(target=lambda i=i: later.append(
         get(pp, anon, "/v2/%s/manifests/t%d" % (REPO, i)).status)) for i in range(1, 6)]
-    for t in waiters:
+    for t in waiters[1:]:
         t.start()
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
@@ -163,10 +167,10 @@ def test_429_retry_after_pauses_registry(acr_proxy, anon, many_tags, acr_images)
         time.sleep(0.1)
     for t in waiters:
         t.join(30)
-    assert later == [200] * 5
+    assert later == [200] * 6
 
     after = [q["time"] for q in anon.requests("registry") if q["time"] > t429]
-    assert len(after) == 5
+    assert len(after) == 6
     # Nothing reached the registry during the pause; then traffic resumed.
     assert min(after) >= t429 + 2.0 - 0.05, min(after) - t429
     assert min(after) <= t429 + 2.0 + MARGIN
@@ -216,3 +220,47 @@ def test_metrics_and_probes(acr_proxy, anon, acr_images):
                    "pullproxy_ratelimit_queue_depth", "pullproxy_ratelimit_tokens",
                    "pullproxy_ratelimit_paused", "pullproxy_cache_served_bytes_total"):
         assert re.search(r"^# TYPE %s " % family, text, re.M), family
+
+
+def test_fleet_share_and_cut_on_429(acr_proxy, anon, many_tags):
+    """fleet_rate / fleet_nodes caps the node's rate; a burst of 429s to
+    requests sent together cuts it once, by half, and says so."""
+    pp = acr_proxy(rate=100, burst=100, max_wait_s=30, fleet_rate=40,
+                   fleet_nodes=5)
+    reg = anon.registry
+    m = metrics(pp)
+    assert m['pullproxy_ratelimit_ceiling{registry="%s"}' % reg] == 8
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % reg] == 8
+    # The burst shrank with the rate: 100 * 8 / 100.
+    assert m['pullproxy_ratelimit_tokens{registry="%s"}' % reg] == 8
+    ceiling = pp.logs("upstream rate ceiling")
+    assert len(ceiling) == 1 and ceiling[0]["nodes"] == 5
+
+    # Four requests out at once, all answered 429 (no Retry-After, as ACR).
+    # Held 1 s at the fake, so all four are out before the first 429.
+    anon.add_fault(endpoint="manifests", repo=REPO, status=429, count=4,
+                   delay_ms=1000)
+    res = burst_get(pp, anon, ["/v2/%s/manifests/t%d" % (REPO, i) for i in range(4)])
+    # Held and sent again after the pause: nothing failed.
+    assert sorted(r[1] for r in res) == [200] * 4, res
+    m = metrics(pp)
+    assert m['pullproxy_upstream_throttled_total{registry="%s"}' % reg] == 4
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % reg] == 4
+    cuts = pp.logs("upstream rate cut")
+    assert len(cuts) == 1, cuts
+    assert cuts[0]["from"] == 8 and cuts[0]["rate"] == 4
+
+
+def test_fleet_share_from_the_peers_configured(pullproxy_factory, tmp_path, anon):
+    """Without fleet_nodes, the static [fleet] peers list (the same on
+    every node) counts the nodes until the fleet counts the live ones."""
+    conf, token = tmp_path / "fleet.conf", tmp_path / "peer-token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    conf.write_text(registry_section(anon, None, rate=100, fleet_rate=30) +
+                    "[fleet]\npeers = 127.0.0.2:5001, 127.0.0.3:5001, "
+                    "127.0.0.4:5001\npeer_listen = 127.0.0.1:%d\n"
+                    "peer_token_file = %s\n" % (free_port(), token))
+    pp = pullproxy_factory(registries=[], args=["--config", str(conf)])
+    m = metrics(pp)
+    assert m['pullproxy_ratelimit_ceiling{registry="%s"}' % anon.registry] == 10
+    assert m['pullproxy_ratelimit_rate{registry="%s"}' % anon.registry] == 10

@@ -113,6 +113,16 @@ static const struct sample samples[] = {
 	    CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
 	{ "a cache write, not upstream", { .status = 200, .host = HOST },
 	    CLASSIFY_NONE, CLASSIFY_PHASE_REQUEST },
+	{ "token POST redirected, not followed", { .phase =
+	    CLASSIFY_PHASE_TOKEN, .status = 307, .connected = 1, .headers = 1,
+	    .host = HOST }, CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
+	{ "exchange redirected, not followed", { .phase =
+	    CLASSIFY_PHASE_EXCHANGE, .status = 307, .connected = 1,
+	    .headers = 1, .host = HOST }, CLASSIFY_REDIRECT_FAILED,
+	    CLASSIFY_PHASE_REDIRECT },
+	{ "realm on the node refused", { .phase = CLASSIFY_PHASE_TOKEN,
+	    .curl = CURLE_ABORTED_BY_CALLBACK, .host = HOST },
+	    CLASSIFY_REDIRECT_FAILED, CLASSIFY_PHASE_REDIRECT },
 };
 
 static void
@@ -142,6 +152,81 @@ test_every_cause(void **state)
 	for (c = 1; c < CLASSIFY_NCAUSES; c++)
 		if (!seen[c])
 			fail_msg("no sample for %s", classify_cause_name(c));
+}
+
+/*
+ * Only the registry's own failures are faults (what a circuit counts):
+ * transport, timeouts, broken answers, 5xx. An answer to the request is
+ * not, whatever its 4xx, nor a URL curl would not send; a 405 or 416 is
+ * no cause of the registry's either.
+ */
+static void
+test_faults(void **state)
+{
+	static const struct {
+		struct classify_input	in;
+		int			fault;
+		enum classify_cause	cause;
+	} t[] = {
+		{ { .status = 405, .host = HOST }, 0, CLASSIFY_NONE },
+		{ { .status = 416, .host = HOST }, 0, CLASSIFY_NONE },
+		{ { .status = 416, .redirected = 1, .host = HOST }, 0,
+		    CLASSIFY_NONE },
+		{ { .status = 400, .acr_code = "NAME_INVALID", .host = HOST },
+		    0, CLASSIFY_NONE },
+		{ { .status = 410, .host = HOST }, 0, CLASSIFY_NONE },
+		{ { .status = 405, .phase = CLASSIFY_PHASE_BODY, .headers = 1,
+		    .host = HOST }, 0, CLASSIFY_NONE },
+		{ { .curl = CURLE_URL_MALFORMAT, .host = HOST }, 0,
+		    CLASSIFY_NONE },
+		{ { .status = 401, .host = HOST }, 0,
+		    CLASSIFY_AUTH_UNAUTHORIZED },
+		{ { .status = 403, .host = HOST }, 0,
+		    CLASSIFY_FORBIDDEN_NETWORK },
+		{ { .status = 404, .host = HOST }, 0, CLASSIFY_NOT_FOUND },
+		{ { .status = 429, .host = HOST }, 0, CLASSIFY_THROTTLED },
+		{ { .status = 403, .redirected = 1, .host = HOST }, 0,
+		    CLASSIFY_REDIRECT_FAILED },
+		{ { .curl = CURLE_ABORTED_BY_CALLBACK, .throttled = 1,
+		    .host = HOST }, 0, CLASSIFY_THROTTLED },
+		{ { .curl = CURLE_COULDNT_CONNECT, .os_errno = ECONNREFUSED,
+		    .circuit = CLASSIFY_CONNECTION_REFUSED, .host = HOST }, 0,
+		    CLASSIFY_CONNECTION_REFUSED },
+		/* A token endpoint's refusal gives no token. */
+		{ { .phase = CLASSIFY_PHASE_TOKEN, .status = 400,
+		    .host = HOST }, 0, CLASSIFY_AUTH_UNAUTHORIZED },
+		{ { .status = 500, .host = HOST }, 1,
+		    CLASSIFY_UPSTREAM_UNAVAILABLE },
+		{ { .status = 503, .redirected = 1, .host = HOST }, 1,
+		    CLASSIFY_UPSTREAM_UNAVAILABLE },
+		{ { .curl = CURLE_COULDNT_CONNECT, .os_errno = ECONNREFUSED,
+		    .host = HOST }, 1, CLASSIFY_CONNECTION_REFUSED },
+		{ { .curl = CURLE_OPERATION_TIMEDOUT, .connected = 1,
+		    .host = HOST }, 1, CLASSIFY_IO_TIMEOUT },
+		{ { .curl = CURLE_COULDNT_RESOLVE_HOST, .host = HOST }, 1,
+		    CLASSIFY_DNS_FAILURE },
+		{ { .curl = CURLE_PEER_FAILED_VERIFICATION, .host = HOST }, 1,
+		    CLASSIFY_TLS_ERROR },
+		{ { .curl = CURLE_HTTP2, .connected = 1, .host = HOST }, 1,
+		    CLASSIFY_UPSTREAM_UNAVAILABLE },
+		{ { .curl = CURLE_COULDNT_RESOLVE_HOST, .redirected = 1,
+		    .host = HOST }, 1, CLASSIFY_REDIRECT_FAILED },
+		{ { .phase = CLASSIFY_PHASE_BODY, .status = 200,
+		    .host = HOST }, 1, CLASSIFY_UPSTREAM_UNAVAILABLE },
+	};
+	struct classify_result r;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		classify(&t[i].in, &r);
+		if (r.fault != t[i].fault || r.cause != t[i].cause)
+			fail_msg("case %zu (status %ld, curl %d): got %s "
+			    "fault %d, want %s fault %d", i, t[i].in.status,
+			    (int)t[i].in.curl, classify_cause_name(r.cause),
+			    r.fault, classify_cause_name(t[i].cause),
+			    t[i].fault);
+	}
 }
 
 /* Every hint a cause can give is its own: none is shared with another. */
@@ -264,6 +349,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_every_cause),
+		cmocka_unit_test(test_faults),
 		cmocka_unit_test(test_hints_distinct),
 		cmocka_unit_test(test_name_typo),
 		cmocka_unit_test(test_platform),

@@ -397,6 +397,8 @@ test_ratelimit(void **state)
 	    "rate = 0.5\n"
 	    "burst = 3\n"
 	    "max_wait_s = 0\n"
+	    "fleet_rate = 45\n"
+	    "fleet_nodes = 12\n"
 	    "[registry b.example]\n"
 	    "url = https://b.example\n");
 	config_init(&cfg);
@@ -404,10 +406,15 @@ test_ratelimit(void **state)
 	assert_true(cfg.registries[0].rate == 0.5);
 	assert_int_equal(cfg.registries[0].burst, 3);
 	assert_int_equal(cfg.registries[0].max_wait_s, 0);
+	assert_true(cfg.registries[0].fleet_rate == 45);
+	assert_int_equal(cfg.registries[0].fleet_nodes, 12);
 	/* Defaults: one node well under a Basic registry's 1,000/min. */
 	assert_true(cfg.registries[1].rate == 10);
 	assert_int_equal(cfg.registries[1].burst, 20);
 	assert_int_equal(cfg.registries[1].max_wait_s, 30);
+	/* No fleet budget unless given: the ceiling is rate. */
+	assert_true(cfg.registries[1].fleet_rate == 0);
+	assert_int_equal(cfg.registries[1].fleet_nodes, 0);
 	config_free(&cfg);
 
 	expect_file_error("[registry a.example]\nrate = 0\n",
@@ -420,6 +427,12 @@ test_ratelimit(void **state)
 	    "2: [registry a.example] burst: expected a whole number 1-100000");
 	expect_file_error("[registry a.example]\nburst = 2.5\n",
 	    "2: [registry a.example] burst: expected a whole number 1-100000");
+	expect_file_error("[registry a.example]\nfleet_rate = 0\n",
+	    "2: [registry a.example] fleet_rate: expected requests per "
+	    "second, 0.01-100000");
+	expect_file_error("[registry a.example]\nfleet_nodes = 0\n",
+	    "2: [registry a.example] fleet_nodes: expected a whole number "
+	    "1-100000");
 	expect_file_error("[registry a.example]\nmax_wait_s = -1\n",
 	    "2: [registry a.example] max_wait_s: expected a whole number "
 	    "0-3600");
@@ -635,6 +648,84 @@ test_bad_fleet(void **state)
 	config_free(&cfg);
 }
 
+/*
+ * A key given again replaces its value: the list and string setters free
+ * the old value once (a double free here aborts under ASan), including a
+ * mirror list refilled after a shorter or failed one.
+ */
+static void
+test_repeated_keys(void **state)
+{
+	struct config cfg;
+	struct config_registry *r;
+	char err[CONFIG_ERR_MAX];
+	const char *path;
+
+	(void)state;
+	path = write_file("again.conf", "[server]\n"
+	    "listen = 127.0.0.1:1\nlisten = 127.0.0.2:2\n"
+	    "cache_dir = /a\ncache_dir = /b\nlog = /a.log\nlog = /b.log\n"
+	    "platform = linux/amd64\nplatform = linux/arm64\n"
+	    "client_token_file = /a\nclient_token_file = /b\n"
+	    "[registry a.io]\nurl = https://a.io\nurl = https://b.io/\n"
+	    "mirrors = http://m1, http://m2, http://m3\n"
+	    "mirrors = http://m4\n"
+	    "mirrors = http://m5 http://m6\n"
+	    "ca_file = /a\nca_file = /b\nclient_id = a\nclient_id = b\n"
+	    "tenant = a\ntenant = b\nimds_url = http://a\n"
+	    "imds_url = http://b\nusername_file = /a\nusername_file = /b\n"
+	    "password_file = /a\npassword_file = /b\n"
+	    "refresh_token_file = /a\nrefresh_token_file = /b\n"
+	    "mirror_token_file = /a\nmirror_token_file = /b\n"
+	    "[registry a.io]\nmirrors = http://m7\n"
+	    "[fleet]\npeers = a:1, b:2\npeers = c:3\n"
+	    "peers_dns = x.svc, y.svc\npeers_dns = z.svc\n"
+	    "peers_dns_server = 10.0.0.1\npeers_dns_server = 10.0.0.2:54\n"
+	    "peer_listen = 10.0.0.1:1\npeer_listen = 10.0.0.2:2\n"
+	    "peer_token_file = /a\npeer_token_file = /b\n");
+	config_init(&cfg);
+	assert_int_equal(config_load_file(&cfg, path, err, sizeof(err)), 0);
+	assert_string_equal(cfg.listen_host, "127.0.0.2");
+	assert_string_equal(cfg.cache_dir, "/b");
+	assert_string_equal(cfg.log_file, "/b.log");
+	assert_string_equal(cfg.platform, "linux/arm64");
+	assert_string_equal(cfg.client_token_file, "/b");
+	assert_int_equal(cfg.nregistries, 1);
+	r = &cfg.registries[0];
+	assert_string_equal(r->url, "https://b.io");
+	assert_int_equal(r->nmirrors, 1);
+	assert_string_equal(r->mirrors[0].url, "http://m7");
+	assert_null(r->mirrors[1].url);
+	assert_string_equal(r->ca_file, "/b");
+	assert_string_equal(r->client_id, "b");
+	assert_string_equal(r->tenant, "b");
+	assert_string_equal(r->imds_url, "http://b");
+	assert_string_equal(r->username_file, "/b");
+	assert_string_equal(r->password_file, "/b");
+	assert_string_equal(r->refresh_token_file, "/b");
+	assert_string_equal(r->mirror_token_file, "/b");
+	assert_int_equal(cfg.fleet.npeers, 1);
+	assert_string_equal(cfg.fleet.peers[0].host, "c");
+	assert_int_equal(cfg.fleet.npeers_dns, 1);
+	assert_string_equal(cfg.fleet.peers_dns[0], "z.svc");
+	assert_string_equal(cfg.fleet.peers_dns_server, "10.0.0.2");
+	assert_int_equal(cfg.fleet.peers_dns_server_port, 54);
+	assert_string_equal(cfg.fleet.peer_listen_host, "10.0.0.2");
+	assert_int_equal(cfg.fleet.peer_listen_port, 2);
+	assert_string_equal(cfg.fleet.peer_token_file, "/b");
+	config_free(&cfg);
+
+	/* A list that failed half way, then given again. */
+	expect_file_error("[registry a.io]\nurl = https://a.io\n"
+	    "mirrors = http://m1 http://m2 http://m3 http://m4 http://m5\n"
+	    "mirrors = http://m6\n",
+	    "3: [registry a.io] mirrors: at most 4 mirrors");
+	expect_file_error("[registry a.io]\nurl = https://a.io\n"
+	    "mirrors = http://m1, ftp://m2\nmirrors = http://m3\n",
+	    "3: [registry a.io] mirrors: URL must start with http:// or "
+	    "https://");
+}
+
 int
 main(void)
 {
@@ -652,6 +743,7 @@ main(void)
 		cmocka_unit_test(test_missing_url),
 		cmocka_unit_test(test_example),
 		cmocka_unit_test(test_ratelimit),
+		cmocka_unit_test(test_repeated_keys),
 	};
 
 	return cmocka_run_group_tests_name("config", tests, setup, teardown);

@@ -530,3 +530,36 @@ def test_membership_change_moves_only_its_share_of_keys(
                for r in registry.requests_since(mark)
                if r.method == "GET" and "/blobs/" in r.uri}
     assert fetched == share, (sorted(fetched), sorted(share))
+
+
+def test_peer_request_is_never_forwarded_to_another_peer(
+        tmp_path, registry, fleet_factory):
+    img = image(tmp_path, registry, "fleet/hop", nlayers=16, size=16 * 1024,
+                seed=41)
+    fleet = fleet_factory(3, base=90).start()
+    a = fleet.nodes[0]
+    own = owners(a, registry, img.layers)
+    # A layer that neither a nor the node asking a owns.
+    d = [d for d in img.layers if own[d] not in (a.peer_id,
+                                                 fleet.nodes[1].peer_id)]
+    assert d, own
+    d = d[0]
+    owner = [pp for pp in fleet.nodes if pp.peer_id == own[d]][0]
+    mark = registry.mark()
+    # Asked as a peer (node 1 would), a answers from the registry itself:
+    # it does not ask the owner.
+    r = http_request(fleet.port, "GET", "/v2/%s/blobs/%s?ns=%s" % (
+        img.repo, d, registry.host), headers={
+        "Authorization": "Bearer " + TOKEN,
+        "Pullproxy-Peer": fleet.nodes[1].peer_id}, host=a.peer_host)
+    assert r.status == 200 and sha256_digest(r.body) == d
+    assert not [l for l in owner.requests() if d in l["route"]]
+    assert [q for q in registry.requests_since(mark)
+            if q.method == "GET" and d in q.uri]
+    # The same asked by a's own client goes to the owner.
+    mark = registry.mark()
+    other = [x for x in img.layers if own[x] == owner.peer_id and x != d]
+    assert other, own       # 16 layers, 3 members
+    status, got = get_blob(a, img, other[0], registry.host)
+    assert (status, got) == (200, other[0])
+    assert [l for l in owner.requests() if other[0] in l["route"]]

@@ -19,12 +19,10 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -41,23 +39,13 @@ def log(msg):
     print("fleet: " + msg, file=sys.stderr, flush=True)
 
 
-def free_port(hosts):
-    for _ in range(100):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        try:
-            for h in hosts:
-                t = socket.socket()
-                try:
-                    t.bind((h, port))
-                finally:
-                    t.close()
-            return port
-        except OSError:
-            continue
-    raise SystemExit("no free port")
+def port_for(case, what, i=0):
+    """Ports below the ephemeral range (32768 up), fixed per case: the run
+    has its network namespace to itself, and a port picked free from the
+    ephemeral range can be taken by a connection's source port before the
+    server binds it."""
+    return 10000 + 1000 * case + {"registry": 0, "peer": 1, "node": 100}[
+        what] + i
 
 
 def wait_for(pred, timeout, what):
@@ -80,11 +68,11 @@ def request(host, port, method, path, headers=None, body=None, timeout=120):
 
 
 class Registry:
-    def __init__(self, work):
+    def __init__(self, work, case):
         self.dir = os.path.join(work, "registry")
         os.makedirs(os.path.join(self.dir, "storage"))
         # Its own address: its egress is a class of its own (links()).
-        self.port = free_port([REGISTRY_IP])
+        self.port = port_for(case, "registry")
         self.host = "%s:%d" % (REGISTRY_IP, self.port)
         self.access = os.path.join(self.dir, "access.log")
         cfg = os.path.join(self.dir, "config.yml")
@@ -167,10 +155,10 @@ class Registry:
 
 class Node:
     def __init__(self, binary, work, i, registry, fleet, members, peer_port,
-                 token_file, fanout):
+                 token_file, fanout, case):
         self.dir = os.path.join(work, "node%d" % i)
         os.makedirs(self.dir)
-        self.port = free_port(["127.0.0.1"])
+        self.port = port_for(case, "node", i)
         self.peer_host = "127.0.0.%d" % (100 + i)
         self.log = os.path.join(self.dir, "pullproxy.log")
         argv = [binary, "serve", "--listen", "127.0.0.1:%d" % self.port,
@@ -255,10 +243,11 @@ def pull(node, registry, repo, tag, digests):
     return time.monotonic()
 
 
-def run_case(args, work, name, fleet, fanout, layer_mib, nlayers, seed):
+def run_case(args, work, case, name, fleet, fanout, layer_mib, nlayers,
+             seed):
     base = os.path.join(work, name)
     os.makedirs(base)
-    registry = Registry(base)
+    registry = Registry(base, case)
     try:
         rnd = random.Random(seed)
         layers = [rnd.randbytes(layer_mib * MiB) for _ in range(nlayers)]
@@ -266,18 +255,27 @@ def run_case(args, work, name, fleet, fanout, layer_mib, nlayers, seed):
         digests = registry.push_image(repo, "v1", layers)
         del layers
         hosts = ["127.0.0.%d" % (100 + i) for i in range(args.nodes)]
-        peer_port = free_port(hosts)
+        peer_port = port_for(case, "peer")
         token = os.path.join(base, "peer-token")
         with open(token, "w") as f:
             f.write(TOKEN + "\n")
         os.chmod(token, 0o600)
         members = ["%s:%d" % (h, peer_port) for h in hosts]
         nodes = [Node(args.binary, base, i, registry, fleet, members,
-                      peer_port, token, fanout) for i in range(args.nodes)]
+                      peer_port, token, fanout, case)
+                 for i in range(args.nodes)]
         try:
             want = args.nodes if fleet else 0
             for n in nodes:
-                wait_for(lambda n=n: n.ready(want), 60, "node %d" % n.port)
+                try:
+                    wait_for(lambda n=n: n.ready(want), 60, "node %d" %
+                             n.port)
+                except SystemExit:
+                    with open(os.path.join(n.dir, "stderr"), "rb") as f:
+                        err = f.read()[-1000:].decode(errors="replace")
+                    raise SystemExit("node %s:%d not ready (exit %s): %s %s"
+                                     % (n.peer_host, n.port, n.proc.poll(),
+                                        err, n.lines()[-3:]))
             mark = registry.mark()
             t0 = time.monotonic()
             with ThreadPoolExecutor(len(nodes)) as ex:
@@ -434,6 +432,7 @@ def main():
     ap.add_argument("--registry-mbit", type=int, default=800,
                     help="the registry's egress for everyone")
     args = ap.parse_args()
+    os.makedirs(args.work, exist_ok=True)
     private_hosts(args)
     links(args)
     t0 = time.monotonic()
@@ -443,9 +442,10 @@ def main():
              ("layer-k2", True, 2, args.big_mib, 1, 3),
              ("layer-k4", True, 4, args.big_mib, 1, 5),
              ("layer-k16", True, 16, args.big_mib, 1, 4)]
-    for name, fleet, k, mib, n, seed in cases:
+    for case, (name, fleet, k, mib, n, seed) in enumerate(cases):
         log("%s: %d nodes, %d x %d MiB, K=%d" % (name, args.nodes, n, mib, k))
-        rows.append(run_case(args, args.work, name, fleet, k, mib, n, seed))
+        rows.append(run_case(args, args.work, case, name, fleet, k, mib, n,
+                             seed))
         log(json.dumps(rows[-1]))
     text = report(rows, args, time.monotonic() - t0)
     with open(args.out, "w") as f:

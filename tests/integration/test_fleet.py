@@ -3,7 +3,6 @@ with its own cache, its own containerd listener on 127.0.0.1 and its own
 peer address 127.0.0.N (one static `peers` list), in front of the real
 docker-registry, whose access log counts what reached it."""
 
-import hashlib
 import http.client
 import http.server
 import json
@@ -23,7 +22,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import (MiB, PULLPROXY_BIN, PullProxy, _big_blob,  # noqa: E402
                       build_image, http_request, push_image, run,
-                      sha256_digest, stop_process, wait_for)
+                      sha256_digest, wait_for)
 from upstream_proxy import UpstreamProxy  # noqa: E402
 
 TOKEN = "fleet-test-token-0123456789"
@@ -130,20 +129,6 @@ def fleet_factory(tmp_path, registry):
     yield factory
     for f in made:
         f.stop()
-
-
-def owner_of(pp, key):
-    """The owner of key as `pullproxy fleet` says, with pp's config."""
-    cfg = [a for a in pp.argv if a.endswith(".conf")][0]
-    out = run([PULLPROXY_BIN, "fleet", "--config", cfg, "--for", "2", key],
-              timeout=30).stdout
-    last = None
-    for line in out.splitlines():
-        obj = json.loads(line)
-        if key in obj.get("owners", {}):
-            last = obj["owners"][key]
-    assert last is not None, out
-    return pp.peer_id if last == "self" else last
 
 
 def image(tmp_path, registry, repo, nlayers=3, size=200 * 1024, seed=7):

@@ -209,6 +209,11 @@ def test_peer_request_without_token_is_refused(tmp_path, registry,
     r = http_request(port, "GET", path, headers={
         "Authorization": "Bearer " + TOKEN}, host=conn_host)
     assert r.status == 200 and sha256_digest(r.body) == img.layers[0]
+    # Only the configured registries: another ns is never contacted.
+    r = http_request(port, "GET", "/v2/%s/blobs/%s?ns=elsewhere.example" % (
+        img.repo, img.layers[0]), headers={"Authorization": "Bearer " + TOKEN},
+        host=conn_host)
+    assert r.status == 404, r.status
     # Only pulls: nothing else is reachable from peers but the probes.
     r = http_request(port, "GET", "/metrics", headers={
         "Authorization": "Bearer " + TOKEN}, host=conn_host)

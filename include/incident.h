@@ -16,8 +16,10 @@
 #include "classify.h"
 
 struct client_request;
+struct evbuffer;
 struct event_base;
 struct upstream_result;
+struct upstream_xfer;
 
 #define INCIDENT_REPEAT_MS	10000
 
@@ -35,6 +37,13 @@ struct incident {
 	const char	*served;
 };
 
+/*
+ * An incident for rq from what a transfer knows: x's URL and end (x NULL:
+ * none), status, and when it is an error status, the error body kept in
+ * body (or NULL). The caller adds phase, error, client_status, served.
+ */
+void incident_init(struct incident *f, const struct client_request *rq,
+    const struct upstream_xfer *x, long status, struct evbuffer *body);
 void incident_log(const struct incident *f);
 /* The window timer runs on base; without this, windows close lazily. */
 int incident_begin(struct event_base *base);

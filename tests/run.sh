@@ -1,12 +1,12 @@
 #!/bin/sh
 # The whole suite, as CI runs it: installs what the tests need, builds
-# pullproxy twice (release, and ASan+UBSan), runs the cmocka unit tests and
-# the integration tests (the real binary against a real registry, containerd
-# and skopeo) on both builds, and ends with "N passed, N failed".
+# pullproxy twice (release, and ASan+UBSan) and runs `meson test` on each
+# (suites unit, fuzz and integration; the second with the asan setup), then
+# each libFuzzer target for a bounded time on a clang build, and ends with
+# "N passed, N failed", counted per test case (tests/summary.py).
 set -u
 cd "$(dirname "$0")/.."
-root=$(pwd)
-out="$root/build-tests"
+out=build-tests
 
 scripts/install-deps.sh --test || { echo "0 passed, 1 failed"; exit 1; }
 
@@ -19,71 +19,55 @@ build() {	# build DIR [meson options]
 		cat "$out/$(basename "$dir").build.log"; return 1; }
 }
 
-rm -rf "$out"
-mkdir -p "$out/xml" "$out/asan"
-: >"$out/measurements.txt"
-failed_builds=0
-build build --buildtype=release || failed_builds=$((failed_builds + 1))
-build build-asan --buildtype=debug -Db_sanitize=address,undefined \
-	-Db_lundef=false || failed_builds=$((failed_builds + 1))
-
-# cmocka writes one JUnit file per group; pytest one per run.
-run_suite() {	# run_suite BUILDDIR TAG
-	bdir=$1 tag=$2
-	for t in "$bdir"/tests/test_*; do
-		[ -f "$t" ] && [ -x "$t" ] || continue
-		xml="$out/xml/$tag-$(basename "$t").xml"
-		CMOCKA_MESSAGE_OUTPUT=xml CMOCKA_XML_FILE="$xml" \
-		PP_SOURCE_DIR="$root" "$t" >"$out/$tag-$(basename "$t").log" 2>&1
-		rc=$?
-		# A crash leaves no XML: count it rather than lose it.
-		[ -s "$xml" ] || printf '<testsuite><testcase classname="%s" name="exit status %s"><failure/></testcase></testsuite>\n' \
-			"$(basename "$t")" "$rc" >"$xml"
-	done
-	# Each fuzz target's seed corpus and kept crash inputs, replayed.
-	for t in "$bdir"/tests/fuzz/replay_*; do
-		[ -f "$t" ] && [ -x "$t" ] || continue
-		n=${t##*/replay_}
-		"$t" "tests/fuzz/corpus/$n" "tests/fuzz/regressions/$n" \
-			>"$out/$tag-replay_$n.log" 2>&1 && r="" || r="<failure/>"
-		printf '<testsuite><testcase classname="replay" name="%s">%s</testcase></testsuite>\n' \
-			"$n" "$r" >"$out/xml/$tag-replay_$n.xml"
-	done
-	PULLPROXY_BIN="$root/$bdir/pullproxy" \
-	FAKEACR_BIN="$root/$bdir/tests/fakeacr/fakeacr" PP_MEASURE_FILE="$out/measurements.txt" \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider \
-		--junitxml="$out/xml/$tag-integration.xml" \
-		-o junit_suite_name="$tag" tests/integration tests/fakeacr
+# meson test on a build that built; results, measurements and sanitizer
+# reports of an earlier run in that directory are dropped first.
+check() {	# check DIR [SETUP]
+	dir=$1 setup=${2:-}
+	rm -rf "$dir"/meson-logs/testlog* "$dir"/meson-logs/pytest \
+		"$dir"/meson-logs/sanitizer-* "$dir"/meson-logs/measurements.txt
+	meson test -C "$dir" --no-rebuild --print-errorlogs ${setup:+--setup="$setup"}
+	runs="$runs $dir${setup:+:$setup}"
 }
 
+rm -rf "$out"
+mkdir -p "$out"
+failed_builds=0 runs=""
 echo "== release build"
-run_suite build release
+if build build --buildtype=release; then check build
+else failed_builds=$((failed_builds + 1)); fi
 echo "== ASan+UBSan build"
-ASAN_OPTIONS="log_path=$out/asan/asan:detect_leaks=1:abort_on_error=0" \
-UBSAN_OPTIONS="log_path=$out/asan/ubsan:print_stacktrace=1:halt_on_error=1" \
-PP_SANITIZED=1 run_suite build-asan asan
+if build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+then check build-asan asan
+else failed_builds=$((failed_builds + 1)); fi
 
 # libFuzzer (clang): each target for a bounded time from its corpus. A
 # crash fails it; its input is in build-tests/fuzz/TARGET/crashes/, to be
 # fixed and kept in tests/fuzz/regressions/TARGET/.
 if command -v clang >/dev/null 2>&1; then
 	echo "== fuzzing, ${PP_FUZZ_SECONDS:-10} s per target"
-	(export CC=clang; build build-fuzz --buildtype=debugoptimized -Dfuzz=true \
-		-Db_sanitize=address,undefined -Db_lundef=false) ||
+	: >"$out/libfuzzer.txt"
+	if (export CC=clang; build build-fuzz --buildtype=debugoptimized -Dfuzz=true \
+		-Db_sanitize=address,undefined -Db_lundef=false); then
+		for f in build-fuzz/tests/fuzz/fuzz_*; do
+			[ -f "$f" ] && [ -x "$f" ] || continue
+			n=${f##*/fuzz_} w="$out/fuzz/${f##*/fuzz_}"
+			mkdir -p "$w/corpus" "$w/crashes"
+			cp tests/fuzz/corpus/"$n"/* tests/fuzz/regressions/"$n"/* "$w/corpus/" 2>/dev/null
+			UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$f" \
+				-max_total_time="${PP_FUZZ_SECONDS:-10}" -timeout=10 \
+				-rss_limit_mb=2048 -artifact_prefix="$w/crashes/" "$w/corpus" \
+				>"$w/log" 2>&1
+			echo "$n $?" >>"$out/libfuzzer.txt"
+		done
+	else
 		failed_builds=$((failed_builds + 1))
-	for f in build-fuzz/tests/fuzz/fuzz_*; do
-		[ -f "$f" ] && [ -x "$f" ] || continue
-		n=${f##*/fuzz_} w="$out/fuzz/${f##*/fuzz_}"
-		mkdir -p "$w/corpus" "$w/crashes"
-		cp tests/fuzz/corpus/"$n"/* tests/fuzz/regressions/"$n"/* "$w/corpus/" 2>/dev/null
-		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$f" \
-			-max_total_time="${PP_FUZZ_SECONDS:-10}" -timeout=10 \
-			-rss_limit_mb=2048 -artifact_prefix="$w/crashes/" "$w/corpus" \
-			>"$w/log" 2>&1 && r="" || r="<failure message=\"see build-tests/fuzz/$n\"/>"
-		printf '<testsuite><testcase classname="fuzz" name="%s">%s</testcase></testsuite>\n' \
-			"$n" "$r" >"$out/xml/fuzz-$n.xml"
-	done
+	fi
 fi
 
-[ -s "$out/measurements.txt" ] && { echo "== measurements"; cat "$out/measurements.txt"; }
-/usr/bin/python3 tests/summary.py "$out/xml" "$out/asan" "$failed_builds"
+for m in build/meson-logs/measurements.txt build-asan/meson-logs/measurements.txt; do
+	[ -s "$m" ] && { echo "== measurements (${m%%/*})"; cat "$m"; }
+done
+fuzzed=""
+[ -f "$out/libfuzzer.txt" ] && fuzzed="--libfuzzer $out/libfuzzer.txt"
+# shellcheck disable=SC2086 # one word per run
+/usr/bin/python3 tests/summary.py --failed-builds "$failed_builds" $fuzzed $runs

@@ -353,21 +353,13 @@ bfetch_log_failure(struct bfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
     int client_status, const char *served)
 {
-	struct incident rf = {
-		.rq = &f->f_rq,
-		.url = x != NULL ? upstream_xfer_url(x) : NULL,
-		.status = status,
-		.error = error,
-		.phase = phase,
-		.res = x != NULL ? upstream_xfer_result(x) : NULL,
-		.served = served,
-	};
+	struct incident rf;
 	struct breader *r;
 
-	if (status >= 400) {
-		rf.body = evbuffer_pullup(f->f_errbody, -1);
-		rf.bodylen = evbuffer_get_length(f->f_errbody);
-	}
+	incident_init(&rf, &f->f_rq, x, status, f->f_errbody);
+	rf.error = error;
+	rf.phase = phase;
+	rf.served = served;
 	/* What the first waiting client gets tells the operator the impact. */
 	TAILQ_FOREACH(r, &f->f_readers, r_entry)
 		if (!r->r_client.c_started) {

@@ -5,6 +5,7 @@
 #include <sys/queue.h>
 #include <sys/time.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,23 @@ incident_classify(const struct incident *f, const char *code,
 	in.host = registry_name(f->rq->reg);
 	upstream_result_classify(&in, f->res);
 	classify(&in, out);
+}
+
+void
+incident_init(struct incident *f, const struct client_request *rq,
+    const struct upstream_xfer *x, long status, struct evbuffer *body)
+{
+	memset(f, 0, sizeof(*f));
+	f->rq = rq;
+	f->status = status;
+	if (x != NULL) {
+		f->url = upstream_xfer_url(x);
+		f->res = upstream_xfer_result(x);
+	}
+	if (status >= 400 && body != NULL) {
+		f->body = evbuffer_pullup(body, -1);
+		f->bodylen = evbuffer_get_length(body);
+	}
 }
 
 void

@@ -216,21 +216,13 @@ mfetch_log_failure(struct mfetch *f, const struct upstream_xfer *x,
     enum classify_phase phase, long status, const char *error,
     int client_status, const char *served)
 {
-	struct incident rf = {
-		.rq = &f->f_rq,
-		.url = x != NULL ? upstream_xfer_url(x) : NULL,
-		.status = status,
-		.error = error,
-		.client_status = client_status,
-		.phase = phase,
-		.res = x != NULL ? upstream_xfer_result(x) : NULL,
-		.served = served,
-	};
+	struct incident rf;
 
-	if (status >= 400) {
-		rf.body = evbuffer_pullup(f->f_body, -1);
-		rf.bodylen = evbuffer_get_length(f->f_body);
-	}
+	incident_init(&rf, &f->f_rq, x, status, f->f_body);
+	rf.error = error;
+	rf.client_status = client_status;
+	rf.phase = phase;
+	rf.served = served;
 	incident_log(&rf);
 }
 

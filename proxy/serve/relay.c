@@ -146,20 +146,12 @@ relay_log_failure(struct relay *r, const struct upstream_xfer *x,
     enum classify_phase phase, long upstatus, const char *error,
     int client_status)
 {
-	struct incident f = {
-		.rq = &r->r_client.c_rq,
-		.url = upstream_xfer_url(x),
-		.status = upstatus,
-		.error = error,
-		.client_status = client_status,
-		.phase = phase,
-		.res = upstream_xfer_result(x),
-	};
+	struct incident f;
 
-	if (upstatus >= 400) {
-		f.body = evbuffer_pullup(r->r_buf, -1);
-		f.bodylen = evbuffer_get_length(r->r_buf);
-	}
+	incident_init(&f, &r->r_client.c_rq, x, upstatus, r->r_buf);
+	f.error = error;
+	f.client_status = client_status;
+	f.phase = phase;
 	incident_log(&f);
 }
 

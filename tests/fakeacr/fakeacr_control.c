@@ -44,6 +44,7 @@ control_log(struct fa_req *fr)
 {
 	const struct evhttp_uri	*uri;
 	const char		*path, *query, *auth, *scheme = "none", *range;
+	const char		*agent;
 	struct timespec		 ts;
 	json_t			*e;
 
@@ -65,6 +66,9 @@ control_log(struct fa_req *fr)
 		return NULL;
 	if ((range = req_header(fr, "Range")) != NULL)
 		json_object_set_new(e, "range", json_string(range));
+	/* Who asked: pullproxy, or a client that fell back to the registry. */
+	if ((agent = req_header(fr, "User-Agent")) != NULL)
+		json_object_set_new(e, "user_agent", json_string(agent));
 	json_array_append(control_requests, e);
 	return e;
 }

@@ -377,7 +377,9 @@ def test_fault_rate_limit(acr):
     time.sleep(0.5)                              # 2.5 tokens back
     assert call(acr, url, headers=auth).status == 200
     rule = acr.faults()[0]
-    assert rule["rate_limit"] == 5 and rule["tokens"] < 2
+    # That call took a token: at most burst - 1 are left, however long
+    # the calls took on a busy machine (the refill is capped at burst).
+    assert rule["rate_limit"] == 5 and rule["tokens"] <= 2
     acr.clear_faults()
     with pytest.raises(urllib.error.HTTPError):
         acr.add_fault(endpoint="manifests", rate_limit=0, status=429)

@@ -115,8 +115,9 @@ def test_burst_is_paced_and_excess_fails_fast(acr_proxy, anon, many_tags):
     times = manifest_times(anon)
     assert len(times) == len(ok), (len(times), len(ok))
     # One request of slack: a token taken just before a handshake ends
-    # can land beside the next one.
-    assert worst_excess(times, rate, burst) <= 1.0, times
+    # can land beside the next one; two on a loaded sanitizer build,
+    # where the fake logs arrivals late and unevenly (1.25 seen).
+    assert worst_excess(times, rate, burst) <= (2.0 if SANITIZED else 1.0), times
 
     # The log says why (repeats of one failure may be folded into one line).
     assert any("throttled locally" in str(l.get("error", ""))

@@ -57,6 +57,11 @@ int circuit_allow(struct circuit *c, int *probe);
  * answered, whatever the answer).
  */
 void circuit_observe(struct circuit *c, int probe, enum classify_cause cause);
+/*
+ * Open it now, whatever the count: an answer that looked fine but was
+ * wrong (a fleet peer's bytes that do not match their digest).
+ */
+void circuit_trip(struct circuit *c, enum classify_cause cause);
 /* A probe that ended without an answer (cancelled): let another probe. */
 void circuit_abandon(struct circuit *c, int probe);
 

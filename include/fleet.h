@@ -35,6 +35,8 @@ struct fleet_peer;
 
 /* Peers at most ever held: AKS's node limit, with room. */
 #define FLEET_MEMBERS_MAX	8192
+/* A peer that sends no byte for this long is skipped (seconds). */
+#define FLEET_STALL_S		5
 /* Longest member identity: "[" IPv6 "]:" port, and a NUL. */
 #define FLEET_ID_MAX		(1 + 46 + 2 + 5 + 1)
 
@@ -69,6 +71,17 @@ size_t fleet_candidates(const struct fleet *f, uint64_t key,
     struct fleet_peer **out, size_t max, int *mine);
 
 const char *fleet_peer_id(const struct fleet_peer *p);
+/* "http://IP:PORT": where the peer listens. */
+const char *fleet_peer_url(const struct fleet_peer *p);
+/*
+ * Whether family/addr and port (host order) is a member now: a redirect
+ * from a peer may take the peer token there and nowhere else.
+ */
+int fleet_peer_hop_ok(void *peer, int family, const void *addr, int port);
+/* This node's identity when it is a member, else NULL. */
+const char *fleet_self_id(const struct fleet *f);
+/* The member with identity id, or NULL. */
+struct fleet_peer *fleet_find(const struct fleet *f, const char *id);
 int fleet_peer_self(const struct fleet_peer *p);
 /* The breaker: circuit_allow before asking, circuit_observe after. */
 struct circuit *fleet_peer_circuit(struct fleet_peer *p);

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 
+#include "config.h"
 #include "oci.h"
 #include "upstream.h"
 
@@ -25,6 +26,8 @@ struct auth;
 struct config;
 struct config_registry;
 struct event_base;
+struct fleet;
+struct fleet_peer;
 struct registry;
 struct registry_set;
 
@@ -65,6 +68,8 @@ struct registry *registry_set_find(const struct registry_set *set,
 
 const struct config_registry *registry_config(const struct registry *reg);
 const char *registry_name(const struct registry *reg);
+/* Its set's fleet (registry_set_fleet), or NULL. */
+struct fleet *registry_fleet(const struct registry *reg);
 struct auth *registry_auth(const struct registry *reg);
 /*
  * Seconds a client told "too many requests" should wait before asking
@@ -72,11 +77,18 @@ struct auth *registry_auth(const struct registry *reg);
  */
 long registry_retry_after_s(const struct registry *reg);
 
+/* Fleet peers asked for a key before the mirrors: the owner, the next. */
+#define REGISTRY_PEERS_ASK	2
+
 /* One upstream request, ready for upstream_xfer_start(&rr->ureq, ...). */
 struct registry_req {
 	struct upstream_req	 ureq;
 	char			*url;
 	char			 scope[OCI_NAME_MAX + 32];
+	/* With registry_req_fleet: the peers, then the registry's mirrors. */
+	struct upstream_mirror	 origins[REGISTRY_PEERS_ASK + CONFIG_MIRROR_MAX];
+	struct fleet_peer	*peers[REGISTRY_PEERS_ASK];	/* held */
+	size_t			 npeers;
 };
 
 /*
@@ -88,6 +100,24 @@ struct registry_req {
  */
 int registry_req_init(struct registry_req *rr, struct registry *reg,
     const struct oci_route *route);
+/*
+ * For a client's request, never a peer's (a request crosses at most one
+ * peer hop): the fleet's owner of the route's key (a blob or manifest by
+ * digest: the digest; a tag: registry, repository and tag), and the next
+ * candidate, go in front of the mirrors when this node is not the owner.
+ * They are asked as a mirror is (?ns=), with the peer token and this
+ * node's identity (Pullproxy-Peer), a short stall timeout, their own
+ * circuits; their redirects are followed to other peers only. Nothing
+ * changes without a fleet, for tags/list, or when this node is the owner.
+ */
+void registry_req_fleet(struct registry_req *rr, struct registry *reg,
+    const struct oci_route *route);
 void registry_req_clear(struct registry_req *rr);
+
+/*
+ * The fleet of the set, or NULL without [fleet] members. Created with the
+ * set, freed with it (after upstream_free: transfers hold its peers).
+ */
+struct fleet *registry_set_fleet(const struct registry_set *set);
 
 #endif

@@ -36,7 +36,9 @@
  * ?ns=<registry> (as containerd asks a mirror), and never the registry's
  * credentials (only the mirrors' own token, if any). A mirror's transport
  * failure or error status (but 416) is not reported: the next one is
- * asked, then the registry.
+ * asked, then the registry. A fleet peer (an entry with hop_ok) that
+ * answers 503 with Pullproxy-Busy (its fan-out slots are taken) is asked
+ * again about a second later, up to a minute, before the next origin.
  */
 #ifndef PP_UPSTREAM_H
 #define PP_UPSTREAM_H
@@ -99,10 +101,29 @@ struct upstream_auth {
 	void	(*wait_cancel)(void *wait);
 };
 
-/* A mirror asked before the registry, with its own breaker. */
+/*
+ * A mirror asked before the registry, with its own breaker. The transfer
+ * copies the entries; what they point to must live until it ends, or be
+ * held through ref and unref (called with hold at start and at the end).
+ */
 struct upstream_mirror {
 	const char	*url;		/* base URL, as the registry's */
 	struct circuit	*circuit;
+	/* Its Authorization value, or NULL: the request's
+	 * mirror_authorization. */
+	const char	*authorization;
+	const char	*header;	/* one more "Name: value", or NULL */
+	long		 stall_timeout_s;	/* 0: the request's */
+	/*
+	 * A fleet peer: its redirects are followed, Authorization included,
+	 * only to addresses hop_ok accepts (1), the other peers; without
+	 * hop_ok a mirror's Authorization stays on its own host.
+	 */
+	int		(*hop_ok)(void *hold, int family, const void *addr,
+			    int port);
+	void		*hold;
+	void		(*ref)(void *hold);
+	void		(*unref)(void *hold);
 };
 
 struct upstream_req {
@@ -175,6 +196,10 @@ const char *upstream_xfer_url(const struct upstream_xfer *x);
 /* The transport facts of a transfer's end (NULL: none) into in. */
 void upstream_result_classify(struct classify_input *in,
     const struct upstream_result *res);
+
+/* The breaker of the mirror that answered, or NULL: the registry did.
+ * Valid from on_headers until on_done returns. */
+struct circuit *upstream_xfer_mirror_circuit(const struct upstream_xfer *x);
 
 /* How it ended, while on_done runs; NULL before. */
 const struct upstream_result *upstream_xfer_result(

@@ -734,6 +734,8 @@ static const struct {
 	{ "--log", "log" },
 	{ "--log-level", "log_level" },
 	{ "--registry", NULL },
+	/* [fleet] peer_listen: a DaemonSet's node IP, from the downward API. */
+	{ "--peer-listen", NULL },
 	{ "--config", NULL },
 	{ "--help", NULL },
 };
@@ -757,6 +759,8 @@ config_flag(struct config *cfg, const char *flag, const char *value)
 
 	if (strcmp(flag, "--registry") == 0)
 		return config_flag_registry(cfg, value);
+	if (strcmp(flag, "--peer-listen") == 0)
+		return config_set_fleet(&cfg->fleet, "peer_listen", value);
 	for (i = 0; i < sizeof(config_flags) / sizeof(config_flags[0]); i++)
 		if (config_flags[i].f_key != NULL &&
 		    strcmp(flag, config_flags[i].f_flag) == 0)

@@ -35,9 +35,11 @@
 
 #include "blob.h"
 #include "cache.h"
+#include "circuit.h"
 #include "client.h"
 #include "config.h"
 #include "digest.h"
+#include "fanout.h"
 #include "incident.h"
 #include "log.h"
 #include "metrics.h"
@@ -68,6 +70,7 @@ struct breader {
 	struct oci_range	 r_range;
 	uint64_t		 r_pos;		/* next byte to queue */
 	uint64_t		 r_end;
+	char			 r_peer[FLEET_ID_MAX];	/* holds a fanout slot */
 };
 
 struct bfetch {
@@ -99,6 +102,7 @@ struct blob_ctx {
 	struct cache		*bc_cache;
 	const struct config	*bc_cfg;
 	struct relay_ctx	*bc_relays;
+	struct fanout		*bc_fanout;	/* peers served at once */
 	struct platform		 bc_platform;	/* for image configs */
 	TAILQ_HEAD(, bfetch)	 bc_fetches;
 	TAILQ_HEAD(, breader)	 bc_readers;	/* of complete blobs */
@@ -119,6 +123,10 @@ blob_ctx_new(struct upstream *up, struct cache *cache,
 	ctx->bc_cache = cache;
 	ctx->bc_cfg = cfg;
 	ctx->bc_relays = relays;
+	if ((ctx->bc_fanout = fanout_new(cfg->fleet.fanout)) == NULL) {
+		free(ctx);
+		return NULL;
+	}
 	platform_configured(cfg->platform, &ctx->bc_platform);
 	TAILQ_INIT(&ctx->bc_fetches);
 	TAILQ_INIT(&ctx->bc_readers);
@@ -150,6 +158,11 @@ breader_close(struct breader *r, int abort_client)
 {
 	metrics_cache_bytes(METRICS_CACHE_BLOB, r->r_client.c_bytes,
 	    r->r_client.c_rq.result == METRICS_RESULT_HIT);
+	/* A peer that got the whole verified blob holds it now. */
+	if (r->r_peer[0] != '\0')
+		fanout_done(r->r_ctx->bc_fanout, r->r_client.c_rq.route.reference,
+		    r->r_peer, !abort_client && r->r_client.c_started &&
+		    r->r_fetch == NULL && r->r_pos == r->r_end);
 	cache_blob_unhold(r->r_ctx->bc_cache, r->r_client.c_rq.route.reference);
 	client_end(&r->r_client, abort_client);
 	breader_unlink(r);
@@ -666,6 +679,8 @@ bfetch_send(struct bfetch *f, const char *range)
 
 	if (registry_req_init(&rr, f->f_rq.reg, &f->f_rq.route) == -1)
 		return -1;
+	if (!f->f_rq.from_peer)
+		registry_req_fleet(&rr, f->f_rq.reg, &f->f_rq.route);
 	rr.ureq.range = range;
 	f->f_xfer = upstream_xfer_start(f->f_ctx->bc_up, &rr.ureq, &cbs, f);
 	registry_req_clear(&rr);
@@ -735,6 +750,10 @@ bfetch_on_done(struct upstream_xfer *x, const struct upstream_result *res,
 	if (strcmp(dgst, f->f_rq.route.reference) != 0) {
 		bfetch_log_failure(f, x, CLASSIFY_PHASE_DIGEST, 200,
 		    "digest mismatch", 502, NULL);
+		/* A mirror or fleet peer that sent wrong bytes is not asked
+		 * again until its probe: the next attempt goes elsewhere. */
+		circuit_trip(upstream_xfer_mirror_circuit(x),
+		    CLASSIFY_DIGEST_MISMATCH);
 		bfetch_close(f, 0, 502, OCI_ERR_DIGEST_INVALID,
 		    "upstream blob does not match its digest");
 		return;
@@ -809,6 +828,54 @@ bfetch_find(struct blob_ctx *ctx, const char *digest)
 	return NULL;
 }
 
+/*
+ * A peer's GET of a whole blob takes one of the K slots, or is sent to a
+ * holder (307), or told to come back shortly (503 with Pullproxy-Busy;
+ * its upstream.c asks again). 1 when answered here; 0: serve it, with
+ * peer set when it holds a slot.
+ */
+static int
+blob_fanout(struct blob_ctx *ctx, struct evhttp_request *req,
+    const struct client_request *rq, char peer[FLEET_ID_MAX])
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *id = evhttp_find_header(in, "Pullproxy-Peer");
+	struct fleet *f = registry_fleet(rq->reg);
+	char holder[FLEET_ID_MAX], *loc;
+	size_t n;
+
+	peer[0] = '\0';
+	if (!rq->from_peer || rq->head || f == NULL || id == NULL ||
+	    evhttp_find_header(in, "Range") != NULL || fleet_find(f, id) == NULL)
+		return 0;
+	switch (fanout_admit(ctx->bc_fanout, f, rq->route.reference, id,
+	    holder)) {
+	case FANOUT_SERVE:
+		snprintf(peer, FLEET_ID_MAX, "%s", id);
+		return 0;
+	case FANOUT_REDIRECT:
+		if (asprintf(&loc, "http://%s/v2/%s/blobs/%s?ns=%s", holder,
+		    rq->route.name, rq->route.reference,
+		    registry_name(rq->reg)) == -1)
+			return 0;
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Location", loc);
+		free(loc);
+		evhttp_send_reply(req, 307, "Temporary Redirect", NULL);
+		client_log(rq, evhttp_request_get_uri(req), 307, 0);
+		return 1;
+	default:
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Retry-After", "1");
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Pullproxy-Busy", "1");
+		n = reply_error(req, 503, OCI_ERR_UPSTREAM,
+		    "every fan-out slot is taken: ask again");
+		client_log(rq, evhttp_request_get_uri(req), 503, n);
+		return 1;
+	}
+}
+
 void
 blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
     const struct client_request *rq)
@@ -816,6 +883,7 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 	const struct oci_route *route = &rq->route;
 	struct client_request miss;
 	struct cache_blob_info info;
+	char peer[FLEET_ID_MAX];
 	struct breader *r;
 	struct bfetch *f;
 
@@ -842,11 +910,17 @@ blob_start(struct blob_ctx *ctx, struct evhttp_request *req,
 		}
 	}
 	metrics_cache(METRICS_CACHE_BLOB, f == NULL);
+	/* Past K peers, the blob is in the cache or on its way already. */
+	if (blob_fanout(ctx, req, rq, peer))
+		return;
 	if ((r = breader_new(ctx, req, rq)) == NULL) {
+		if (peer[0] != '\0')
+			fanout_done(ctx->bc_fanout, route->reference, peer, 0);
 		reply_error(req, 500, OCI_ERR_UPSTREAM, "out of memory");
 		client_log(rq, evhttp_request_get_uri(req), 500, 0);
 		return;
 	}
+	memcpy(r->r_peer, peer, sizeof(r->r_peer));
 	r->r_fetch = f;
 	r->r_client.c_rq.result = f == NULL ? METRICS_RESULT_HIT :
 	    METRICS_RESULT_MISS;
@@ -872,5 +946,6 @@ blob_ctx_free(struct blob_ctx *ctx)
 		bfetch_close(f, 0, 503, OCI_ERR_UPSTREAM, "shutting down");
 	while ((r = TAILQ_FIRST(&ctx->bc_readers)) != NULL)
 		breader_close(r, 1);
+	fanout_free(ctx->bc_fanout);
 	free(ctx);
 }

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "cache.h"
+#include "circuit.h"
 #include "classify.h"
 #include "client.h"
 #include "config.h"
@@ -358,20 +359,20 @@ mfetch_got_manifest(struct mfetch *f, struct upstream_xfer *x)
 	digest_update(d, body, len);
 	digest_final(d, dgst);
 	digest_free(d);
-	if (f->f_rq.route.by_digest && strcmp(dgst, f->f_rq.route.reference) != 0) {
-		f->f_known[0] = '\0';
-		mfetch_failed(f, x, 200, "digest mismatch",
-		    OCI_ERR_DIGEST_INVALID, 502);
-		return;
-	}
 	/*
 	 * By tag only the registry's Docker-Content-Digest vouches for the
 	 * bytes: a body cut to a lying Content-Length, or changed on the way,
 	 * would otherwise be stored and served as the tag's manifest.
 	 */
-	if (!f->f_rq.route.by_digest && (dcd = upstream_xfer_header(x,
-	    "Docker-Content-Digest")) != NULL && strncmp(dcd, "sha256:", 7) ==
-	    0 && strcmp(dgst, dcd) != 0) {
+	dcd = upstream_xfer_header(x, "Docker-Content-Digest");
+	if (f->f_rq.route.by_digest ? strcmp(dgst, f->f_rq.route.reference) !=
+	    0 : dcd != NULL && strncmp(dcd, "sha256:", 7) == 0 &&
+	    strcmp(dgst, dcd) != 0) {
+		if (f->f_rq.route.by_digest)
+			f->f_known[0] = '\0';
+		/* A mirror or peer that sent it is not asked again soon. */
+		circuit_trip(upstream_xfer_mirror_circuit(x),
+		    CLASSIFY_DIGEST_MISMATCH);
 		mfetch_failed(f, x, 200, "digest mismatch",
 		    OCI_ERR_DIGEST_INVALID, 502);
 		return;
@@ -480,6 +481,8 @@ mfetch_get(struct mfetch *f, int head)
 
 	if (registry_req_init(&rr, f->f_rq.reg, &f->f_rq.route) == -1)
 		return -1;
+	if (!f->f_rq.from_peer)
+		registry_req_fleet(&rr, f->f_rq.reg, &f->f_rq.route);
 	rr.ureq.head = head;
 	rr.ureq.accept = f->f_accept;
 	f->f_head = head;

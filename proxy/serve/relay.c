@@ -387,6 +387,8 @@ relay_start(struct relay_ctx *ctx, struct evhttp_request *req,
 		relay_fail(r, 500, OCI_ERR_UPSTREAM, "out of memory");
 		return;
 	}
+	if (!rq->from_peer)
+		registry_req_fleet(&rr, rq->reg, &rq->route);
 	rr.ureq.head = rq->head;
 	/* Only a single, well-formed byte range is passed on. */
 	rh = evhttp_find_header(in, "Range");

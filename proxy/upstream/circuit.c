@@ -158,6 +158,18 @@ circuit_observe(struct circuit *c, int probe, enum classify_cause cause)
 }
 
 void
+circuit_trip(struct circuit *c, enum classify_cause cause)
+{
+	if (c == NULL)
+		return;
+	c->c_failures++;
+	c->c_cause = cause;
+	c->c_probing = 0;
+	if (c->c_state != CIRCUIT_OPEN)
+		circuit_open(c);
+}
+
+void
 circuit_abandon(struct circuit *c, int probe)
 {
 	if (c != NULL && probe && c->c_state == CIRCUIT_HALF_OPEN)

@@ -42,7 +42,9 @@
 
 struct fleet_peer {
 	int		 p_refs;
+	const struct fleet *p_fleet;	/* outlives its peers' transfers */
 	char		 p_id[FLEET_ID_MAX];
+	char		 p_url[7 + FLEET_ID_MAX];
 	uint64_t	 p_hash;
 	int		 p_self;
 	struct circuit	*p_circuit;
@@ -113,14 +115,16 @@ fleet_now(void)
 /* ----------------------------------------------------------- the peers */
 
 static struct fleet_peer *
-fleet_peer_new(const struct fleet_entry *e)
+fleet_peer_new(const struct fleet *f, const struct fleet_entry *e)
 {
 	struct fleet_peer *p;
 
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return NULL;
 	p->p_refs = 1;
+	p->p_fleet = f;
 	memcpy(p->p_id, e->e_id, sizeof(p->p_id));
+	snprintf(p->p_url, sizeof(p->p_url), "http://%s", p->p_id);
 	p->p_hash = rendezvous_node(p->p_id);
 	p->p_self = e->e_self;
 	if ((p->p_circuit = circuit_new_peer(p->p_id, FLEET_CIRCUIT_FAILURES,
@@ -151,6 +155,25 @@ const char *
 fleet_peer_id(const struct fleet_peer *p)
 {
 	return p->p_id;
+}
+
+const char *
+fleet_peer_url(const struct fleet_peer *p)
+{
+	return p->p_url;
+}
+
+int
+fleet_peer_hop_ok(void *peer, int family, const void *addr, int port)
+{
+	const struct fleet_peer *p = peer;
+	char ip[INET6_ADDRSTRLEN], id[FLEET_ID_MAX];
+
+	if (inet_ntop(family, addr, ip, sizeof(ip)) == NULL)
+		return 0;
+	snprintf(id, sizeof(id), family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip,
+	    port);
+	return fleet_find(p->p_fleet, id) != NULL;
 }
 
 int
@@ -489,7 +512,7 @@ fleet_apply(struct fleet *f, const struct fleet_answer *a)
 			j++;
 		if (cmp == 0 && f->f_peers[j]->p_self == a->a_entries[i].e_self)
 			peers[i] = fleet_peer_ref(f->f_peers[j]);
-		else if ((peers[i] = fleet_peer_new(&a->a_entries[i])) == NULL)
+		else if ((peers[i] = fleet_peer_new(f, &a->a_entries[i])) == NULL)
 			goto fail;
 		else
 			added++;
@@ -781,4 +804,34 @@ fleet_candidates(const struct fleet *f, uint64_t key,
 	}
 	free(rank);
 	return n;
+}
+
+struct fleet_peer *
+fleet_find(const struct fleet *f, const char *id)
+{
+	size_t lo = 0, hi = f->f_npeers, mid;
+	int cmp;
+
+	/* f_peers is sorted by identity. */
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if ((cmp = strcmp(f->f_peers[mid]->p_id, id)) == 0)
+			return f->f_peers[mid];
+		if (cmp < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+const char *
+fleet_self_id(const struct fleet *f)
+{
+	size_t i;
+
+	for (i = 0; i < f->f_npeers; i++)
+		if (f->f_peers[i]->p_self)
+			return f->f_peers[i]->p_id;
+	return NULL;
 }

@@ -11,7 +11,10 @@
 #include "auth.h"
 #include "circuit.h"
 #include "config.h"
+#include "fleet.h"
+#include "log.h"
 #include "ratelimit.h"
+#include "rendezvous.h"
 #include "registry.h"
 
 struct registry {
@@ -33,32 +36,49 @@ struct registry_set {
 	struct event		*rs_unused;	/* retired and not held */
 	void			(*rs_unused_cb)(void *);
 	void			*rs_unused_arg;
+	/* With [fleet] members: */
+	struct fleet		*rs_fleet;
+	char			*rs_peer_authorization;	/* "Bearer <token>" */
+	char			 rs_peer_header[16 + FLEET_ID_MAX];
 };
+
+/* "Bearer <token>", as asprintf'd, or NULL with err set. */
+static char *
+registry_bearer(const char *file, const char *what, char *err,
+    size_t errlen)
+{
+	char why[512], *token, *value;
+
+	if ((token = auth_read_secret(file, why, sizeof(why))) == NULL) {
+		snprintf(err, errlen, "%s: %.300s", what, why);
+		return NULL;
+	}
+	if (asprintf(&value, "Bearer %s", token) == -1) {
+		value = NULL;
+		snprintf(err, errlen, "out of memory");
+	}
+	auth_secret_free(token);
+	return value;
+}
 
 /* "Bearer <token>" for the registry's mirrors, read once at start. */
 static int
 registry_mirror_token(struct registry *r, char *err, size_t errlen)
 {
 	const struct config_registry *conf = r->r_conf;
-	char why[512], *token;
+	char what[512];
 
 	if (conf->mirror_token_file == NULL)
 		return 0;
-	if ((token = auth_read_secret(conf->mirror_token_file, why,
-	    sizeof(why))) == NULL) {
-		snprintf(err, errlen, "[registry %s] mirror_token_file: %.300s",
-		    conf->name, why);
-		return -1;
-	}
-	if (asprintf(&r->r_mirror_authorization, "Bearer %s", token) == -1)
-		r->r_mirror_authorization = NULL;
-	auth_secret_free(token);
-	if (r->r_mirror_authorization == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	return 0;
+	snprintf(what, sizeof(what), "[registry %s] mirror_token_file",
+	    conf->name);
+	r->r_mirror_authorization = registry_bearer(conf->mirror_token_file,
+	    what, err, errlen);
+	return r->r_mirror_authorization != NULL ? 0 : -1;
 }
+
+static int registry_fleet_new(struct registry_set *, struct event_base *,
+    const struct config *, char *, size_t);
 
 static void
 registry_close(struct registry *r)
@@ -151,14 +171,64 @@ registry_set_new(struct event_base *base, struct upstream *up,
 	}
 	for (; set->rs_n < cfg->nregistries; set->rs_n++) {
 		if ((set->rs_regs[set->rs_n] = registry_new(base, up, cfg,
-		    &cfg->registries[set->rs_n], err, errlen)) == NULL) {
-			registry_set_close(set);
-			registry_set_free(set);
-			return NULL;
-		}
+		    &cfg->registries[set->rs_n], err, errlen)) == NULL)
+			goto fail;
 		set->rs_regs[set->rs_n]->r_set = set;
 	}
+	if (config_fleet_on(cfg) && registry_fleet_new(set, base, cfg, err,
+	    errlen) == -1)
+		goto fail;
 	return set;
+fail:
+	registry_set_close(set);
+	registry_set_free(set);
+	return NULL;
+}
+
+/*
+ * The members changed: each registry's share of its fleet_rate follows
+ * the live count (none: the last count stays, rather than one node
+ * taking the whole budget while DNS is out), and this node's identity,
+ * which peers are told, may have come or gone.
+ */
+static void
+registry_fleet_changed(struct fleet *f, void *arg)
+{
+	struct registry_set *set = arg;
+	const char *self = fleet_self_id(f);
+	size_t i;
+
+	if (fleet_size(f) > 0)
+		for (i = 0; i < set->rs_n; i++)
+			ratelimit_fleet(set->rs_regs[i]->r_pace,
+			    set->rs_regs[i]->r_conf->fleet_rate,
+			    (unsigned int)fleet_size(f));
+
+	snprintf(set->rs_peer_header, sizeof(set->rs_peer_header),
+	    "Pullproxy-Peer: %s", self != NULL ? self : "");
+}
+
+/* Membership (on a resolver thread) and the peer token, read once. */
+static int
+registry_fleet_new(struct registry_set *set, struct event_base *base,
+    const struct config *cfg, char *err, size_t errlen)
+{
+	if ((set->rs_peer_authorization = registry_bearer(
+	    cfg->fleet.peer_token_file, "[fleet] peer_token_file", err,
+	    errlen)) == NULL ||
+	    (set->rs_fleet = fleet_new(base, &cfg->fleet, err, errlen)) ==
+	    NULL)
+		return -1;
+	snprintf(set->rs_peer_header, sizeof(set->rs_peer_header),
+	    "Pullproxy-Peer: ");
+	fleet_on_change(set->rs_fleet, registry_fleet_changed, set);
+	return 0;
+}
+
+struct fleet *
+registry_set_fleet(const struct registry_set *set)
+{
+	return set->rs_fleet;
 }
 
 void
@@ -206,7 +276,10 @@ registry_set_free(struct registry_set *set)
 		return;
 	for (i = 0; i < set->rs_n; i++)
 		registry_free(set->rs_regs[i]);
-	event_free(set->rs_unused);
+	if (set->rs_unused != NULL)
+		event_free(set->rs_unused);
+	fleet_free(set->rs_fleet);
+	auth_secret_free(set->rs_peer_authorization);
 	free(set);
 }
 
@@ -247,6 +320,12 @@ const char *
 registry_name(const struct registry *reg)
 {
 	return reg->r_conf->name;
+}
+
+struct fleet *
+registry_fleet(const struct registry *reg)
+{
+	return reg->r_set->rs_fleet;
 }
 
 struct auth *
@@ -323,9 +402,75 @@ registry_req_init(struct registry_req *rr, struct registry *reg,
 	return 0;
 }
 
+static void
+registry_peer_ref(void *hold)
+{
+	fleet_peer_ref(hold);
+}
+
+static void
+registry_peer_unref(void *hold)
+{
+	fleet_peer_unref(hold);
+}
+
+void
+registry_req_fleet(struct registry_req *rr, struct registry *reg,
+    const struct oci_route *route)
+{
+	const struct registry_set *set = reg->r_set;
+	struct upstream_req *u = &rr->ureq;
+	struct upstream_mirror *o;
+	uint64_t key;
+	size_t i;
+	int mine;
+
+	if (set->rs_fleet == NULL || rr->npeers > 0)
+		return;
+	if (route->kind == OCI_ROUTE_BLOB || (route->kind ==
+	    OCI_ROUTE_MANIFEST && oci_digest_valid(route->reference,
+	    strlen(route->reference))))
+		key = rendezvous_digest(route->reference);
+	else if (route->kind == OCI_ROUTE_MANIFEST)
+		key = rendezvous_tag(reg->r_conf->name, route->name,
+		    route->reference);
+	else
+		return;
+	/* The owner fetches from the registry; the others ask it. */
+	if ((rr->npeers = fleet_candidates(set->rs_fleet, key, rr->peers,
+	    REGISTRY_PEERS_ASK, &mine)) > 0 && mine)
+		rr->npeers = 0;
+	for (i = 0; i < rr->npeers; i++) {
+		o = &rr->origins[i];
+		fleet_peer_ref(rr->peers[i]);
+		o->url = fleet_peer_url(rr->peers[i]);
+		o->circuit = fleet_peer_circuit(rr->peers[i]);
+		o->authorization = set->rs_peer_authorization;
+		o->header = set->rs_peer_header;
+		o->stall_timeout_s = reg->r_cfg->stall_timeout_s < FLEET_STALL_S ?
+		    reg->r_cfg->stall_timeout_s : FLEET_STALL_S;
+		o->hop_ok = fleet_peer_hop_ok;
+		o->hold = rr->peers[i];
+		o->ref = registry_peer_ref;
+		o->unref = registry_peer_unref;
+	}
+	if (rr->npeers == 0)
+		return;
+	/* The mirrors' own Authorization stays theirs. */
+	for (i = 0; i < u->nmirrors; i++)
+		rr->origins[rr->npeers + i] = u->mirrors[i];
+	u->mirrors = rr->origins;
+	u->nmirrors += rr->npeers;
+}
+
 void
 registry_req_clear(struct registry_req *rr)
 {
+	size_t i;
+
 	free(rr->url);
 	rr->url = NULL;
+	for (i = 0; i < rr->npeers; i++)
+		fleet_peer_unref(rr->peers[i]);
+	rr->npeers = 0;
 }

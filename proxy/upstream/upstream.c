@@ -48,6 +48,12 @@
 #define UPSTREAM_HELD_MAX	(16 * 1024)
 /* Before the first retry; doubled for each next one, with jitter. */
 #define UPSTREAM_BACKOFF_MS	200
+/*
+ * A fleet peer whose fan-out slots are taken (fanout.h) is asked again
+ * after about this long, this many times, then the next origin is.
+ */
+#define UPSTREAM_BUSY_MS	1000
+#define UPSTREAM_BUSY_TRIES	60
 
 /* x_mirror before the kick picks where the next send goes. */
 #define UPSTREAM_CHOOSE		(-2)
@@ -58,6 +64,7 @@ enum xfer_hold {
 	HOLD_RETRY,	/* a transient 5xx, to be sent again */
 	HOLD_FALLBACK,	/* a mirror's error: the next origin is asked */
 	HOLD_PACE,	/* the registry's 429: sent again when the pace allows */
+	HOLD_BUSY,	/* a fleet peer's "ask again shortly" */
 };
 
 enum xfer_state {
@@ -125,14 +132,16 @@ struct upstream_xfer {
 	struct event		*x_backoff;
 	const char		*x_registry;
 	/* With mirrors (origins: the mirrors in order, then the registry): */
-	const struct upstream_mirror *x_mirrors;
+	struct upstream_mirror	*x_mirrors;	/* a copy of the request's */
 	size_t			 x_nmirrors;
 	size_t			 x_next;	/* the next mirror to ask */
 	int			 x_mirror;	/* asked: index; -1 the registry */
 	int			 x_mprobe;	/* the mirror's half-open probe */
+	int			 x_busy;	/* busy answers from peers */
 	char			*x_path;	/* what mirrors are asked */
 	const char		*x_mirrorauth;	/* Authorization for mirrors */
-	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + it */
+	struct curl_slist	*x_mirrorheaders;	/* x_reqheaders + its own */
+	long			 x_stall_s;	/* the request's stall timeout */
 	char			*x_regurl;	/* the URL at the registry */
 };
 TAILQ_HEAD(xferq, upstream_xfer);
@@ -162,6 +171,8 @@ static void upstream_note_url(struct upstream_xfer *);
 static enum classify_cause upstream_cause(const struct upstream_result *, int);
 static struct curl_slist *upstream_headers_auth(const struct upstream_xfer *,
     const char *);
+static struct curl_slist *upstream_headers_plus(const struct upstream_xfer *,
+    const char *, const char *);
 
 static void
 upstream_schedule_kick(struct upstream *up)
@@ -201,6 +212,12 @@ upstream_requeue(struct upstream_xfer *x)
 static void
 upstream_xfer_free(struct upstream_xfer *x)
 {
+	size_t m;
+
+	for (m = 0; m < x->x_nmirrors; m++)
+		if (x->x_mirrors[m].unref != NULL)
+			x->x_mirrors[m].unref(x->x_mirrors[m].hold);
+	free(x->x_mirrors);
 	if (x->x_in_multi)
 		curl_multi_remove_handle(x->x_up->u_multi, x->x_easy);
 	curl_easy_cleanup(x->x_easy);
@@ -343,16 +360,30 @@ upstream_set_url(struct upstream_xfer *x, const char *url)
 	return 0;
 }
 
-/* A mirror's headers: the request's, and the mirrors' token if any. */
+/*
+ * A mirror's headers: the request's, its token (its own, else the
+ * mirrors') and its extra line; its stall timeout; and for a fleet peer,
+ * the token follows the redirects upstream_hop_allowed lets through.
+ */
 static int
-upstream_mirror_headers(struct upstream_xfer *x)
+upstream_mirror_headers(struct upstream_xfer *x,
+    const struct upstream_mirror *m)
 {
-	if (x->x_mirrorauth != NULL && x->x_mirrorheaders == NULL &&
-	    (x->x_mirrorheaders = upstream_headers_auth(x,
-	    x->x_mirrorauth)) == NULL)
+	const char *auth = m->authorization != NULL ? m->authorization :
+	    x->x_mirrorauth;
+
+	curl_slist_free_all(x->x_mirrorheaders);
+	x->x_mirrorheaders = NULL;
+	if ((auth != NULL || m->header != NULL) &&
+	    (x->x_mirrorheaders = upstream_headers_plus(x, auth,
+	    m->header)) == NULL)
 		return -1;
 	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
 	    x->x_mirrorheaders != NULL ? x->x_mirrorheaders : x->x_reqheaders);
+	curl_easy_setopt(x->x_easy, CURLOPT_LOW_SPEED_TIME,
+	    m->stall_timeout_s > 0 ? m->stall_timeout_s : x->x_stall_s);
+	curl_easy_setopt(x->x_easy, CURLOPT_UNRESTRICTED_AUTH,
+	    m->hop_ok != NULL ? 1L : 0L);
 	return 0;
 }
 
@@ -385,12 +416,14 @@ upstream_origin(struct upstream_xfer *x)
 		rc = upstream_set_url(x, url);
 		free(url);
 		if (rc == 0)
-			rc = upstream_mirror_headers(x);
+			rc = upstream_mirror_headers(x, m);
 		return rc;
 	}
 	x->x_mirror = -1;
 	curl_easy_setopt(x->x_easy, CURLOPT_HTTPHEADER,
 	    x->x_authheaders != NULL ? x->x_authheaders : x->x_reqheaders);
+	curl_easy_setopt(x->x_easy, CURLOPT_LOW_SPEED_TIME, x->x_stall_s);
+	curl_easy_setopt(x->x_easy, CURLOPT_UNRESTRICTED_AUTH, 0L);
 	return upstream_set_url(x, x->x_regurl);
 }
 
@@ -522,9 +555,13 @@ upstream_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
-/* The request's headers and an Authorization line: a new list, or NULL. */
+/*
+ * The request's headers, an Authorization line with value and one more
+ * line (each when not NULL): a new list, or NULL.
+ */
 static struct curl_slist *
-upstream_headers_auth(const struct upstream_xfer *x, const char *value)
+upstream_headers_plus(const struct upstream_xfer *x, const char *value,
+    const char *extra)
 {
 	struct curl_slist *l = NULL, *h, *n;
 	char *line;
@@ -534,6 +571,13 @@ upstream_headers_auth(const struct upstream_xfer *x, const char *value)
 			goto fail;
 		l = n;
 	}
+	if (extra != NULL) {
+		if ((n = curl_slist_append(l, extra)) == NULL)
+			goto fail;
+		l = n;
+	}
+	if (value == NULL)
+		return l;
 	if (asprintf(&line, "Authorization: %s", value) == -1)
 		goto fail;
 	n = curl_slist_append(l, line);
@@ -544,6 +588,13 @@ upstream_headers_auth(const struct upstream_xfer *x, const char *value)
 fail:
 	curl_slist_free_all(l);
 	return NULL;
+}
+
+/* The request's headers and an Authorization line: a new list, or NULL. */
+static struct curl_slist *
+upstream_headers_auth(const struct upstream_xfer *x, const char *value)
+{
+	return upstream_headers_plus(x, value, NULL);
 }
 
 /* Replace the Authorization header the next send carries. */
@@ -672,6 +723,11 @@ upstream_hold(struct upstream_xfer *x, enum xfer_hold kind)
 static int
 upstream_status_hold(struct upstream_xfer *x, long status)
 {
+	if (x->x_mirror >= 0 && status == 503 &&
+	    x->x_mirrors[x->x_mirror].hop_ok != NULL &&
+	    x->x_busy < UPSTREAM_BUSY_TRIES &&
+	    upstream_xfer_header(x, "Pullproxy-Busy") != NULL)
+		return upstream_hold(x, HOLD_BUSY);
 	if (x->x_mirror >= 0 && status >= 400 && status != 416)
 		return upstream_hold(x, HOLD_FALLBACK);
 	if (status == 429 && x->x_rl != NULL)
@@ -710,10 +766,12 @@ upstream_fallback(struct upstream_xfer *x, const struct upstream_result *res)
 
 	circuit_observe(m->circuit, x->x_mprobe, upstream_cause(res, 1));
 	x->x_mprobe = 0;
-	if (x->x_headers_done ||
-	    (res->curl == CURLE_OK && x->x_held != HOLD_FALLBACK))
+	if (x->x_headers_done || (res->curl == CURLE_OK &&
+	    x->x_held != HOLD_FALLBACK && x->x_held != HOLD_BUSY))
 		return 0;
-	metrics_failure(metrics_registry(m->url), cause);
+	/* Peers come and go; metric series live for the process. */
+	if (m->hop_ok == NULL)
+		metrics_failure(metrics_registry(m->url), cause);
 	log_event(LOG_LEVEL_INFO, "mirror failed", json_pack(
 	    "{s:s,s:s,s:s,s:s,s:I,s:s}", "registry", x->x_registry, "mirror",
 	    m->url, "url", upstream_xfer_url(x), "cause",
@@ -734,6 +792,36 @@ upstream_backoff_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	TAILQ_REMOVE(&x->x_up->u_backoff, x, x_entry);
 	upstream_requeue(x);
+}
+
+/*
+ * A fleet peer said its fan-out slots are taken: it is up (its circuit
+ * hears so), and it is asked again, at its first URL, shortly. 1 when so.
+ */
+static int
+upstream_busy(struct upstream_xfer *x, const struct upstream_result *res)
+{
+	struct timeval tv;
+	long ms;
+
+	if (x->x_held != HOLD_BUSY || res->curl != CURLE_OK ||
+	    (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
+	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL))
+		return 0;
+	circuit_observe(x->x_mirrors[x->x_mirror].circuit, x->x_mprobe,
+	    CLASSIFY_NONE);
+	x->x_mprobe = 0;
+	x->x_busy++;
+	upstream_unhold(x);
+	ms = UPSTREAM_BUSY_MS / 2 + (long)arc4random_uniform(UPSTREAM_BUSY_MS);
+	x->x_next = (size_t)x->x_mirror;
+	x->x_mirror = UPSTREAM_CHOOSE;
+	x->x_state = XFER_BACKOFF;
+	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(x->x_backoff, &tv);
+	return 1;
 }
 
 /*
@@ -891,6 +979,8 @@ upstream_check_done(struct upstream *up)
 			upstream_pace_hold(x);
 			continue;
 		}
+		if (upstream_busy(x, &res))
+			continue;
 		if (x->x_mirror >= 0 && upstream_fallback(x, &res))
 			continue;
 		if (upstream_retry(x, &res))
@@ -1019,13 +1109,24 @@ upstream_reach(int family, const void *addr)
  * Called for every new connection and every request sent on one.
  */
 static int
-upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr)
+upstream_hop_allowed(struct upstream_xfer *x, int family, const void *addr,
+    int port)
 {
 	enum upstream_reach to = upstream_reach(family, addr);
+	const struct upstream_mirror *m = x->x_mirror >= 0 ?
+	    &x->x_mirrors[x->x_mirror] : NULL;
 	long redirects = 0;
 	char ip[INET6_ADDRSTRLEN];
 
 	curl_easy_getinfo(x->x_easy, CURLINFO_REDIRECT_COUNT, &redirects);
+	/* A peer's redirect carries the peer token: to another peer only. */
+	if (redirects != 0 && m != NULL && m->hop_ok != NULL &&
+	    !m->hop_ok(m->hold, family, addr, port)) {
+		inet_ntop(family, addr, ip, sizeof(ip));
+		snprintf(x->x_refusal, sizeof(x->x_refusal), "redirect to "
+		    "%s port %d refused: not a fleet peer", ip, port);
+		return 0;
+	}
 	if ((redirects == 0 && !x->x_named) || to == REACH_REMOTE ||
 	    to == x->x_reach)
 		return 1;
@@ -1069,9 +1170,13 @@ upstream_curl_open(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
 	    (const void *)&((const struct sockaddr_in6 *)&a->addr)->sin6_addr :
 	    (const void *)&((const struct sockaddr_in *)&a->addr)->sin_addr;
 
+	int port = ntohs(a->family == AF_INET6 ?
+	    ((const struct sockaddr_in6 *)&a->addr)->sin6_port :
+	    ((const struct sockaddr_in *)&a->addr)->sin_port);
+
 	if (purpose == CURLSOCKTYPE_IPCXN &&
 	    (a->family == AF_INET || a->family == AF_INET6) &&
-	    !upstream_hop_allowed(arg, a->family, ip))
+	    !upstream_hop_allowed(arg, a->family, ip, port))
 		return CURL_SOCKET_BAD;
 	return socket(a->family, a->socktype, a->protocol);
 }
@@ -1090,14 +1195,13 @@ upstream_curl_prereq(void *arg, char *primary_ip, char *local_ip,
 	char ip[INET6_ADDRSTRLEN];
 
 	(void)local_ip;
-	(void)primary_port;
 	(void)local_port;
 	/* Without a zone ("fe80::1%eth0"), which inet_pton refuses. */
 	snprintf(ip, sizeof(ip), "%.*s", (int)strcspn(primary_ip, "%"),
 	    primary_ip);
 	if (inet_pton(family, ip, addr) != 1)
 		return CURL_PREREQFUNC_OK;	/* not IP: a unix socket */
-	if (!upstream_hop_allowed(x, family, addr))
+	if (!upstream_hop_allowed(x, family, addr, primary_port))
 		return CURL_PREREQFUNC_ABORT;
 	x->x_reach = upstream_reach(family, addr);
 	return CURL_PREREQFUNC_OK;
@@ -1265,15 +1369,22 @@ upstream_xfer_start(struct upstream *up, const struct upstream_req *req,
 	x->x_retries = req->body == NULL ? req->retries : 0;
 	x->x_registry = req->registry;
 	x->x_mirror = -1;
+	x->x_stall_s = req->stall_timeout_s;
 	x->x_noredirect = req->no_redirect;
 	if ((x->x_named = req->named_by != NULL))
 		x->x_reach = upstream_url_reach(req->named_by);
 	if (req->nmirrors > 0 && req->path != NULL && req->registry != NULL) {
-		x->x_mirrors = req->mirrors;
-		x->x_nmirrors = req->nmirrors;
-		if ((x->x_path = strdup(req->path)) == NULL) {
+		if ((x->x_mirrors = calloc(req->nmirrors,
+		    sizeof(*x->x_mirrors))) == NULL ||
+		    (x->x_path = strdup(req->path)) == NULL) {
 			upstream_xfer_free(x);
 			return NULL;
+		}
+		for (; x->x_nmirrors < req->nmirrors; x->x_nmirrors++) {
+			x->x_mirrors[x->x_nmirrors] = req->mirrors[x->x_nmirrors];
+			if (req->mirrors[x->x_nmirrors].ref != NULL)
+				req->mirrors[x->x_nmirrors].ref(
+				    req->mirrors[x->x_nmirrors].hold);
 		}
 		x->x_mirrorauth = req->mirror_authorization;
 		x->x_mirror = UPSTREAM_CHOOSE;
@@ -1420,4 +1531,10 @@ upstream_result_classify(struct classify_input *in,
 	in->redirected = res->redirects > 0;
 	in->throttled = res->throttled;
 	in->circuit = res->circuit;
+}
+
+struct circuit *
+upstream_xfer_mirror_circuit(const struct upstream_xfer *x)
+{
+	return x->x_mirror >= 0 ? x->x_mirrors[x->x_mirror].circuit : NULL;
 }

@@ -101,6 +101,21 @@ expect_flag_error(const char *a1, const char *a2, const char *want)
 	config_free(&cfg);
 }
 
+/* --peer-listen sets [fleet] peer_listen over the file's. */
+static void
+test_peer_listen_flag(void **state)
+{
+	struct config cfg;
+	char err[CONFIG_ERR_MAX];
+
+	(void)state;
+	assert_int_equal(parse(&cfg, err, 2, "--peer-listen",
+	    "10.240.0.4:5001"), 0);
+	assert_string_equal(cfg.fleet.peer_listen_host, "10.240.0.4");
+	assert_int_equal(cfg.fleet.peer_listen_port, 5001);
+	config_free(&cfg);
+}
+
 static void
 test_bad_flags(void **state)
 {
@@ -114,6 +129,7 @@ test_bad_flags(void **state)
 	expect_flag_error("--registry", "a/b=http://x", "--registry: HOST");
 	expect_flag_error("--registry", "a=http://", "--registry: URL has no");
 	expect_flag_error("--log-level", "loud", "--log-level: expected");
+	expect_flag_error("--peer-listen", "10.0.0.1", "--peer-listen: expected");
 	expect_flag_error("--bogus", "1", "--bogus: unknown option");
 	/* Unknown before its value is looked for: not "needs a value". */
 	expect_flag_error("--bogus", NULL, "--bogus: unknown option");
@@ -717,6 +733,7 @@ main(void)
 		cmocka_unit_test(test_listen_security),
 		cmocka_unit_test(test_defaults_and_flags),
 		cmocka_unit_test(test_bad_flags),
+		cmocka_unit_test(test_peer_listen_flag),
 		cmocka_unit_test(test_file),
 		cmocka_unit_test(test_bad_files),
 		cmocka_unit_test(test_fleet),

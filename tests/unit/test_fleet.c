@@ -19,8 +19,12 @@
 
 #include <event2/event.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
 #include "circuit.h"
 #include "config.h"
+#include "fanout.h"
 #include "fleet.h"
 #include "log.h"
 #include "rendezvous.h"
@@ -399,6 +403,73 @@ test_open_circuit_skips_peer(void **state)
 
 /* ------------------------------------------- a name, for real (root) */
 
+/* A peer's redirect may take the peer token to members only. */
+static int
+hop(struct fleet *f, const char *ip, int port)
+{
+	struct in_addr a;
+
+	assert_int_equal(inet_pton(AF_INET, ip, &a), 1);
+	return fleet_peer_hop_ok(fleet_member(f, 0), AF_INET, &a, port);
+}
+
+/*
+ * fanout: K slots per digest, then redirects to holders (peers that got
+ * the whole blob), never to the asker itself or a non-member, else busy.
+ */
+static void
+test_fanout_slots_holders_and_redirects(void **state)
+{
+	struct config_peer peers[] = {
+		{ "127.0.0.1", 7001 }, { "127.0.0.2", 7001 },
+		{ "127.0.0.3", 7001 }, { "127.0.0.4", 7001 },
+	};
+	const char *d = "sha256:0123", *e = "sha256:4567";
+	const char *p2 = "127.0.0.2:7001", *p3 = "127.0.0.3:7001",
+	    *p4 = "127.0.0.4:7001";
+	char holder[FLEET_ID_MAX];
+	struct config_fleet cfg;
+	struct fanout *fo;
+	struct run r;
+
+	(void)state;
+	config_of(&cfg, peers, 4, "127.0.0.1", 7001);
+	start(&r, &cfg);
+	run_until(&r, 1);
+	assert_string_equal(fleet_self_id(r.fleet), "127.0.0.1:7001");
+	assert_non_null(fleet_find(r.fleet, p3));
+	assert_null(fleet_find(r.fleet, "127.0.0.9:7001"));
+	assert_true(hop(r.fleet, "127.0.0.3", 7001));
+	assert_false(hop(r.fleet, "127.0.0.9", 7001));
+	assert_false(hop(r.fleet, "127.0.0.3", 7002));
+
+	assert_non_null(fo = fanout_new(2));
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p2, holder), FANOUT_SERVE);
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p3, holder), FANOUT_SERVE);
+	/* K = 2 taken, nobody holds it yet: come back later. */
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p4, holder), FANOUT_BUSY);
+	/* Another digest has slots of its own. */
+	assert_int_equal(fanout_admit(fo, r.fleet, e, p4, holder), FANOUT_SERVE);
+	/* p2 got all of it: a holder; p3 was cut: not one. */
+	fanout_done(fo, d, p2, 1);
+	fanout_done(fo, d, p3, 0);
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p4, holder), FANOUT_SERVE);
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p3, holder), FANOUT_SERVE);
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p4, holder),
+	    FANOUT_REDIRECT);
+	assert_string_equal(holder, p2);
+	/* Never to the asker itself. */
+	assert_int_equal(fanout_admit(fo, r.fleet, d, p2, holder), FANOUT_BUSY);
+	/* A holder that is no member (any more) is never redirected to. */
+	assert_int_equal(fanout_admit(fo, r.fleet, e, "127.0.0.9:7001", holder),
+	    FANOUT_SERVE);
+	fanout_done(fo, e, "127.0.0.9:7001", 1);
+	assert_int_equal(fanout_admit(fo, r.fleet, e, p3, holder), FANOUT_SERVE);
+	assert_int_equal(fanout_admit(fo, r.fleet, e, p2, holder), FANOUT_BUSY);
+	fanout_free(fo);
+	stop(&r);
+}
+
 static char hosts_path[] = "/tmp/pp-test-fleet-hosts-XXXXXX";
 
 /* Rewrite the file in place: the bind mount shows the same inode. */
@@ -508,6 +579,7 @@ main(void)
 		cmocka_unit_test(test_wildcard_listen_finds_self_by_interface),
 		cmocka_unit_test(test_no_members_means_no_owner),
 		cmocka_unit_test(test_open_circuit_skips_peer),
+		cmocka_unit_test(test_fanout_slots_holders_and_redirects),
 		cmocka_unit_test(test_dns_name_with_several_addresses),
 	};
 

@@ -121,7 +121,10 @@ cache_images_new(struct cache *c)
 		cache_images_free(im);
 		return NULL;
 	}
-	qsort(im->im_refs, im->im_n, sizeof(*im->im_refs), cache_images_cmp);
+	/* No tags, no array: qsort wants one all the same. */
+	if (im->im_n > 0)
+		qsort(im->im_refs, im->im_n, sizeof(*im->im_refs),
+		    cache_images_cmp);
 	return im;
 }
 

@@ -1,7 +1,9 @@
 #!/bin/sh
 # The whole suite, as CI runs it: installs what the tests need, builds
-# pullproxy twice (release, and ASan+UBSan) and runs `meson test` on each
-# (suites unit, fuzz and integration; the second with the asan setup), then
+# pullproxy twice (release, and ASan+UBSan) and runs `meson test` on both
+# at once (suites unit, fuzz and integration; the second with the asan
+# setup: most of the suite waits on timers and sockets, so the two halves
+# side by side take little more than the slower one), then
 # each libFuzzer target for a bounded time on a clang build, and ends with
 # "N passed, N failed", counted per test case (tests/summary.py).
 set -u
@@ -21,24 +23,35 @@ build() {	# build DIR [meson options]
 
 # meson test on a build that built; results, measurements and sanitizer
 # reports of an earlier run in that directory are dropped first.
-check() {	# check DIR [SETUP]
+check() {	# check DIR [SETUP]: in the background, output to a log
 	dir=$1 setup=${2:-}
 	rm -rf "$dir"/meson-logs/testlog* "$dir"/meson-logs/pytest \
 		"$dir"/meson-logs/sanitizer-* "$dir"/meson-logs/measurements.txt
-	meson test -C "$dir" --no-rebuild --print-errorlogs ${setup:+--setup="$setup"}
+	# Each half's pytest files apart from the other's, under a short
+	# path: containerd's and the tests' unix sockets live there.
+	tmp=$(mktemp -d /tmp/pp-tests.XXXXXX) tmps="$tmps $tmp"
+	PYTEST_ADDOPTS="--basetemp=$tmp/t" \
+		meson test -C "$dir" --no-rebuild --print-errorlogs \
+		${setup:+--setup="$setup"} >"$out/$(basename "$dir").test.log" 2>&1 &
+	pids="$pids $!" logs="$logs $out/$(basename "$dir").test.log"
 	runs="$runs $dir${setup:+:$setup}"
 }
 
 rm -rf "$out"
 mkdir -p "$out"
-failed_builds=0 runs=""
-echo "== release build"
-if build build --buildtype=release; then check build
-else failed_builds=$((failed_builds + 1)); fi
-echo "== ASan+UBSan build"
+failed_builds=0 runs="" pids="" logs="" tmps=""
+echo "== release and ASan+UBSan builds"
+if build build --buildtype=release; then rel=1
+else rel=0 failed_builds=$((failed_builds + 1)); fi
 if build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
-then check build-asan asan
-else failed_builds=$((failed_builds + 1)); fi
+then asan=1
+else asan=0 failed_builds=$((failed_builds + 1)); fi
+echo "== meson test on both builds"
+[ $rel = 1 ] && check build
+[ $asan = 1 ] && check build-asan asan
+for p in $pids; do wait "$p"; done
+for l in $logs; do echo "== $l"; cat "$l"; done
+for t in $tmps; do rm -rf "$t" 2>/dev/null; done
 
 # libFuzzer (clang): each target for a bounded time from its corpus. A
 # crash fails it; its input is in build-tests/fuzz/TARGET/crashes/, to be

@@ -51,14 +51,16 @@ cache_stats(struct cache *c, struct cache_stats *st)
 	return CACHE_OK;
 }
 
-enum cache_err
-cache_blob_foreach(struct cache *c,
-    int (*fn)(const struct cache_blob_info *, void *), void *arg)
+/*
+ * Every record of table in key order, in one read snapshot: each(k, v,
+ * arg) returns nonzero to stop. The walk of blob and tag listings.
+ */
+static enum cache_err
+cache_walk(struct cache *c, MDB_dbi table,
+    int (*each)(struct cache *, const MDB_val *, const MDB_val *, void *),
+    void *arg)
 {
-	unsigned char key[CACHE_KEYLEN];
-	struct cache_blob_info info;
 	struct cache_pin *pin;
-	struct cache_ent *e;
 	MDB_cursor *cur;
 	enum cache_err ce;
 	MDB_val k, v;
@@ -66,30 +68,55 @@ cache_blob_foreach(struct cache *c,
 
 	if ((ce = cache_pin_get(c, &pin)) != CACHE_OK)
 		return ce;
-	if ((rc = mdb_cursor_open(pin->cp_txn, c->c_blobs, &cur)) != 0) {
+	if ((rc = mdb_cursor_open(pin->cp_txn, table, &cur)) != 0) {
 		cache_unpin(pin);
 		return cache_err_from_mdb(c, rc, "list");
 	}
 	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		if (cache_digest_key(k.mv_data, k.mv_size, key) == -1 ||
-		    cache_blob_decode(&v, &info) == -1)
-			continue;
-		memcpy(info.digest, k.mv_data, DIGEST_STR_LEN);
-		info.digest[DIGEST_STR_LEN] = '\0';
-		if ((e = cache_ent_find(c, CACHE_KIND_BLOB, key)) != NULL &&
-		    e->ce_atime > info.last_access)
-			info.last_access = e->ce_atime;
-		if (fn(&info, arg) != 0) {
+	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+		if (each(c, &k, &v, arg) != 0) {
 			rc = MDB_NOTFOUND;
 			break;
 		}
-	}
 	mdb_cursor_close(cur);
 	cache_unpin(pin);
 	if (rc == MDB_NOTFOUND)
 		return CACHE_OK;
 	return cache_err_from_mdb(c, rc, "list");
+}
+
+struct cache_blob_walk {
+	int	(*fn)(const struct cache_blob_info *, void *);
+	void	*arg;
+};
+
+static int
+cache_blob_each(struct cache *c, const MDB_val *k, const MDB_val *v,
+    void *arg)
+{
+	struct cache_blob_walk *w = arg;
+	unsigned char key[CACHE_KEYLEN];
+	struct cache_blob_info info;
+	struct cache_ent *e;
+
+	if (cache_digest_key(k->mv_data, k->mv_size, key) == -1 ||
+	    cache_blob_decode(v, &info) == -1)
+		return 0;
+	memcpy(info.digest, k->mv_data, DIGEST_STR_LEN);
+	info.digest[DIGEST_STR_LEN] = '\0';
+	if ((e = cache_ent_find(c, CACHE_KIND_BLOB, key)) != NULL &&
+	    e->ce_atime > info.last_access)
+		info.last_access = e->ce_atime;
+	return w->fn(&info, w->arg);
+}
+
+enum cache_err
+cache_blob_foreach(struct cache *c,
+    int (*fn)(const struct cache_blob_info *, void *), void *arg)
+{
+	struct cache_blob_walk w = { fn, arg };
+
+	return cache_walk(c, c->c_blobs, cache_blob_each, &w);
 }
 
 enum cache_err
@@ -108,17 +135,11 @@ cache_blob_verify(struct cache *c, const char *digest,
 	int rc, whole = 1;
 
 	actual[0] = '\0';
-	if (cache_key(digest, key) == -1)
-		return CACHE_NOTFOUND;
-	if ((ce = cache_pin_get(c, &pin)) != CACHE_OK)
+	if ((ce = cache_record_pin(c, c->c_blobs, digest, key, &pin, &v,
+	    "verify")) != CACHE_OK)
 		return ce;
-	k.mv_data = (void *)digest;
-	k.mv_size = DIGEST_STR_LEN;
-	if ((rc = mdb_get(pin->cp_txn, c->c_blobs, &k, &v)) == 0 &&
-	    cache_blob_decode(&v, &info) == -1)
-		rc = MDB_NOTFOUND;
-	if (rc == 0)
-		rc = mdb_cursor_open(pin->cp_txn, c->c_chunks, &cur);
+	rc = cache_blob_decode(&v, &info) == -1 ? MDB_NOTFOUND :
+	    mdb_cursor_open(pin->cp_txn, c->c_chunks, &cur);
 	if (rc != 0) {
 		cache_unpin(pin);
 		return cache_err_from_mdb(c, rc, "verify");
@@ -159,43 +180,37 @@ cache_blob_verify(struct cache *c, const char *digest,
 	return strcmp(actual, digest) == 0 ? CACHE_OK : CACHE_CORRUPT;
 }
 
+struct cache_tag_walk {
+	int	(*fn)(const char *ref, const char *digest, void *);
+	void	*arg;
+};
+
+static int
+cache_tag_each(struct cache *c, const MDB_val *k, const MDB_val *v,
+    void *arg)
+{
+	struct cache_tag_walk *w = arg;
+	char ref[CACHE_KEY_MAX + 1], digest[CACHE_DIGEST_MAX];
+	uint64_t fetched;
+	const char *d;
+
+	(void)c;
+	if (k->mv_size >= sizeof(ref) ||
+	    cache_tag_decode(v, &d, &fetched) == -1)
+		return 0;
+	memcpy(ref, k->mv_data, k->mv_size);
+	ref[k->mv_size] = '\0';
+	memcpy(digest, d, DIGEST_STR_LEN + 1);
+	return w->fn(ref, digest, w->arg);
+}
+
 enum cache_err
 cache_tag_foreach(struct cache *c,
     int (*fn)(const char *ref, const char *digest, void *), void *arg)
 {
-	char ref[CACHE_KEY_MAX + 1], digest[CACHE_DIGEST_MAX];
-	struct cache_pin *pin;
-	enum cache_err ce;
-	MDB_cursor *cur;
-	uint64_t fetched;
-	const char *d;
-	MDB_val k, v;
-	int rc;
+	struct cache_tag_walk w = { fn, arg };
 
-	if ((ce = cache_pin_get(c, &pin)) != CACHE_OK)
-		return ce;
-	if ((rc = mdb_cursor_open(pin->cp_txn, c->c_tags, &cur)) != 0) {
-		cache_unpin(pin);
-		return cache_err_from_mdb(c, rc, "list");
-	}
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		if (k.mv_size >= sizeof(ref) ||
-		    cache_tag_decode(&v, &d, &fetched) == -1)
-			continue;
-		memcpy(ref, k.mv_data, k.mv_size);
-		ref[k.mv_size] = '\0';
-		memcpy(digest, d, DIGEST_STR_LEN + 1);
-		if (fn(ref, digest, arg) != 0) {
-			rc = MDB_NOTFOUND;
-			break;
-		}
-	}
-	mdb_cursor_close(cur);
-	cache_unpin(pin);
-	if (rc == MDB_NOTFOUND)
-		return CACHE_OK;
-	return cache_err_from_mdb(c, rc, "list");
+	return cache_walk(c, c->c_tags, cache_tag_each, &w);
 }
 
 enum cache_err

@@ -146,6 +146,14 @@ void cache_digest_str(const unsigned char *key, char out[CACHE_DIGEST_MAX]);
 void cache_chunk_key(unsigned char *ck, const unsigned char *key, uint32_t idx);
 size_t cache_blob_encode(unsigned char *buf, uint64_t size, uint64_t created,
     uint64_t atime, const char *media);
+/*
+ * The record of digest in dbi, read under a pin the caller owns on
+ * CACHE_OK (the value lives in the map until cache_unpin); key is filled
+ * with the digest's binary key. what names the operation in errors.
+ */
+enum cache_err cache_record_pin(struct cache *c, MDB_dbi dbi,
+    const char *digest, unsigned char key[CACHE_KEYLEN],
+    struct cache_pin **pinp, MDB_val *v, const char *what);
 int cache_blob_decode(const MDB_val *v, struct cache_blob_info *info);
 size_t cache_manifest_encode(unsigned char *buf, const struct cache_mrec *m);
 int cache_manifest_decode(const MDB_val *v, struct cache_mrec *m);

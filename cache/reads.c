@@ -152,12 +152,7 @@ cache_accessed(struct cache *c, enum cache_kind kind, const unsigned char *key)
 		cache_lru_flush(c);
 }
 
-/*
- * The record of digest in dbi, read under a pin the caller owns on
- * CACHE_OK (the value lives in the map until cache_unpin); key is filled
- * with the digest's binary key.
- */
-static enum cache_err
+enum cache_err
 cache_record_pin(struct cache *c, MDB_dbi dbi, const char *digest,
     unsigned char key[CACHE_KEYLEN], struct cache_pin **pinp, MDB_val *v,
     const char *what)

@@ -794,6 +794,29 @@ upstream_backoff_cb(evutil_socket_t fd, short what, void *arg)
 	upstream_requeue(x);
 }
 
+/* The backoff timer, made on first use: -1 when it cannot be. */
+static int
+upstream_backoff_timer(struct upstream_xfer *x)
+{
+	if (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
+	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL)
+		return -1;
+	return 0;
+}
+
+/* Wait ms on the backoff queue, then go back to the pending one. */
+static void
+upstream_backoff(struct upstream_xfer *x, long ms)
+{
+	struct timeval tv;
+
+	x->x_state = XFER_BACKOFF;
+	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(x->x_backoff, &tv);
+}
+
 /*
  * A fleet peer said its fan-out slots are taken: it is up (its circuit
  * hears so), and it is asked again, at its first URL, shortly. 1 when so.
@@ -801,26 +824,18 @@ upstream_backoff_cb(evutil_socket_t fd, short what, void *arg)
 static int
 upstream_busy(struct upstream_xfer *x, const struct upstream_result *res)
 {
-	struct timeval tv;
-	long ms;
-
 	if (x->x_held != HOLD_BUSY || res->curl != CURLE_OK ||
-	    (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
-	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL))
+	    upstream_backoff_timer(x) == -1)
 		return 0;
 	circuit_observe(x->x_mirrors[x->x_mirror].circuit, x->x_mprobe,
 	    CLASSIFY_NONE);
 	x->x_mprobe = 0;
 	x->x_busy++;
 	upstream_unhold(x);
-	ms = UPSTREAM_BUSY_MS / 2 + (long)arc4random_uniform(UPSTREAM_BUSY_MS);
 	x->x_next = (size_t)x->x_mirror;
 	x->x_mirror = UPSTREAM_CHOOSE;
-	x->x_state = XFER_BACKOFF;
-	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
-	tv.tv_sec = ms / 1000;
-	tv.tv_usec = (ms % 1000) * 1000;
-	evtimer_add(x->x_backoff, &tv);
+	upstream_backoff(x, UPSTREAM_BUSY_MS / 2 +
+	    (long)arc4random_uniform(UPSTREAM_BUSY_MS));
 	return 1;
 }
 
@@ -832,7 +847,6 @@ static int
 upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 {
 	enum classify_cause cause;
-	struct timeval tv;
 	long ms;
 
 	if (x->x_retries == 0 || x->x_headers_done)
@@ -847,8 +861,7 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 	    res->curl != CURLE_WEIRD_SERVER_REPLY &&
 	    res->curl != CURLE_UNSUPPORTED_PROTOCOL)
 		return 0;
-	if (x->x_backoff == NULL && (x->x_backoff = evtimer_new(
-	    x->x_up->u_base, upstream_backoff_cb, x)) == NULL)
+	if (upstream_backoff_timer(x) == -1)
 		return 0;
 	/* Full jitter over the doubled delay: clients of one registry spread. */
 	ms = UPSTREAM_BACKOFF_MS << (x->x_attempts - 1 < 4 ? x->x_attempts - 1 : 4);
@@ -865,11 +878,7 @@ upstream_retry(struct upstream_xfer *x, const struct upstream_result *res)
 	upstream_unhold(x);
 	/* Not the connection that failed again. */
 	curl_easy_setopt(x->x_easy, CURLOPT_FRESH_CONNECT, 1L);
-	x->x_state = XFER_BACKOFF;
-	TAILQ_INSERT_TAIL(&x->x_up->u_backoff, x, x_entry);
-	tv.tv_sec = ms / 1000;
-	tv.tv_usec = (ms % 1000) * 1000;
-	evtimer_add(x->x_backoff, &tv);
+	upstream_backoff(x, ms);
 	return 1;
 }
 

@@ -167,6 +167,7 @@ def sha256_digest(data):
 
 # ---------------------------------------------------------------- registry
 
+BARRIER = "pp-test-barrier="
 ACCESS_RE = re.compile(
     r'^(?P<addr>\S+) \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" '
     r'(?P<status>\d{3}) \S+ "[^"]*" "(?P<ua>[^"]*)"')
@@ -193,6 +194,7 @@ class Registry:
         self.access_log = self.workdir / "access.log"
         self.error_log = self.workdir / "registry.log"
         self.proc = None
+        self._barriers = 0
 
     def start(self):
         storage = self.workdir / "storage"
@@ -231,7 +233,7 @@ class Registry:
         if self.proc is not None:
             stop_process(self.proc, timeout=10)
 
-    def requests(self):
+    def _logged(self):
         out = []
         try:
             text = self.access_log.read_text(errors="replace")
@@ -242,6 +244,25 @@ class Registry:
             if m:
                 out.append(RegistryRequest(m["method"], m["uri"], int(m["status"]), m["ua"]))
         return out
+
+    def requests(self):
+        """What the registry logged, after a barrier: distribution writes
+        a request's line only once it has answered it, so a client can be
+        done before the line is there. A request of our own, sent after,
+        once seen in the log, means the lines of the ones answered before
+        it are there too (a new round trip outlasts the gap)."""
+        self._barriers += 1
+        token = BARRIER + "%d.%d" % (os.getpid(), self._barriers)
+        try:
+            http_request(self.port, "GET", "/v2/?" + token, timeout=10)
+        except OSError:
+            return self._logged()       # stopped: nothing more will come
+
+        def logged_with_barrier():
+            logged = self._logged()
+            return logged if any(r.uri.endswith(token) for r in logged) else None
+        out = wait_for(logged_with_barrier, 10, "the registry's access log")
+        return [r for r in out if BARRIER not in r.uri]
 
     def mark(self):
         """A position in the access log, for requests_since()."""
@@ -629,6 +650,19 @@ class PullProxy:
             l["route"] = urllib.parse.urlsplit(l.get("path", "")).path
             out.append(l)
         return out
+
+    def requests_when(self, done, timeout=10):
+        """The request lines once done(lines) holds, or as they are after
+        timeout s. A line is written when its reply has ended: with the
+        body relayed on by a peer or a chained pullproxy, the test can be
+        there first."""
+        def ready():
+            lines = self.requests()
+            return lines if done(lines) else None
+        try:
+            return wait_for(ready, timeout, "request lines")
+        except TimeoutError:
+            return self.requests()
 
     def request(self, method, path, headers=None, timeout=30):
         return http_request(self.port, method, path, headers=headers, timeout=timeout)

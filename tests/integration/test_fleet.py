@@ -438,8 +438,9 @@ def test_containerd_pulls_through_one_node_while_blob_owners_are_others(
         assert len(gets) == 1, (dg, gets)
     for dg in elsewhere:
         owner = [pp for pp in fleet.nodes if pp.peer_id == own[dg]][0]
-        assert [l for l in owner.requests() if dg in l["route"] and
-                l["status"] == 200], (dg, owner.peer_id)
+        def served(lines, dg=dg):
+            return [l for l in lines if dg in l["route"] and l["status"] == 200]
+        assert served(owner.requests_when(served)), (dg, owner.peer_id)
 
 
 def test_owner_killed_mid_transfer_every_node_completes(
@@ -521,12 +522,6 @@ def test_membership_change_moves_only_its_share_of_keys(
         return {r.uri.split("/blobs/")[1].split("?")[0]
                 for r in registry.requests_since(mark)
                 if r.method == "GET" and "/blobs/" in r.uri}
-    # The registry logs a request once it has answered it: the client
-    # can be done before the last line is written.
-    try:
-        wait_for(lambda: fetched() == share, 10, "the new node's share logged")
-    except TimeoutError:
-        pass
     assert fetched() == share, (sorted(fetched()), sorted(share))
 
 
@@ -554,10 +549,13 @@ def test_peer_request_is_never_forwarded_to_another_peer(
     assert not [l for l in owner.requests() if d in l["route"]]
     assert [q for q in registry.requests_since(mark)
             if q.method == "GET" and d in q.uri]
-    # The same asked by a's own client goes to the owner.
-    mark = registry.mark()
-    other = [x for x in img.layers if own[x] == owner.peer_id and x != d]
-    assert other, own       # 16 layers, 3 members
-    status, got = get_blob(a, img, other[0], registry.host)
-    assert (status, got) == (200, other[0])
-    assert [l for l in owner.requests() if other[0] in l["route"]]
+    # Another layer a does not own, asked by a's own client, goes to its
+    # owner. (Peer ids carry a random port: owners change from run to run.)
+    x = [x for x in img.layers if own[x] != a.peer_id and x != d]
+    assert x, own           # 16 layers, 3 members
+    x = x[0]
+    assert get_blob(a, img, x, registry.host) == (200, x)
+    owner = [pp for pp in fleet.nodes if pp.peer_id == own[x]][0]
+    def asked(lines):
+        return [l for l in lines if x in l["route"]]
+    assert asked(owner.requests_when(asked)), (x, owner.peer_id)

@@ -128,17 +128,21 @@ cache_lock(struct cache *c, char *err, size_t errlen)
  * needs beyond the bytes (a page header per 1 MiB chunk, the last chunk's
  * page rounding, pages freed but still seen by a reader's snapshot or not
  * yet reusable, free runs too short for a chunk), plus 64 MiB for the
- * B-trees and small budgets.
+ * B-trees and small budgets; but never more than the disk gives
+ * (cache_disk_map), and never less than a few pages' worth for the
+ * B-trees, so a cache opens on a nearly full disk and passes through.
  */
 static size_t
-cache_mapsize(uint64_t budget)
+cache_mapsize(const struct cache *c)
 {
-	uint64_t sz;
+	uint64_t sz, budget = c->c_budget, disk = cache_disk_map(c);
 
 	if (budget > (UINT64_MAX - 2 * CACHE_MAP_SLACK) / 5 * 4)
 		budget = (UINT64_MAX - 2 * CACHE_MAP_SLACK) / 5 * 4;
 	sz = budget / 4 * 5 + CACHE_MAP_SLACK;
-	sz = (sz + CACHE_MAP_ALIGN - 1) & ~(CACHE_MAP_ALIGN - 1);
+	if (sz > disk)
+		sz = disk > CACHE_MAP_ALIGN ? disk : CACHE_MAP_ALIGN;
+	sz &= ~(CACHE_MAP_ALIGN - 1);
 	return sz > SIZE_MAX ? SIZE_MAX & ~(CACHE_MAP_ALIGN - 1) : (size_t)sz;
 }
 
@@ -163,7 +167,7 @@ cache_env_try(struct cache *c, const struct cache_opts *opts)
 		flags |= MDB_RDONLY;	/* the map size is the file's */
 	else {
 		flags |= MDB_NOSYNC;
-		rc = mdb_env_set_mapsize(c->c_env, cache_mapsize(c->c_budget));
+		rc = mdb_env_set_mapsize(c->c_env, cache_mapsize(c));
 	}
 	if (rc == 0)
 		rc = mdb_env_set_maxdbs(c->c_env, 8);

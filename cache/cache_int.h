@@ -184,6 +184,8 @@ void cache_touch(struct cache *c, enum cache_kind kind,
 
 /* space.c */
 uint64_t cache_total(const struct cache *c);
+uint64_t cache_disk(const struct cache *c);
+uint64_t cache_disk_map(const struct cache *c);
 uint64_t cache_budget(struct cache *c, uint64_t *high, uint64_t *low);
 int cache_no_room(struct cache *c, int rc);
 enum cache_err cache_evict_ents(struct cache *c, struct cache_ent **ents,

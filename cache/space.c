@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <lmdb.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,26 +28,49 @@ cache_total(const struct cache *c)
 }
 
 /*
+ * All the disk could give the cache: data.mdb as it is plus the free
+ * space of its filesystem (data.mdb counts as 0 before it exists);
+ * UINT64_MAX when the filesystem cannot say.
+ */
+uint64_t
+cache_disk(const struct cache *c)
+{
+	char path[PATH_MAX];
+	struct statvfs vfs;
+	struct stat sb;
+
+	if (c->c_fd != -1) {
+		if (fstat(c->c_fd, &sb) == -1 || fstatvfs(c->c_fd, &vfs) == -1)
+			return UINT64_MAX;
+	} else {
+		if (statvfs(c->c_dir, &vfs) == -1)
+			return UINT64_MAX;
+		if (cache_path(c, "data.mdb", path, sizeof(path)) == -1 ||
+		    stat(path, &sb) == -1)
+			sb.st_size = 0;
+	}
+	return (uint64_t)sb.st_size + (uint64_t)vfs.f_bavail * vfs.f_frsize;
+}
+
+/*
  * The budget in force and its watermarks: the configured ones, or less
- * when the disk holds less (data.mdb as it is plus the filesystem's free
- * space, less an eighth and CACHE_DISK_SLACK for LMDB's own pages and for
- * others on the disk). So a cache on a small or shared disk stops growing
- * before the disk is full and eviction makes room, as under the budget;
- * what cannot fit is passed through. Logged when it starts and ends.
+ * when the disk holds less (cache_disk() less an eighth and
+ * CACHE_DISK_SLACK for LMDB's own pages and for others on the disk). So a
+ * cache on a small or shared disk stops growing before the disk is full
+ * and eviction makes room, as under the budget; what cannot fit is passed
+ * through. Logged when it starts and ends. (The map's own cap, set at
+ * open, keeps data.mdb from outgrowing the disk when pinned pages cannot
+ * be reused: cache_disk_map().)
  */
 uint64_t
 cache_budget(struct cache *c, uint64_t *high, uint64_t *low)
 {
-	uint64_t disk = UINT64_MAX;
-	struct statvfs vfs;
-	struct stat sb;
+	uint64_t disk;
 	int limited;
 
 	*high = c->c_high;
 	*low = c->c_low;
-	if (fstat(c->c_fd, &sb) == 0 && fstatvfs(c->c_fd, &vfs) == 0) {
-		disk = (uint64_t)sb.st_size + (uint64_t)vfs.f_bavail *
-		    vfs.f_frsize;
+	if ((disk = cache_disk(c)) != UINT64_MAX) {
 		disk -= disk / 8;
 		disk = disk > CACHE_DISK_SLACK ? disk - CACHE_DISK_SLACK : 0;
 	}
@@ -62,6 +86,26 @@ cache_budget(struct cache *c, uint64_t *high, uint64_t *low)
 	*high = disk / 100 * (uint64_t)c->c_high_pct;
 	*low = disk / 100 * (uint64_t)c->c_low_pct;
 	return disk;
+}
+
+/*
+ * The most data.mdb may ever take, from the disk at open: cache_disk()
+ * less a sixteenth and CACHE_DISK_SLACK. The budget in force (an eighth
+ * off) leaves room under it for LMDB's own pages; without it, pages freed
+ * by eviction while a reader's snapshot still sees them cannot be reused,
+ * data.mdb grows instead, and a burst of writes fills the disk (seen: 63
+ * of 64 MiB). At the cap a write waits for room as on a full disk. Fixed
+ * until restart: LMDB resizes its map only with no transaction open.
+ */
+uint64_t
+cache_disk_map(const struct cache *c)
+{
+	uint64_t disk = cache_disk(c);
+
+	if (disk == UINT64_MAX)
+		return UINT64_MAX;
+	disk -= disk / 16;
+	return disk > CACHE_DISK_SLACK ? disk - CACHE_DISK_SLACK : 0;
 }
 
 /*

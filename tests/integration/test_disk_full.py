@@ -104,8 +104,13 @@ def test_cache_on_a_full_disk(small_disk, registry, blobs, upstream,
     assert 0 < stats["blob_bytes"] <= DISK and stats["file_size"] <= DISK, stats
     v = cache_cmd(pp, "verify")
     assert v.returncode == 0 and " 0 corrupt" in v.stdout, v.stdout + v.stderr
+    # data.mdb stays within what the disk gave at open, less a sixteenth
+    # and 4 MiB: the rest is left to others, even when a burst of writes
+    # meets readers whose snapshots keep evicted pages from reuse.
+    mdb = os.stat(pp.cache_dir / "data.mdb").st_size
+    assert mdb <= DISK - DISK // 16 - 4 * MiB, mdb
     st = os.statvfs(small_disk)
-    assert st.f_bavail * st.f_frsize > 0, "the disk was left full"
+    assert st.f_bavail * st.f_frsize > 4 * MiB, "the disk was left full"
     # Someone else takes every free byte: the cache lives within data.mdb
     # as it is, evicting into its own free pages.
     fill(small_disk)

@@ -268,8 +268,21 @@ class Registry:
         """A position in the access log, for requests_since()."""
         return len(self.requests())
 
-    def requests_since(self, mark):
-        return self.requests()[mark:]
+    def requests_since(self, mark, done=None, timeout=10):
+        """The requests since mark; with done, once done(requests) holds,
+        or as they are after timeout s (the barrier narrows the gap
+        between an answer and its line; on a loaded machine a line was
+        still seen late)."""
+        if done is None:
+            return self.requests()[mark:]
+
+        def ready():
+            reqs = self.requests()[mark:]
+            return reqs if done(reqs) else None
+        try:
+            return wait_for(ready, timeout, "registry requests", interval=0.2)
+        except TimeoutError:
+            return self.requests()[mark:]
 
 
 @pytest.fixture(scope="session")

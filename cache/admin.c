@@ -149,14 +149,8 @@ cache_blob_verify(struct cache *c, const char *digest,
 		cache_unpin(pin);
 		return cache_err_from_mdb(c, ENOMEM, "verify");
 	}
-	cache_chunk_key(ck, key, 0);
-	k.mv_data = ck;
-	k.mv_size = sizeof(ck);
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		if (k.mv_size != CACHE_CKEYLEN ||
-		    memcmp(k.mv_data, key, CACHE_KEYLEN) != 0)
-			break;
+	for (rc = cache_chunk_step(cur, key, 1, &k, &v); rc == 0;
+	    rc = cache_chunk_step(cur, key, 0, &k, &v)) {
 		cache_chunk_key(ck, key, idx++);
 		/* A gap, or a short chunk before the last one. */
 		if (memcmp(k.mv_data, ck, CACHE_CKEYLEN) != 0 ||

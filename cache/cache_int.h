@@ -144,6 +144,8 @@ int cache_digest_key(const char *digest, size_t len, unsigned char *key);
 int cache_key(const char *digest, unsigned char *key);
 void cache_digest_str(const unsigned char *key, char out[CACHE_DIGEST_MAX]);
 void cache_chunk_key(unsigned char *ck, const unsigned char *key, uint32_t idx);
+int cache_chunk_step(MDB_cursor *cur, const unsigned char *key, int first,
+    MDB_val *k, MDB_val *v);
 size_t cache_blob_encode(unsigned char *buf, uint64_t size, uint64_t created,
     uint64_t atime, const char *media);
 /*

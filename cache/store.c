@@ -117,6 +117,31 @@ cache_chunk_key(unsigned char *ck, const unsigned char *key, uint32_t idx)
 	ck[35] = (unsigned char)idx;
 }
 
+/*
+ * The chunks of key in key order, whatever indexes were written: first
+ * set, the lowest; then the next. MDB_NOTFOUND after the last.
+ */
+int
+cache_chunk_step(MDB_cursor *cur, const unsigned char *key, int first,
+    MDB_val *k, MDB_val *v)
+{
+	unsigned char ck[CACHE_CKEYLEN];
+	int rc;
+
+	if (first) {
+		cache_chunk_key(ck, key, 0);
+		k->mv_data = ck;
+		k->mv_size = sizeof(ck);
+	}
+	if ((rc = mdb_cursor_get(cur, k, v, first ? MDB_SET_RANGE :
+	    MDB_NEXT)) != 0)
+		return rc;
+	if (k->mv_size != CACHE_CKEYLEN ||
+	    memcmp(k->mv_data, key, CACHE_KEYLEN) != 0)
+		return MDB_NOTFOUND;
+	return 0;
+}
+
 /* Blob record v1: version, size, created, last_access, media type, NUL. */
 size_t
 cache_blob_encode(unsigned char *buf, uint64_t size, uint64_t created,
@@ -212,24 +237,16 @@ cache_path(const struct cache *c, const char *name, char *buf, size_t len)
 static int
 cache_del_chunks(struct cache *c, MDB_txn *txn, const unsigned char *key)
 {
-	unsigned char ck[CACHE_CKEYLEN];
 	MDB_cursor *cur;
 	MDB_val k, v;
 	int rc;
 
 	if ((rc = mdb_cursor_open(txn, c->c_chunks, &cur)) != 0)
 		return rc;
-	cache_chunk_key(ck, key, 0);
-	k.mv_data = ck;
-	k.mv_size = sizeof(ck);
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		if (k.mv_size != CACHE_CKEYLEN ||
-		    memcmp(k.mv_data, key, CACHE_KEYLEN) != 0)
-			break;
+	for (rc = cache_chunk_step(cur, key, 1, &k, &v); rc == 0;
+	    rc = cache_chunk_step(cur, key, 0, &k, &v))
 		if ((rc = mdb_cursor_del(cur, 0)) != 0)
 			break;
-	}
 	mdb_cursor_close(cur);
 	return rc == MDB_NOTFOUND ? 0 : rc;
 }

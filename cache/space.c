@@ -93,7 +93,7 @@ cache_budget(struct cache *c, uint64_t *high, uint64_t *low)
  * less a sixteenth and CACHE_DISK_SLACK. The budget in force (an eighth
  * off) leaves room under it for LMDB's own pages; without it, pages freed
  * by eviction while a reader's snapshot still sees them cannot be reused,
- * data.mdb grows instead, and a burst of writes fills the disk (seen: 63
+ * data.mdb grows instead, and a burst of writes fills the disk (seen: 62.6
  * of 64 MiB). At the cap a write waits for room as on a full disk. Fixed
  * until restart: LMDB resizes its map only with no transaction open.
  */
